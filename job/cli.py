@@ -1,0 +1,61 @@
+"""The `mnist-cv` / `python -m job` command line: one subcommand per module in job/commands/.
+
+Each command module imports only the standard library at its top, so `--help` and argument errors never
+load TensorFlow. Failures become one line on stderr: exit 2 for usage errors, 1 for runtime failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NoReturn
+
+from job.errors import JobError
+
+PROG = "mnist-cv"
+COMMANDS = ("run", "pairs", "fetch_data", "collect", "submit", "final", "predict", "bench")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single line (the usage block is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
+    )
+    for name in COMMANDS:
+        module = _command_module(name)
+        if module is not None:
+            module.add_parser(subparsers)
+    return parser
+
+
+def _command_module(name: str):  # noqa: ANN202 - a module object
+    try:
+        return importlib.import_module(f"job.commands.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"job.commands.{name}":
+            raise
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except JobError as error:
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

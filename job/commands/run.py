@@ -1,0 +1,158 @@
+"""`run`: train and score exactly one (model, fold) pair and write its result JSON."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any
+
+from job.commands.common import add_data_args, add_protocol_args, add_results_args, protocol_from_args
+from job.errors import UsageError
+from job.protocol import DEFAULT_MODELS, Pair, Protocol, check_fold, pair_for_task, task_for_pair
+
+# Signals that mean "you are about to be stopped": scancel/preemption send TERM, Slurm's
+# --signal warning before the time limit sends USR1, submitit's checkpoint request sends USR2.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="train and score one (model, fold) pair",
+        description="Train one (model, fold) pair of the 5-fold cross-validation and write its result JSON "
+        "to RESULTS/RUN/MODEL/fold-K.json. A pair already done with the same config is skipped.",
+    )
+    which = p.add_argument_group("which pair (either --model and --fold, or a task id)")
+    which.add_argument(
+        "--model", help=f"model name ({', '.join(DEFAULT_MODELS)}, or an extra one like cnn-small)"
+    )
+    which.add_argument("--fold", type=int, help="held-out fold, 0-4")
+    which.add_argument(
+        "--task-id",
+        type=int,
+        help="array index 0-9 -> (mlp, 0..4), (cnn, 0..4); default $SLURM_ARRAY_TASK_ID",
+    )
+    add_results_args(p)
+    add_data_args(p)
+    add_protocol_args(p)
+    p.add_argument("--force", action="store_true", help="retrain even if the result exists")
+    p.add_argument(
+        "--keep-checkpoint", action="store_true", help="keep the per-epoch checkpoint after success"
+    )
+    p.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        default=os.environ.get("MNIST_CV_ALLOW_CPU") == "1",
+        help="run on the CPU even when a GPU was allocated but is not visible (default: $MNIST_CV_ALLOW_CPU=1)",
+    )
+    p.set_defaults(handler=run)
+
+
+def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
+    from job import models
+
+    if args.model is not None:
+        if args.task_id is not None:
+            raise UsageError("give either --task-id or --model/--fold, not both")
+        if args.fold is None:
+            raise UsageError("--model needs --fold")
+        return Pair(models.check_name(args.model), check_fold(args.fold, protocol.n_folds))
+    if args.fold is not None:
+        raise UsageError("--fold needs --model")
+    task_id = args.task_id
+    if task_id is None:
+        env = os.environ.get("SLURM_ARRAY_TASK_ID")
+        if env is None:
+            raise UsageError(
+                "no pair given: pass --model and --fold, or --task-id (or set $SLURM_ARRAY_TASK_ID)"
+            )
+        if not env.isdigit():
+            raise UsageError(f"$SLURM_ARRAY_TASK_ID is not a task id: {env!r}")
+        task_id = int(env)
+    return pair_for_task(task_id, protocol.n_folds)
+
+
+class StopFlag:
+    """Set by a stop signal; training polls it and exits at the next safe point."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+        print(
+            f"received {signal.Signals(signum).name}: stopping at the next safe point",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from job import results
+
+    protocol = protocol_from_args(args)
+    pair = resolve_pair(args, protocol)
+    path = results.pair_path(args.results, args.run, pair)
+    if not args.force and results.completed(path, protocol.config_id):
+        print(f"{pair}: already done with config {protocol.config_id} ({path}); --force to retrain")
+        return 0
+    results.ensure_writable(path.parent)
+    return train_and_write(args, protocol, pair, path)
+
+
+def train_and_write(args: argparse.Namespace, protocol: Protocol, pair: Pair, path: Any) -> int:
+    from job import data, provenance, results, runtime
+    from job.checkpoint import Checkpoint
+
+    dataset = data.load(args.data_dir, custom=args.custom_data)
+    runtime_info = runtime.configure(
+        deterministic=not protocol.jit, precision=protocol.precision, allow_cpu=args.allow_cpu
+    )
+    from job.progress import EpochProgress
+    from job.train import fit_pair
+
+    stop = StopFlag()
+    stop.install()
+    checkpoint = Checkpoint(results.checkpoint_dir(args.results, args.run, pair))
+    n_images = len(dataset.x_train[: protocol.limit])
+    steps = -(-(n_images - n_images // protocol.n_folds) // protocol.batch_size)
+    progress = EpochProgress(str(pair), protocol.epochs, steps, stop)
+    print(
+        f"{pair}: config {protocol.config_id}, data {dataset.name} from {dataset.source}, "
+        f"device {runtime_info['device_used']}, {runtime_info['threads']['intra_op']} threads",
+        flush=True,
+    )
+    try:
+        outcome = fit_pair(pair, protocol, dataset, checkpoint, callbacks=[progress], stop_requested=stop)
+    finally:
+        progress.close()
+    result = {
+        "schema_version": results.SCHEMA_VERSION,
+        "model": pair.model,
+        "fold": pair.fold,
+        "task_id": task_for_pair(pair, protocol.n_folds),
+        "config": protocol.to_dict(),
+        "config_id": protocol.config_id,
+        **outcome,
+        "environment": provenance.environment(runtime_info),
+    }
+    results.validate(result)
+    results.write_json_atomic(path, result)
+    if not args.keep_checkpoint:
+        checkpoint.remove()
+    score = result["score"]
+    print(
+        f"{pair}: held-out accuracy {score['accuracy'] * 100:.3f}% (loss {score['loss']:.4f}) "
+        f"in {result['timings']['fit_seconds']:.1f}s -> {path}",
+        flush=True,
+    )
+    return 0

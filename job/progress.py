@@ -1,0 +1,69 @@
+"""Per-epoch progress of a pair: a rich progress bar on a terminal, one plain line per epoch in a log file."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+
+def epoch_line(label: str, epoch: int, epochs: int, logs: dict[str, float], seconds: float) -> str:
+    return (
+        f"{label} epoch {epoch}/{epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
+        f"val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}  {seconds:.1f}s"
+    )
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """Reports each epoch; on a terminal also a live bar of the steps within it.
+
+    `stop_requested` is polled after every compiled call so a preemption signal stops training promptly.
+    """
+
+    def __init__(self, label: str, epochs: int, steps: int, stop_requested: Callable[[], bool]) -> None:
+        super().__init__()
+        self.label, self.epochs, self.steps = label, epochs, steps
+        self.stop_requested = stop_requested
+        self.live = sys.stdout.isatty()
+        self._bar: Any = None
+        self._started = 0.0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.live and self._bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=self.steps)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+        if self._bar is not None:
+            self._bar.update(
+                self._task, completed=0, description=f"{self.label} epoch {epoch + 1}/{self.epochs}"
+            )
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=batch + 1)
+        if self.stop_requested():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.stop_requested():
+            return
+        line = epoch_line(self.label, epoch + 1, self.epochs, logs or {}, time.perf_counter() - self._started)
+        if self._bar is not None:
+            self._bar.console.print(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -1,0 +1,90 @@
+"""The cross-validation protocol: one frozen dataclass, its config id, and the task-id <-> (model, fold) map.
+
+Imports nothing heavy: the CLI validates arguments and lists pairs without loading TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, NamedTuple
+
+from job.errors import UsageError
+
+# The two models the tutorial compares; task ids 0-4 are mlp folds 0-4, 5-9 are cnn folds 0-4.
+DEFAULT_MODELS: tuple[str, ...] = ("mlp", "cnn")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything that decides what a pair learns. Its hash is the config id that keeps results apart."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    n_folds: int = 5
+    split_seed: int = 1  # KFold(5, shuffle=True, random_state=1), as the tutorial
+    seed: int = 1  # weight initialisation and per-epoch shuffling
+    limit: int | None = None  # use only the first N training images (debugging)
+    precision: str = "float32"  # "mixed_float16" changes the numbers, so it is part of the config
+    jit: bool = False  # XLA compilation changes rounding, so it is part of the config
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.n_folds < 2:
+            raise UsageError(f"n_folds must be at least 2, got {self.n_folds}")
+        if self.limit is not None and self.limit < 10 * self.n_folds:
+            raise UsageError(f"--limit must be at least {10 * self.n_folds} images, got {self.limit}")
+        if self.precision not in ("float32", "mixed_float16"):
+            raise UsageError(f"unknown precision {self.precision!r} (float32 or mixed_float16)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Protocol:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def with_overrides(self, **overrides: Any) -> Protocol:
+        """A copy with the given fields changed; None means 'keep the default'."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def config_id(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+class Pair(NamedTuple):
+    model: str
+    fold: int
+
+    def __str__(self) -> str:
+        return f"{self.model}/fold-{self.fold}"
+
+
+def all_pairs(n_folds: int = Protocol.n_folds) -> list[Pair]:
+    """The pairs in task-id order: all folds of the first model, then of the second."""
+    return [Pair(model, fold) for model in DEFAULT_MODELS for fold in range(n_folds)]
+
+
+def pair_for_task(task_id: int, n_folds: int = Protocol.n_folds) -> Pair:
+    pairs = all_pairs(n_folds)
+    if not 0 <= task_id < len(pairs):
+        raise UsageError(f"task id {task_id} is outside 0-{len(pairs) - 1}")
+    return pairs[task_id]
+
+
+def task_for_pair(pair: Pair, n_folds: int = Protocol.n_folds) -> int | None:
+    """The array index of a default pair; None for models outside the ten default pairs."""
+    pairs = all_pairs(n_folds)
+    return pairs.index(pair) if pair in pairs else None
+
+
+def check_fold(fold: int, n_folds: int = Protocol.n_folds) -> int:
+    if not 0 <= fold < n_folds:
+        raise UsageError(f"fold {fold} is outside 0-{n_folds - 1}")
+    return fold

@@ -1,0 +1,175 @@
+"""The only place that calls fit(): one (model, fold) pair, an epoch at a time, checkpointed at every epoch end.
+
+Reproducibility: the weights are seeded from (seed, stream), a pair's stream being its fold; each epoch's
+shuffle is a permutation drawn from (seed, stream, epoch) alone, so a pair resumed at epoch k feeds exactly
+the batches an uninterrupted run feeds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from job import folds, models, runtime
+from job.checkpoint import Checkpoint, CorruptCheckpoint, TrainState
+from job.data import Dataset
+from job.errors import JobError
+from job.protocol import Pair, Protocol
+
+# Batches per compiled call: the same sequence of updates with a fraction of the Python overhead per step.
+STEPS_PER_EXECUTION = 50
+# Evaluation never updates weights, so a larger batch changes nothing but speed (and summation order).
+EVAL_BATCH_SIZE = 1000
+
+
+class Preempted(JobError):
+    """Training stopped on a signal; the last epoch-end checkpoint is on disk and a rerun resumes from it."""
+
+    exit_code = 3
+
+
+def epoch_order(train_ix: np.ndarray, seed: int, stream: int, epoch: int) -> np.ndarray:
+    """This epoch's shuffled training indices, independent of how many epochs ran in this process."""
+    rng = np.random.default_rng([seed, stream, epoch])
+    return train_ix[rng.permutation(len(train_ix))]
+
+
+class Batches:
+    """Keeps the uint8 images once in memory and builds each batch by index, scaling to [0, 1] on the fly.
+
+    The tutorial materialises float32 copies of the whole set (four times the bytes) and one-hot labels.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        tf = runtime.import_tensorflow()
+        self._tf = tf
+        self.images = tf.constant(images, dtype=tf.uint8)
+        self.labels = tf.constant(labels, dtype=tf.int32)
+
+    def _gather(self, index: Any) -> tuple[Any, Any]:
+        tf = self._tf
+        pixels = tf.cast(tf.gather(self.images, index), tf.float32) / 255.0
+        return pixels[..., tf.newaxis], tf.gather(self.labels, index)
+
+    def of(self, indices: np.ndarray, batch_size: int) -> Any:
+        tf = self._tf
+        return (
+            tf.data.Dataset.from_tensor_slices(indices.astype(np.int64))
+            .batch(batch_size)
+            .map(self._gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def restore(
+    checkpoint: Checkpoint, model: Any, config_id: str, log: Callable[[str], None]
+) -> TrainState | None:
+    """The saved state when a checkpoint of this config is usable; a damaged one is reported and set aside."""
+    if not checkpoint.exists():
+        return None
+    try:
+        state = checkpoint.load(model, config_id)
+    except CorruptCheckpoint as error:
+        log(f"checkpoint unusable, starting from scratch: {error}")
+        checkpoint.remove()
+        return None
+    if state is None:
+        log(f"checkpoint in {checkpoint.folder} is of another config; starting from scratch")
+    return state
+
+
+def fit(
+    model_name: str,
+    protocol: Protocol,
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_ix: np.ndarray,
+    held_out_ix: np.ndarray,
+    checkpoint: Checkpoint,
+    *,
+    stream: int,
+    callbacks: list[Any],
+    stop_requested: Callable[[], bool] = lambda: False,
+    log: Callable[[str], None] = print,
+) -> tuple[Any, dict[str, Any]]:
+    """Train `model_name` on images[train_ix], validating on images[held_out_ix] after every epoch.
+
+    `stream` tells apart the random streams of different trainings under one seed (a pair uses its fold).
+    Returns the trained model and the result's history, score, timings and resume sections.
+    """
+    import keras
+
+    keras.utils.set_random_seed(int(np.random.SeedSequence([protocol.seed, stream]).generate_state(1)[0]))
+    model = models.build(model_name, steps_per_execution=STEPS_PER_EXECUTION, jit=protocol.jit)
+
+    state = restore(checkpoint, model, protocol.config_id, log)
+    if state is None:
+        state = TrainState(config_id=protocol.config_id, start_utc=_utc_now())
+    elif state.epochs_done < protocol.epochs:
+        state.resumed_from.append(state.epochs_done)
+        log(f"resuming from the checkpoint after epoch {state.epochs_done}")
+
+    batches = Batches(images, labels)
+    held_out = batches.of(held_out_ix, EVAL_BATCH_SIZE)
+    for epoch in range(state.epochs_done, protocol.epochs):
+        started = time.perf_counter()
+        logs = model.fit(
+            batches.of(epoch_order(train_ix, protocol.seed, stream, epoch), protocol.batch_size),
+            validation_data=held_out,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            shuffle=False,  # epoch_order already shuffled, reproducibly
+            verbose=0,
+            callbacks=callbacks,
+        ).history
+        if stop_requested():
+            # The epoch may be incomplete: keep the last epoch-end checkpoint, not these weights.
+            raise Preempted(
+                f"stopped by a signal during epoch {epoch + 1}; rerun to resume from epoch {epoch}"
+            )
+        for key, values in state.history.items():
+            values.append(float(logs[key][-1]))
+        state.epoch_seconds.append(round(time.perf_counter() - started, 3))
+        state.epochs_done = epoch + 1
+        checkpoint.save(model, state)
+
+    score = model.evaluate(held_out, verbose=0, return_dict=True)
+    return model, {
+        "history": state.history,
+        "score": {"accuracy": float(score["accuracy"]), "loss": float(score["loss"])},
+        "timings": {
+            "start_utc": state.start_utc,
+            "end_utc": _utc_now(),
+            "fit_seconds": round(sum(state.epoch_seconds), 3),
+            "epoch_seconds": state.epoch_seconds,
+        },
+        "resume": {"count": len(state.resumed_from), "from_epochs": state.resumed_from},
+    }
+
+
+def fit_pair(
+    pair: Pair, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, **fit_options: Any
+) -> dict[str, Any]:
+    """Train and score one (model, fold) pair on its fold of the (limited) training images."""
+    images, labels = dataset.x_train[: protocol.limit], dataset.y_train[: protocol.limit]
+    train_ix, val_ix = folds.split(len(images), pair.fold, protocol)
+    _, outcome = fit(
+        pair.model, protocol, images, labels, train_ix, val_ix, checkpoint, stream=pair.fold, **fit_options
+    )
+    outcome["data"] = {
+        "name": dataset.name,
+        "source": dataset.source,
+        "sha256": dataset.sha256,
+        "n_train": len(train_ix),
+        "n_val": len(val_ix),
+        "val_indices_sha256": folds.indices_sha256(val_ix),
+    }
+    return outcome
