@@ -1,0 +1,341 @@
+"""MNIST: find it, download it if need be, and check every byte before a model sees it.
+
+A dataset is read from (in this order) the ``data_dir`` argument, ``$MNIST_CV_DATA``, the Keras cache
+``$KERAS_HOME/datasets/mnist.npz``, or a download of the four IDX ``.gz`` files into a local cache.
+Whatever the source, each file's uncompressed content is hashed once and its IDX structure validated;
+the original MNIST must match the published hashes unless ``custom=True``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import io
+import math
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from job.errors import JobError
+
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+TRAIN_LABELS = "train-labels-idx1-ubyte"
+TEST_IMAGES = "t10k-images-idx3-ubyte"
+TEST_LABELS = "t10k-labels-idx1-ubyte"
+MNIST_FILES: tuple[str, ...] = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+
+# SHA-256 of the uncompressed files; gzip wrappers differ between mirrors, their contents do not.
+MNIST_SHA256: dict[str, str] = {
+    TRAIN_IMAGES: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    TRAIN_LABELS: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    TEST_IMAGES: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    TEST_LABELS: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+# TensorFlow's mirror of the four IDX .gz files (Keras's own base URL only serves mnist.npz).
+DEFAULT_MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+DOWNLOAD_TIMEOUT_S = 60
+
+_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+_IMAGE_SIDE = 28
+_NPZ_KEYS = {"x_train": TRAIN_IMAGES, "y_train": TRAIN_LABELS, "x_test": TEST_IMAGES, "y_test": TEST_LABELS}
+_NO_DATA_HINT = "set MNIST_CV_DATA or pass --data-dir to a folder holding the MNIST files"
+_CUSTOM_HINT = "not the original MNIST; pass --custom-data to load a different IDX dataset"
+
+
+class DataError(JobError):
+    """The data is missing, unreadable, malformed or not what it claims to be (one line naming the file)."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Raw MNIST-shaped data. Arrays are uint8 and read-only: scaling belongs to the training pipeline."""
+
+    name: str  # "mnist" when every hash matches MNIST_SHA256, else "custom"
+    source: str  # the folder or file it was read from
+    x_train: np.ndarray  # (N, 28, 28)
+    y_train: np.ndarray  # (N,), values 0-9
+    x_test: np.ndarray
+    y_test: np.ndarray
+    # SHA-256 of each IDX file's uncompressed content, keyed by the MNIST_FILES names. An npz's arrays are
+    # hashed as the IDX bytes they stand for (header + data), so the same data gives the same hashes
+    # whatever its packaging; the npz file's own hash is added under its file name.
+    sha256: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One parsed IDX file (or npz array) and the hash of its IDX bytes."""
+
+    where: str  # path (or "path[key]") for error messages
+    array: np.ndarray
+    sha256: str
+
+
+def load(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    custom: bool = False,
+    mirror: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset:
+    """Load MNIST from the first source that exists (see the module docstring), verified.
+
+    With ``custom=True`` a dataset that is not the original MNIST is accepted (name "custom") as long
+    as its structure is valid; the original MNIST is still named "mnist".
+    """
+    local = _local_source(data_dir)
+    if local is None:
+        folder = Path(cache_dir or _default_cache_dir()).expanduser()
+        parts = {name: _ensure(folder, name, _mirror(mirror)) for name in MNIST_FILES}
+        return _dataset(parts, str(folder), custom=custom)
+    if local.is_file():
+        return _load_npz(local, custom=custom)
+    if local.is_dir():
+        return _load_folder(local, custom=custom)
+    raise DataError(f"{local}: no such file or folder - {_NO_DATA_HINT}")
+
+
+def fetch(to: str | os.PathLike, *, mirror: str | None = None) -> Path:
+    """Download the four MNIST .gz files into ``to`` (verified, atomic); valid files there are kept."""
+    folder = Path(to).expanduser()
+    for name in MNIST_FILES:
+        _ensure(folder, name, _mirror(mirror))
+    return folder
+
+
+# ---- where the data comes from
+
+
+def _local_source(data_dir: str | os.PathLike | None) -> Path | None:
+    """The argument, else $MNIST_CV_DATA, else the Keras cache if it exists; None means download."""
+    chosen = data_dir or os.environ.get("MNIST_CV_DATA")
+    if chosen:
+        return Path(chosen).expanduser()
+    keras_npz = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets" / "mnist.npz"
+    return keras_npz if keras_npz.is_file() else None
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("MNIST_CV_CACHE") or Path.home() / ".cache" / "mnist-cv" / "mnist")
+
+
+def _mirror(mirror: str | None) -> str:
+    return mirror or os.environ.get("MNIST_CV_MIRROR") or DEFAULT_MIRROR
+
+
+# ---- IDX files
+
+
+def _load_folder(folder: Path, *, custom: bool) -> Dataset:
+    """A folder with the four IDX files, each gzipped or plain, or holding a Keras mnist.npz."""
+    found = {name: _idx_path(folder, name) for name in MNIST_FILES}
+    if not any(found.values()):
+        if (folder / "mnist.npz").is_file():
+            return _load_npz(folder / "mnist.npz", custom=custom)
+        raise DataError(f"{folder}: no MNIST files there (the four IDX files, .gz or plain, or mnist.npz)")
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise DataError(
+            f"{folder / missing[0]}.gz: missing (neither {missing[0]}.gz nor {missing[0]} is there) - "
+            f"the folder needs all of {', '.join(MNIST_FILES)} (.gz or plain) or a mnist.npz"
+        )
+    parts = {name: _read_idx(path, name) for name, path in found.items() if path is not None}
+    return _dataset(parts, str(folder), custom=custom)
+
+
+def _idx_path(folder: Path, name: str) -> Path | None:
+    """The published .gz form first, else the gunzipped file."""
+    for path in (folder / f"{name}.gz", folder / name):
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_idx(path: Path, name: str) -> _Part:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return _parse_file(raw, name, str(path), gzipped=path.suffix == ".gz")
+
+
+def _parse_file(raw: bytes, name: str, where: str, *, gzipped: bool) -> _Part:
+    content = _gunzip(raw, where) if gzipped else raw
+    array = _parse_idx(content, name, where)
+    return _Part(where, array, hashlib.sha256(content).hexdigest())
+
+
+def _gunzip(raw: bytes, where: str) -> bytes:
+    try:
+        return gzip.decompress(raw)
+    except EOFError as exc:
+        raise DataError(f"{where}: truncated gzip file (ends before the end of its stream)") from exc
+    except (OSError, zlib.error) as exc:
+        raise DataError(f"{where}: corrupt gzip file ({exc})") from exc
+
+
+def _parse_idx(content: bytes, name: str, where: str) -> np.ndarray:
+    """Check the IDX header against the content and return a read-only uint8 view of the data."""
+    images = _is_images(name)
+    ndim = 3 if images else 1
+    header_len = 4 + 4 * ndim
+    if len(content) < header_len:
+        raise DataError(f"{where}: {len(content)} bytes, too short for an IDX header")
+    magic = int.from_bytes(content[:4], "big")
+    expected_magic = _IMAGES_MAGIC if images else _LABELS_MAGIC
+    if magic != expected_magic:
+        raise DataError(f"{where}: bad IDX magic number 0x{magic:08x} (expected 0x{expected_magic:08x})")
+    shape = tuple(int(d) for d in np.frombuffer(content, ">u4", count=ndim, offset=4))
+    expected_len = header_len + math.prod(shape)
+    if len(content) != expected_len:
+        raise DataError(f"{where}: {len(content):,} bytes but its header says {expected_len:,} - truncated or padded")
+    array = np.frombuffer(content, np.uint8, offset=header_len).reshape(shape)
+    _check_array(array, name, where)
+    return array
+
+
+def _is_images(name: str) -> bool:
+    return name in (TRAIN_IMAGES, TEST_IMAGES)
+
+
+def _check_array(array: np.ndarray, name: str, where: str) -> None:
+    """What IDX and npz data must both satisfy beyond their headers."""
+    if array.dtype != np.uint8:
+        raise DataError(f"{where}: dtype {array.dtype}, expected uint8")
+    images = _is_images(name)
+    if images and (array.ndim != 3 or array.shape[1:] != (_IMAGE_SIDE, _IMAGE_SIDE)):
+        raise DataError(f"{where}: shape {array.shape}, expected (N, {_IMAGE_SIDE}, {_IMAGE_SIDE})")
+    if not images and array.ndim != 1:
+        raise DataError(f"{where}: shape {array.shape}, expected (N,)")
+    if not images and array.size and array.max() > 9:
+        bad = int(np.argmax(array > 9))
+        raise DataError(f"{where}: label {array[bad]} at index {bad}, labels must be 0-9")
+
+
+# ---- Keras mnist.npz
+
+
+def _load_npz(path: Path, *, custom: bool) -> Dataset:
+    try:
+        raw = path.read_bytes()
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            missing = [key for key in _NPZ_KEYS if key not in npz.files]
+            arrays = {key: npz[key] for key in _NPZ_KEYS if key not in missing}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    if missing:
+        raise DataError(f"{path}: no {', '.join(missing)} array (a mnist.npz holds {', '.join(_NPZ_KEYS)})")
+    parts = {name: _npz_part(arrays[key], name, f"{path}[{key}]") for key, name in _NPZ_KEYS.items()}
+    return _dataset(parts, str(path), custom=custom, extra={path.name: hashlib.sha256(raw).hexdigest()})
+
+
+def _npz_part(array: np.ndarray, name: str, where: str) -> _Part:
+    """Hash an array as the IDX file it stands for, so npz and IDX copies of MNIST verify alike."""
+    _check_array(array, name, where)
+    array = np.ascontiguousarray(array)
+    array.setflags(write=False)
+    magic = _IMAGES_MAGIC if _is_images(name) else _LABELS_MAGIC
+    header = b"".join(int(v).to_bytes(4, "big") for v in (magic, *array.shape))
+    digest = hashlib.sha256(header)
+    digest.update(array.data)
+    return _Part(where, array, digest.hexdigest())
+
+
+# ---- the dataset as a whole
+
+
+def _dataset(parts: dict[str, _Part], source: str, *, custom: bool, extra: dict[str, str] | None = None) -> Dataset:
+    for images, labels in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
+        n_images, n_labels = len(parts[images].array), len(parts[labels].array)
+        if n_images != n_labels:
+            raise DataError(f"{parts[labels].where}: {n_labels} labels for {n_images} images")
+    mismatch = next((name for name in MNIST_FILES if parts[name].sha256 != MNIST_SHA256[name]), None)
+    if mismatch is not None and not custom:
+        raise DataError(f"{parts[mismatch].where}: {_mismatch(parts[mismatch].sha256, mismatch)} - {_CUSTOM_HINT}")
+    return Dataset(
+        name="mnist" if mismatch is None else "custom",
+        source=source,
+        x_train=parts[TRAIN_IMAGES].array,
+        y_train=parts[TRAIN_LABELS].array,
+        x_test=parts[TEST_IMAGES].array,
+        y_test=parts[TEST_LABELS].array,
+        sha256={name: part.sha256 for name, part in parts.items()} | (extra or {}),
+    )
+
+
+def _mismatch(got: str, name: str) -> str:
+    return f"sha256 mismatch (got {got[:12]}..., expected {MNIST_SHA256[name][:12]}...)"
+
+
+# ---- download
+
+
+def _ensure(folder: Path, name: str, mirror: str) -> _Part:
+    """The verified NAME.gz in ``folder``, downloaded unless a valid copy is already there."""
+    dest = folder / f"{name}.gz"
+    if dest.is_file():
+        try:
+            return _verified(_read_idx(dest, name), name)
+        except DataError:
+            pass  # a broken or foreign copy: replace it with a fresh download
+    return _download(f"{mirror.rstrip('/')}/{name}.gz", dest, name)
+
+
+def _verified(part: _Part, name: str) -> _Part:
+    if part.sha256 != MNIST_SHA256[name]:
+        raise DataError(f"{part.where}: {_mismatch(part.sha256, name)}")
+    return part
+
+
+def _download(url: str, dest: Path, name: str) -> _Part:
+    """Fetch, verify in memory, then write a temp file beside ``dest`` and rename it into place.
+
+    The rename is atomic, so concurrent array tasks downloading the same file never see a partial one.
+    """
+    raw = _http_get(url)
+    try:
+        part = _verified(_parse_file(raw, name, str(dest), gzipped=True), name)
+    except DataError as exc:
+        raise DataError(f"{exc} (downloaded from {url}; nothing was saved)") from exc
+    _write_atomic(dest, raw)
+    return part
+
+
+def _http_get(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            return response.read()
+    except urllib.error.HTTPError as exc:
+        raise DataError(f"{url}: download failed (HTTP {exc.code} {exc.reason}) - {_NO_DATA_HINT}") from exc
+    except urllib.error.URLError as exc:
+        raise DataError(f"{url}: download failed ({exc.reason}) - {_NO_DATA_HINT}") from exc
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        raise DataError(f"{url}: download failed ({exc!r}) - {_NO_DATA_HINT}") from exc
+
+
+def _write_atomic(dest: Path, data: bytes) -> None:
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as exc:
+        raise DataError(f"{dest.parent}: cannot write the download there ({exc.strerror or exc})") from exc
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared cache should stay readable
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise DataError(f"{dest}: cannot save the download ({exc.strerror or exc})") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
