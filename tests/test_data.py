@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import http.server
-import os
 import shutil
 import socket
 import subprocess
@@ -25,16 +24,6 @@ TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 LABELS_HEADER = 8  # magic + count
 IMAGES_HEADER = 16  # magic + count + rows + cols
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    """The shared, read-only copy of MNIST ($MNIST_CV_TEST_DATA overrides it)."""
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-    folder = Path(os.environ.get("MNIST_CV_TEST_DATA") or default)
-    if not all((folder / f"{name}.gz").is_file() for name in MNIST_FILES):
-        pytest.skip(f"the MNIST .gz files are not in {folder} (set MNIST_CV_TEST_DATA)")
-    return folder
 
 
 @pytest.fixture(autouse=True)

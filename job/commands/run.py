@@ -63,8 +63,8 @@ def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
         raise UsageError("--fold needs --model")
     task_id = args.task_id
     if task_id is None:
-        env = os.environ.get("SLURM_ARRAY_TASK_ID")
-        if env is None:
+        env = os.environ.get("SLURM_ARRAY_TASK_ID", "").strip()
+        if not env:
             raise UsageError(
                 "no pair given: pass --model and --fold, or --task-id (or set $SLURM_ARRAY_TASK_ID)"
             )
