@@ -49,9 +49,7 @@ class Checkpoint:
         tmp = self.folder / f".tmp-{weights.name}"  # Keras needs the .weights.h5 suffix
         model.save_weights(tmp)
         tmp.replace(weights)
-        write_json_atomic(
-            self.state_file, {**asdict(state), "weights": weights.name, "sha256": _sha256(weights)}
-        )
+        write_json_atomic(self.state_file, {**asdict(state), "weights": weights.name, "sha256": _sha256(weights)})
         for stale in self.folder.glob("*.weights.h5"):
             if stale != weights:
                 stale.unlink()

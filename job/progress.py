@@ -44,9 +44,7 @@ class EpochProgress(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._started = time.perf_counter()
         if self._bar is not None:
-            self._bar.update(
-                self._task, completed=0, description=f"{self.label} epoch {epoch + 1}/{self.epochs}"
-            )
+            self._bar.update(self._task, completed=0, description=f"{self.label} epoch {epoch + 1}/{self.epochs}")
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self._bar is not None:

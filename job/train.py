@@ -69,9 +69,7 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def restore(
-    checkpoint: Checkpoint, model: Any, config_id: str, log: Callable[[str], None]
-) -> TrainState | None:
+def restore(checkpoint: Checkpoint, model: Any, config_id: str, log: Callable[[str], None]) -> TrainState | None:
     """The saved state when a checkpoint of this config is usable; a damaged one is reported and set aside."""
     if not checkpoint.exists():
         return None
@@ -132,9 +130,7 @@ def fit(
         ).history
         if stop_requested():
             # The epoch may be incomplete: keep the last epoch-end checkpoint, not these weights.
-            raise Preempted(
-                f"stopped by a signal during epoch {epoch + 1}; rerun to resume from epoch {epoch}"
-            )
+            raise Preempted(f"stopped by a signal during epoch {epoch + 1}; rerun to resume from epoch {epoch}")
         for key, values in state.history.items():
             values.append(float(logs[key][-1]))
         state.epoch_seconds.append(round(time.perf_counter() - started, 3))

@@ -35,9 +35,7 @@ def add_protocol_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train in mixed_float16 (GPU speed-up; changes numbers)",
     )
-    group.add_argument(
-        "--xla", action="store_true", help="compile with XLA (changes rounding; not deterministic)"
-    )
+    group.add_argument("--xla", action="store_true", help="compile with XLA (changes rounding; not deterministic)")
 
 
 def protocol_from_args(args: argparse.Namespace) -> Protocol:

@@ -25,9 +25,7 @@ def add_parser(subparsers: Any) -> None:
         "to RESULTS/RUN/MODEL/fold-K.json. A pair already done with the same config is skipped.",
     )
     which = p.add_argument_group("which pair (either --model and --fold, or a task id)")
-    which.add_argument(
-        "--model", help=f"model name ({', '.join(DEFAULT_MODELS)}, or an extra one like cnn-small)"
-    )
+    which.add_argument("--model", help=f"model name ({', '.join(DEFAULT_MODELS)}, or an extra one like cnn-small)")
     which.add_argument("--fold", type=int, help="held-out fold, 0-4")
     which.add_argument(
         "--task-id",
@@ -38,9 +36,7 @@ def add_parser(subparsers: Any) -> None:
     add_data_args(p)
     add_protocol_args(p)
     p.add_argument("--force", action="store_true", help="retrain even if the result exists")
-    p.add_argument(
-        "--keep-checkpoint", action="store_true", help="keep the per-epoch checkpoint after success"
-    )
+    p.add_argument("--keep-checkpoint", action="store_true", help="keep the per-epoch checkpoint after success")
     p.add_argument(
         "--allow-cpu",
         action="store_true",
@@ -65,9 +61,7 @@ def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
     if task_id is None:
         env = os.environ.get("SLURM_ARRAY_TASK_ID", "").strip()
         if not env:
-            raise UsageError(
-                "no pair given: pass --model and --fold, or --task-id (or set $SLURM_ARRAY_TASK_ID)"
-            )
+            raise UsageError("no pair given: pass --model and --fold, or --task-id (or set $SLURM_ARRAY_TASK_ID)")
         if not env.isdigit():
             raise UsageError(f"$SLURM_ARRAY_TASK_ID is not a task id: {env!r}")
         task_id = int(env)
