@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from job.results import write_json_atomic
+from job import atomic
 
 
 @dataclass
@@ -46,10 +46,9 @@ class Checkpoint:
     def save(self, model: Any, state: TrainState) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = self.folder / f"epoch-{state.epochs_done}.weights.h5"
-        tmp = self.folder / f".tmp-{weights.name}"  # Keras needs the .weights.h5 suffix
-        model.save_weights(tmp)
-        tmp.replace(weights)
-        write_json_atomic(self.state_file, {**asdict(state), "weights": weights.name, "sha256": _sha256(weights)})
+        with atomic.replacing(weights) as tmp:  # keeps the .weights.h5 suffix Keras insists on
+            model.save_weights(tmp)
+        atomic.write_json(self.state_file, {**asdict(state), "weights": weights.name, "sha256": _sha256(weights)})
         for stale in self.folder.glob("*.weights.h5"):
             if stale != weights:
                 stale.unlink()

@@ -14,7 +14,6 @@ import http.client
 import io
 import math
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from job import atomic
 from job.errors import JobError
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
@@ -325,17 +325,6 @@ def _http_get(url: str) -> bytes:
 
 def _write_atomic(dest: Path, data: bytes) -> None:
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    except OSError as exc:
-        raise DataError(f"{dest.parent}: cannot write the download there ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared cache should stay readable
-        os.replace(tmp, dest)
+        atomic.write_bytes(dest, data)
     except OSError as exc:
         raise DataError(f"{dest}: cannot save the download ({exc.strerror or exc})") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -6,7 +6,6 @@ Imports no TensorFlow: collect, pairs and the launchers read results through thi
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from functools import cache
@@ -14,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from job.atomic import write_json as write_json_atomic  # noqa: F401 - TODO(lead): callers move to job.atomic
 from job.errors import JobError
 from job.protocol import Pair
 
@@ -45,22 +45,6 @@ def ensure_writable(folder: Path) -> None:
             pass
     except OSError as error:
         raise JobError(f"cannot write to {folder}: {error.strerror or error}") from None
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temp file in the same folder, fsync, rename: readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1, allow_nan=False)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @cache

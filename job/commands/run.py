@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_and_write(args: argparse.Namespace, protocol: Protocol, pair: Pair, path: Any) -> int:
-    from job import data, provenance, results, runtime
+    from job import atomic, data, provenance, results, runtime
     from job.checkpoint import Checkpoint
 
     dataset = data.load(args.data_dir, custom=args.custom_data)
@@ -140,7 +140,7 @@ def train_and_write(args: argparse.Namespace, protocol: Protocol, pair: Pair, pa
         "environment": provenance.environment(runtime_info),
     }
     results.validate(result)
-    results.write_json_atomic(path, result)
+    atomic.write_json(path, result)
     if not args.keep_checkpoint:
         checkpoint.remove()
     score = result["score"]
