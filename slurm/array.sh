@@ -27,7 +27,12 @@ set -uo pipefail
 cd "${MNIST_CV_HOME:-$SLURM_SUBMIT_DIR}" || exit 1
 echo "task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} (job ${SLURM_JOB_ID}) on $(hostname)," \
      "restart ${SLURM_RESTART_COUNT:-0}, in $PWD"
-export MNIST_CV_GIT_COMMIT="${MNIST_CV_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"
+# The commit is read here on the host: images carry no git, and the job records what it is told.
+if [ -z "${MNIST_CV_GIT_COMMIT:-}" ] && MNIST_CV_GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null); then
+    MNIST_CV_GIT_DIRTY=0
+    [ -n "$(git status --porcelain --untracked-files=no)" ] && MNIST_CV_GIT_DIRTY=1
+    export MNIST_CV_GIT_COMMIT MNIST_CV_GIT_DIRTY
+fi
 
 if [ -n "${MNIST_CV_IMAGE:-}" ]; then
     # Bind what the job reads and writes; --nv brings the host's NVIDIA driver into the image.
