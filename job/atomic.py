@@ -27,7 +27,7 @@ def replacing(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
-        tmp.chmod(0o644)  # mkstemp makes files private; results and caches are shared
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes files private; results and caches are often shared
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -40,3 +40,9 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NoReturn
 
@@ -47,9 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
+    except BrokenPipeError:  # `mnist-cv pairs | head`: the reader left early, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit stays quiet
+        return 0
     except JobError as error:
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # a full disk, a lost mount, a permission: one line, not a traceback
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

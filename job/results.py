@@ -74,7 +74,7 @@ def read_result(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise ResultError(f"{path}: unreadable ({error})") from None
     except json.JSONDecodeError as error:
-        raise ResultError(f"{path}: corrupt or truncated JSON ({error.msg} at line {error.lineno})") from None
+        raise ResultError(f"{path}: corrupt or truncated JSON ({error.msg}: line {error.lineno})") from None
     validate(result, str(path))
     return result
 

@@ -1,0 +1,106 @@
+"""How a summary reads: one table with a row per model, for the terminal (rich) and for summary.md (markdown).
+
+Both renderings come from the same rows, so the terminal and the file never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+HEADERS = ("model", "n", "mean ± std %", "min %", "max %", "fit s (mean)", "missing / failed")
+NONE = "-"
+
+
+def _percent(fraction: float | None) -> str:
+    return NONE if fraction is None else f"{100 * fraction:.3f}"
+
+
+def rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row of cells per model, in the order of HEADERS."""
+    table = []
+    for model, stats in summary["models"].items():
+        gaps = [m for m in summary["missing"] if m["model"] == model]
+        table.append(
+            (
+                model,
+                f"{stats['n']}",
+                NONE if stats["n"] == 0 else f"{_percent(stats['mean'])} ± {_percent(stats['std'])}",
+                _percent(stats["min"]),
+                _percent(stats["max"]),
+                NONE if stats["mean_fit_seconds"] is None else f"{stats['mean_fit_seconds']:.1f}",
+                ", ".join(f"fold {m['fold']} ({m['reason']})" for m in gaps) or "none",
+            )
+        )
+    return table
+
+
+def title(summary: dict[str, Any]) -> str:
+    config = summary["config"]
+    return (
+        f"{summary['run']}: {config['n_folds']}-fold cross-validation, {config['epochs']} epochs, "
+        f"config {summary['config_id']}, data {summary['data']['name']}"
+    )
+
+
+def tutorial_lines(summary: dict[str, Any]) -> list[str]:
+    """The tutorial's own summary line per model, `Accuracy: mean=98.677 std=0.107, n=5`."""
+    return [
+        f"{model}: Accuracy: mean={_percent(stats['mean'])} std={_percent(stats['std'])}, n={stats['n']}"
+        for model, stats in summary["models"].items()
+        if stats["n"]
+    ]
+
+
+def comparison_line(summary: dict[str, Any]) -> str:
+    c = summary["comparison"]
+    pair = f"{c['candidate']} - {c['baseline']}"
+    if c["mean_difference"] is None:
+        line = f"{pair}: no fold has both models"
+    else:
+        line = f"{pair}: {100 * c['mean_difference']:+.3f} points of accuracy, mean over {c['k']} paired folds"
+    if c["t"] is not None:
+        p_value = "n/a" if c["p_value"] is None else f"{c['p_value']:.3g}"
+        line += f"; {c['test']}: t={c['t']:.3f}, df={c['df']}, p={p_value}"
+    if c["notes"]:
+        line += f" ({'; '.join(c['notes'])})"
+    return line
+
+
+def footer(summary: dict[str, Any]) -> list[str]:
+    """The lines under the table: what std means, the tutorial's lines, the comparison, and what is missing."""
+    lines = [f"std: {summary['std_definition']}", *tutorial_lines(summary), comparison_line(summary)]
+    if not summary["complete"]:
+        lines.append(f"{len(summary['missing'])} of {summary['n_expected']} pairs missing: n above is what exists")
+    return lines
+
+
+def print_report(summary: dict[str, Any], console: Console) -> None:
+    table = Table(title=title(summary))
+    *numbers, reasons = HEADERS
+    table.add_column(numbers[0], no_wrap=True)
+    for header in numbers[1:]:
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column(reasons)  # the one column that wraps when the terminal is narrow
+    for row in rows(summary):
+        # Text, not str: a cell is data, never rich markup (a reason may hold brackets).
+        table.add_row(*(Text(cell) for cell in row))
+    console.print(table)
+    for line in footer(summary):
+        # soft_wrap: a long line is left for the terminal to wrap, not broken into lines by rich.
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """summary.md: the title, the same table and footer, and the figures (images beside the file)."""
+    lines = [f"# {title(summary)}", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(summary)]
+    lines += ["", *(f"- {line}" for line in footer(summary))]
+    lines += [f"- skipped {s['file']}: {s['reason']}" for s in summary["skipped"]]
+    lines.append("")
+    # PDFs do not render inline, so they are linked; PNG and SVG are shown.
+    lines += [f"{'' if name.endswith('.pdf') else '!'}[{name}]({name})" for name in summary["figures"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,431 @@
+"""`collect` on real short runs of the ten pairs, and on hand-edited copies of them (missing, corrupt, mixed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import cli
+
+from job import plots, summary
+from job.cli import main
+from job.protocol import DEFAULT_MODELS, Protocol, all_pairs
+
+EPOCHS = 2  # two points per learning curve: lines, not dots
+LIMIT = 1000  # 800 training and 200 held-out images per fold: a few seconds per pair on a CPU
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def real_results(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RESULTS holding run 'default' with the ten pairs, trained by `python -m job run` as a Slurm task would."""
+    results = tmp_path_factory.mktemp("real-results")
+
+    def train(pair: Any) -> subprocess.CompletedProcess:
+        return cli(
+            "run", "--model", pair.model, "--fold", str(pair.fold), "--epochs", str(EPOCHS), "--limit", str(LIMIT),
+            "--data-dir", str(mnist_dir), "--results", str(results),
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(2) as pool:  # two at a time: the machine has two cores
+        for done in pool.map(train, all_pairs()):
+            assert done.returncode == 0, done.stderr[-2000:]
+    return results
+
+
+@pytest.fixture
+def results_dir(real_results: Path, tmp_path: Path) -> Path:
+    """A private copy of the real results, to edit by hand."""
+    return Path(shutil.copytree(real_results, tmp_path / "results"))
+
+
+@pytest.fixture
+def collect(
+    results_dir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., tuple[int, str, str]]:
+    """Run `collect --results RESULTS ARGS` in this process: (exit code, stdout, stderr)."""
+    monkeypatch.setenv("COLUMNS", "200")  # rich's table width: wide enough that no cell wraps
+
+    def call(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main(["collect", "--results", str(results_dir), *args])
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+def run_dir(results_dir: Path) -> Path:
+    return results_dir / "default"
+
+
+def read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def edit(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    result = read(path)
+    change(result)
+    path.write_text(json.dumps(result))
+
+
+def accuracies(folder: Path, model: str) -> list[float]:
+    """The held-out accuracies of a model, straight from its files."""
+    return [read(path)["score"]["accuracy"] for path in sorted((folder / model).glob("fold-*.json"))]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from the PNG header: the signature, then the IHDR chunk."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def stderr_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip()]
+
+
+# --- a complete run ---------------------------------------------------------------------------------------------
+
+
+def test_complete_run_summary_holds_the_numbers_of_the_files(collect: Callable, results_dir: Path) -> None:
+    code, out, err = collect()
+    assert code == 0, err
+    folder = run_dir(results_dir)
+    found = read(folder / "summary.json")
+    first = read(folder / "mlp" / "fold-0.json")
+    assert found["complete"] is True and found["missing"] == [] and found["skipped"] == []
+    assert found["config_id"] == first["config_id"] == Protocol(epochs=EPOCHS, limit=LIMIT).config_id
+    assert found["data"]["sha256"] == first["data"]["sha256"]
+    assert "ddof=0" in found["std_definition"]
+    assert list(found["models"]) == list(DEFAULT_MODELS)
+    for model in DEFAULT_MODELS:
+        scores = accuracies(folder, model)
+        stats = found["models"][model]
+        assert stats["n"] == 5 and stats["missing_folds"] == []
+        assert stats["mean"] == pytest.approx(statistics.fmean(scores), abs=1e-12)
+        assert stats["std"] == pytest.approx(statistics.pstdev(scores), abs=1e-12)
+        assert (stats["min"], stats["max"]) == (min(scores), max(scores))
+        assert [f["accuracy"] for f in stats["folds"]] == scores
+        fit = [read(folder / model / f"fold-{k}.json")["timings"]["fit_seconds"] for k in range(5)]
+        assert stats["mean_fit_seconds"] == pytest.approx(statistics.fmean(fit))
+        # The tutorial's own line, from the independently computed numbers.
+        expected = f"Accuracy: mean={100 * statistics.fmean(scores):.3f} std={100 * statistics.pstdev(scores):.3f}, n=5"
+        assert f"{model}: {expected}" in out
+    assert "Nadeau-Bengio corrected resampled t-test" in out
+    assert err == ""
+
+
+def test_tutorial_published_folds_give_its_mean_and_population_std() -> None:
+    folds = {"mlp": [97.408, 97.308, 97.450, 97.858, 97.417], "cnn": [98.908, 98.992, 99.125, 99.267, 99.067]}
+    for model, (mean, std) in {"mlp": (97.488, 0.191), "cnn": (99.072, 0.122)}.items():
+        results = [
+            {
+                "fold": k,
+                "score": {"accuracy": a / 100, "loss": 0.1},
+                "timings": {"fit_seconds": 1.0},
+                "_path": f"{k}.json",
+            }
+            for k, a in enumerate(folds[model])
+        ]
+        stats = summary.model_stats(results)
+        assert (round(100 * stats["mean"], 3), round(100 * stats["std"], 3), stats["n"]) == (mean, std, 5)
+
+
+def test_figures_are_pngs_of_the_expected_size(collect: Callable, results_dir: Path) -> None:
+    assert collect()[0] == 0
+    folder = run_dir(results_dir)
+    found = read(folder / "summary.json")
+    assert found["figures"] == ["learning-curves-mlp.png", "learning-curves-cnn.png", "boxplot.png"]
+    assert png_size(folder / "learning-curves-mlp.png") == (1000, 400)
+    assert png_size(folder / "learning-curves-cnn.png") == (1000, 400)
+    assert png_size(folder / "boxplot.png") == (600, 450)
+    markdown = (folder / "summary.md").read_text()
+    assert "| model | n | mean ± std % |" in markdown and "![boxplot.png](boxplot.png)" in markdown
+
+
+def test_learning_curves_draw_every_fold_with_a_legend_of_two(real_results: Path) -> None:
+    results = [read(path) for path in sorted((real_results / "default" / "cnn").glob("fold-*.json"))]
+    fig = plots.learning_curves("cnn", results, results[0]["config_id"])
+    loss, accuracy = fig.axes
+    for ax, metric in ((loss, "loss"), (accuracy, "accuracy")):
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", metric)
+        assert len(ax.get_lines()) == 2 * 5  # train and held-out, per fold
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "held-out fold"]
+        colors = {line.get_color() for line in ax.get_lines()}
+        assert colors == {plots.TRAIN_COLOR, plots.HELD_OUT_COLOR}
+        assert list(ax.get_lines()[1].get_ydata()) == results[0]["history"][f"val_{metric}"]
+
+
+@pytest.mark.parametrize(("fmt", "magic"), [("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_other_formats(collect: Callable, results_dir: Path, fmt: str, magic: bytes) -> None:
+    assert collect("--format", fmt)[0] == 0
+    folder = run_dir(results_dir)
+    for name in ("learning-curves-mlp", "learning-curves-cnn", "boxplot"):
+        assert (folder / f"{name}.{fmt}").read_bytes().startswith(magic)
+    assert not list(folder.glob("*.png"))
+
+
+def test_corrected_t_test_matches_an_independent_computation(collect: Callable, results_dir: Path) -> None:
+    from scipy import special, stats
+
+    assert collect()[0] == 0
+    folder = run_dir(results_dir)
+    comparison = read(folder / "summary.json")["comparison"]
+    mlp, cnn = accuracies(folder, "mlp"), accuracies(folder, "cnn")
+    data = read(folder / "mlp" / "fold-0.json")["data"]
+    ratio = data["n_val"] / data["n_train"]
+    assert ratio == 200 / 800
+    # The plain paired t divides by sqrt(var/k); Nadeau-Bengio's by sqrt(var * (1/k + n_val/n_train)).
+    plain = stats.ttest_rel(cnn, mlp).statistic
+    k = 5
+    t = plain * math.sqrt((1 / k) / (1 / k + ratio))
+    assert comparison["test"] == "Nadeau-Bengio corrected resampled t-test"
+    assert (comparison["baseline"], comparison["candidate"], comparison["k"], comparison["df"]) == ("mlp", "cnn", 5, 4)
+    assert comparison["mean_difference"] == pytest.approx(statistics.fmean(cnn) - statistics.fmean(mlp), abs=1e-12)
+    assert comparison["test_train_ratio"] == pytest.approx(ratio)
+    assert comparison["t"] == pytest.approx(t, rel=1e-9)
+    assert comparison["p_value"] == pytest.approx(2 * special.stdtr(k - 1, -abs(t)), rel=1e-9)
+
+
+def test_comparison_without_variance_or_pairs_gives_no_t(real_results: Path) -> None:
+    mlp = [read(p) for p in sorted((real_results / "default" / "mlp").glob("fold-*.json"))]
+    shifted = [{**r, "model": "cnn", "score": {**r["score"], "accuracy": r["score"]["accuracy"] + 0.01}} for r in mlp]
+    same_gain = summary.compare({"mlp": mlp, "cnn": shifted}, "mlp", "cnn")
+    assert same_gain["mean_difference"] == pytest.approx(0.01) and same_gain["t"] is None
+    assert "t is undefined" in same_gain["notes"][0]
+    one_fold = summary.compare({"mlp": mlp, "cnn": shifted[:1]}, "mlp", "cnn")
+    assert (one_fold["k"], one_fold["t"], one_fold["p_value"]) == (1, None, None)
+
+
+def test_rerun_writes_the_same_summary_and_leaves_no_temp_files(collect: Callable, results_dir: Path) -> None:
+    folder = run_dir(results_dir)
+    assert collect()[0] == 0
+    first = (folder / "summary.json").read_bytes()
+    assert collect()[0] == 0
+    assert (folder / "summary.json").read_bytes() == first
+    assert not [p for p in folder.rglob(".*")], "a temp file was left behind"
+    assert oct((folder / "summary.json").stat().st_mode & 0o777) != oct(0o600)  # readable by the group, as umask says
+
+
+def test_json_flag_prints_only_the_summary(collect: Callable, results_dir: Path) -> None:
+    code, out, err = collect("--json")
+    assert code == 0, err
+    assert json.loads(out) == read(run_dir(results_dir) / "summary.json")
+
+
+def test_collect_imports_no_tensorflow(results_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "job", "collect", "--results", str(results_dir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    json.loads(done.stdout)
+    # -X importtime writes "import time: self | cumulative | package" for every module imported.
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "matplotlib" in imported and "job.summary" in imported
+    assert not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras")}
+
+
+# --- missing and damaged pairs ----------------------------------------------------------------------------------
+
+
+def test_missing_pair_fails_and_names_it(collect: Callable, results_dir: Path) -> None:
+    folder = run_dir(results_dir)
+    (folder / "cnn" / "fold-2.json").unlink()
+    code, out, err = collect()
+    assert code == 1
+    assert stderr_lines(err) == [
+        "mnist-cv collect: error: 1 of 10 pairs missing (cnn/fold-2; task ids 7): run them, or pass --allow-partial"
+    ]
+    assert "fold 2 (no result)" in out
+    assert not (folder / "summary.json").exists()
+
+
+def test_allow_partial_summarises_what_exists(collect: Callable, results_dir: Path) -> None:
+    folder = run_dir(results_dir)
+    (folder / "cnn" / "fold-2.json").unlink()
+    code, out, err = collect("--allow-partial")
+    assert code == 0, err
+    found = read(folder / "summary.json")
+    scores = accuracies(folder, "cnn")
+    assert found["complete"] is False and (found["n_expected"], found["n_found"]) == (10, 9)
+    assert found["missing"] == [{"model": "cnn", "fold": 2, "task_id": 7, "reason": "no result"}]
+    cnn = found["models"]["cnn"]
+    assert (cnn["n"], cnn["missing_folds"], [f["fold"] for f in cnn["folds"]]) == (4, [2], [0, 1, 3, 4])
+    assert cnn["mean"] == pytest.approx(statistics.fmean(scores)) and cnn["std"] == pytest.approx(
+        statistics.pstdev(scores)
+    )
+    assert (found["comparison"]["k"], found["comparison"]["folds"]) == (4, [0, 1, 3, 4])
+    assert "n=4" in out and "1 of 10 pairs missing" in out
+
+
+def _corrupt(path: Path) -> None:
+    path.write_text("{not json")
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _invalid(path: Path) -> None:
+    edit(path, lambda r: r["score"].update(accuracy=1.5))
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (_corrupt, "corrupt or truncated JSON"),
+        (_truncate, "corrupt or truncated JSON"),
+        (_invalid, "not a valid result"),
+    ],
+)
+def test_unusable_file_is_reported_in_one_line_and_counted_missing(
+    collect: Callable, results_dir: Path, damage: Callable[[Path], None], says: str
+) -> None:
+    path = run_dir(results_dir) / "mlp" / "fold-1.json"
+    damage(path)
+    code, out, err = collect()
+    assert code == 1
+    skipped, error = stderr_lines(err)
+    assert skipped.startswith(f"skipped {path}: {says}")
+    assert error.startswith("mnist-cv collect: error: 1 of 10 pairs missing (mlp/fold-1; task ids 1)")
+    assert "fold 1 (unusable)" in out
+
+    code, out, err = collect("--allow-partial")
+    assert code == 0 and "Traceback" not in err
+    found = read(run_dir(results_dir) / "summary.json")
+    assert found["models"]["mlp"]["n"] == 4
+    assert found["missing"] == [{"model": "mlp", "fold": 1, "task_id": 1, "reason": "unusable"}]
+    assert [s["file"] for s in found["skipped"]] == ["mlp/fold-1.json"] and says in found["skipped"][0]["reason"]
+
+
+def test_a_copy_at_another_pairs_path_is_not_that_pair(collect: Callable, results_dir: Path) -> None:
+    folder = run_dir(results_dir)
+    shutil.copy(folder / "mlp" / "fold-0.json", folder / "mlp" / "fold-3.json")
+    code, _, err = collect()
+    assert code == 1
+    assert (
+        stderr_lines(err)[0]
+        == f"skipped {folder / 'mlp' / 'fold-3.json'}: holds mlp/fold-0, not the pair its path names"
+    )
+
+
+def test_running_pairs_checkpoints_and_temp_files_are_ignored(collect: Callable, results_dir: Path) -> None:
+    mlp = run_dir(results_dir) / "mlp"
+    (mlp / "fold-4.json").unlink()
+    (mlp / "fold-4.ckpt").mkdir()
+    (mlp / "fold-4.ckpt" / "state.json").write_text('{"epochs_done": 1}')
+    (mlp / ".fold-4.json.x1y2.tmp").write_text('{"half a fi')
+    code, out, err = collect("--allow-partial")
+    assert (code, err) == (0, "")
+    assert read(run_dir(results_dir) / "summary.json")["missing"][0]["reason"] == "in progress"
+    assert "fold 4 (in progress)" in out
+
+
+def test_no_run_folder(collect: Callable) -> None:
+    code, out, err = collect("--run", "nope")
+    assert (code, out) == (1, "")
+    (line,) = stderr_lines(err)
+    assert line.startswith("mnist-cv collect: error: no run folder ") and line.endswith("nope")
+
+
+# --- results that must not be mixed -----------------------------------------------------------------------------
+
+
+def _other_seed(result: dict[str, Any]) -> None:
+    """What `run --seed 2` would have written (the config id is the hash of the config)."""
+    result["config"]["seed"] = 2
+    result["config_id"] = Protocol.from_dict(result["config"]).config_id
+
+
+def test_mixed_configs_are_refused_naming_the_files(collect: Callable, results_dir: Path) -> None:
+    folder = run_dir(results_dir)
+    edit(folder / "cnn" / "fold-0.json", _other_seed)
+    main_id, other_id = (
+        read(folder / "mlp" / "fold-0.json")["config_id"],
+        read(folder / "cnn" / "fold-0.json")["config_id"],
+    )
+    code, out, err = collect("--allow-partial")
+    assert (code, out) == (1, "")
+    rest = ", ".join([*(f"cnn/fold-{k}.json" for k in range(1, 5)), *(f"mlp/fold-{k}.json" for k in range(5))])
+    assert stderr_lines(err) == [
+        f"mnist-cv collect: error: results of 2 configs are mixed ({other_id}: cnn/fold-0.json; {main_id}: {rest}): "
+        "choose one with --config ID"
+    ]
+    assert not (folder / "summary.json").exists()
+
+
+def test_config_flag_chooses_one_config(collect: Callable, results_dir: Path) -> None:
+    folder = run_dir(results_dir)
+    edit(folder / "cnn" / "fold-0.json", _other_seed)
+    main_id, other_id = (
+        read(folder / "mlp" / "fold-0.json")["config_id"],
+        read(folder / "cnn" / "fold-0.json")["config_id"],
+    )
+
+    assert collect("--config", main_id)[0] == 1  # cnn/fold-0 of this config is still missing
+    code, _, err = collect("--config", main_id, "--allow-partial")
+    assert code == 0, err
+    found = read(folder / "summary.json")
+    assert (found["config_id"], found["models"]["cnn"]["n"], found["models"]["mlp"]["n"]) == (main_id, 4, 5)
+    assert found["missing"] == [{"model": "cnn", "fold": 0, "task_id": 5, "reason": f"config {other_id}"}]
+    assert found["skipped"] == [{"file": "cnn/fold-0.json", "reason": f"config {other_id}"}]
+
+    code, _, err = collect("--config", other_id, "--allow-partial")
+    assert code == 0, err
+    found = read(folder / "summary.json")
+    assert (found["models"]["cnn"]["n"], found["models"]["mlp"]["n"], found["comparison"]["k"]) == (1, 0, 0)
+    assert found["figures"] == ["learning-curves-cnn.png", "boxplot.png"]
+
+    code, _, err = collect("--config", "0123456789ab")
+    assert code == 1 and stderr_lines(err)[0].startswith("mnist-cv collect: error: no result of config 0123456789ab")
+    code, _, err = collect("--config", "seed2")
+    assert code == 2 and "not a config id" in err
+
+
+def test_mixed_data_is_refused_even_with_a_config(collect: Callable, results_dir: Path) -> None:
+    folder = run_dir(results_dir)
+    edit(folder / "mlp" / "fold-3.json", lambda r: r["data"]["sha256"].update({"train-labels-idx1-ubyte": "0" * 64}))
+    config_id = read(folder / "mlp" / "fold-3.json")["config_id"]
+    for args in ((), ("--config", config_id, "--allow-partial")):
+        code, _, err = collect(*args)
+        (line,) = stderr_lines(err)
+        assert code == 1 and "come from 2 different datasets" in line and "mlp/fold-3.json)" in line
+
+
+def test_same_data_from_an_npz_is_the_same_data(collect: Callable, results_dir: Path) -> None:
+    folder = run_dir(results_dir)
+    edit(folder / "cnn" / "fold-1.json", lambda r: r["data"]["sha256"].update({"mnist.npz": "1" * 64}))
+    assert collect()[0] == 0
+
+
+def test_extra_model_is_summarised_but_never_missing(collect: Callable, results_dir: Path) -> None:
+    folder = run_dir(results_dir)
+    (folder / "cnn-small").mkdir()
+    for fold in (0, 1):
+        result = read(folder / "cnn" / f"fold-{fold}.json")
+        result.update(model="cnn-small", task_id=None)
+        (folder / "cnn-small" / f"fold-{fold}.json").write_text(json.dumps(result))
+    code, out, err = collect()
+    assert code == 0, err
+    found = read(folder / "summary.json")
+    assert list(found["models"]) == ["mlp", "cnn", "cnn-small"] and found["complete"] is True
+    assert found["models"]["cnn-small"]["n"] == 2
+    assert png_size(folder / "learning-curves-cnn-small.png") == (1000, 400)
+    assert "cnn-small: Accuracy:" in out
