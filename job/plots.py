@@ -58,6 +58,6 @@ def boxplot(accuracies: dict[str, list[float]]) -> Figure:
     # set_xticks rather than boxplot's labels= (renamed tick_labels= in matplotlib 3.9).
     ax.set_xticks(positions, [f"{m}\n(n={len(accuracies[m])})" for m in models])
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("held-out accuracy per fold (box: quartiles and median, triangle: mean)")
+    ax.set_title("Held-out accuracy per fold\n(box: quartiles and median; triangle: mean)")
     ax.grid(axis="y", alpha=0.3)
     return fig
