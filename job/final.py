@@ -1,0 +1,127 @@
+"""The final model: the chosen model trained on all training images with the CV protocol, scored on the test set.
+
+It trains through train.fit like a pair, so it is checkpointed every epoch and resumes after a stop. Its held-out
+images are the 10,000 test images: the history's val_* curves are test-set curves, watched but never used to
+choose anything (no early stopping), as in the tutorial's final evaluation. With protocol.limit = N it trains on the
+first N training images and is still scored on all 10,000 test images, so every final score is on the same test set.
+
+Files, in RESULTS/RUN/final/: MODEL.keras (the model), MODEL.json (its result, naming the model file's sha256),
+MODEL.ckpt/ (the checkpoint, while training).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job import predict, results
+from job.checkpoint import Checkpoint, _sha256
+from job.data import Dataset
+from job.errors import JobError
+from job.models import N_CLASSES
+from job.protocol import Protocol
+
+# The final training's random stream (weights and shuffling); a pair's stream is its fold, 0 to n_folds - 1.
+FINAL_STREAM = 1_000_000
+
+
+@dataclass(frozen=True)
+class FinalPaths:
+    model_file: Path
+    result: Path
+    checkpoint: Path
+
+
+def paths(results_dir: Path, run: str, model_name: str) -> FinalPaths:
+    folder = results.run_dir(results_dir, run) / "final"
+    return FinalPaths(folder / f"{model_name}.keras", folder / f"{model_name}.json", folder / f"{model_name}.ckpt")
+
+
+def completed(where: FinalPaths, config_id: str) -> bool:
+    """True when a result of this config and the very model file it names are there.
+
+    Raises when a result of another config would be overwritten, as a pair's does.
+    """
+    try:
+        result = json.loads(where.result.read_text())
+        done_config, model_sha256 = result["config_id"], result["model_file"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # missing, torn or foreign: trained again, and the new files replace it atomically
+    if done_config != config_id:
+        raise JobError(
+            f"{where.result} holds config {done_config}, not {config_id}: use another --run, or --force to replace it"
+        )
+    return where.model_file.is_file() and _sha256(where.model_file) == model_sha256
+
+
+def train(
+    model_name: str, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, **fit_options: Any
+) -> tuple[Any, dict[str, Any]]:
+    """Train on the (limited) training images, score on all test images; the model and the result's sections."""
+    from job.train import fit  # deferred: the done-check of `final` needs no scikit-learn
+
+    x_train, y_train = dataset.x_train[: protocol.limit], dataset.y_train[: protocol.limit]
+    # fit() takes one image array and two index sets: the test images go after the training ones.
+    images = np.concatenate([x_train, dataset.x_test])
+    labels = np.concatenate([y_train, dataset.y_test])
+    train_ix, test_ix = np.arange(len(x_train)), np.arange(len(x_train), len(images))
+    model, outcome = fit(
+        model_name, protocol, images, labels, train_ix, test_ix, checkpoint, stream=FINAL_STREAM, **fit_options
+    )
+    outcome["test"] = evaluate(model, dataset.x_test, dataset.y_test)
+    outcome["data"] = {
+        "name": dataset.name,
+        "source": dataset.source,
+        "sha256": dataset.sha256,
+        "n_train": len(x_train),
+        "n_test": len(dataset.x_test),
+    }
+    return model, outcome
+
+
+def evaluate(model: Any, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Per-class accuracy, confusion matrix and the misclassified images of uint8 `images`."""
+    probs = predict.probabilities(model, images.astype(np.float32) / 255)
+    predicted = probs.argmax(axis=1)
+    confusion = np.bincount(labels.astype(np.int64) * N_CLASSES + predicted, minlength=N_CLASSES**2)
+    confusion = confusion.reshape(N_CLASSES, N_CLASSES)
+    wrong = np.flatnonzero(predicted != labels)
+    return {
+        "n_images": len(labels),
+        "n_correct": int(np.trace(confusion)),
+        # None for a digit with no test image (possible only in --custom-data sets)
+        "per_class_accuracy": [float(confusion[d, d] / n) if n else None for d, n in enumerate(confusion.sum(axis=1))],
+        "confusion_matrix": confusion.tolist(),  # [true digit][predicted digit]
+        "misclassified": [
+            {
+                "index": int(i),
+                "label": int(labels[i]),
+                "predicted": int(predicted[i]),
+                "probability": float(probs[i, predicted[i]]),
+            }
+            for i in wrong
+        ],
+    }
+
+
+def save_model(model: Any, path: Path) -> str:
+    """Write the model atomically (temp file in the same folder, fsync, rename) and return its sha256."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")  # Keras wants .keras
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the model is meant to be shared
+        with open(tmp, "rb") as saved:
+            os.fsync(saved.fileno())
+        sha256 = _sha256(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return sha256
