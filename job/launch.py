@@ -1,0 +1,189 @@
+"""The submitit side of the fan-out: one small picklable callable per pair, running `python -m job run` as a child.
+
+The child process keeps TensorFlow out of submitit's process, and it makes this path run the very same command
+line as slurm/array.sh, with or without an Apptainer image. Imports no TensorFlow (nor scikit-learn).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from submitit.helpers import DelayedSubmission
+
+from job import provenance
+from job.protocol import pair_for_task
+
+# The exit status of `job run` stopped by a signal at a safe point (job.train.Preempted.exit_code; importing
+# job.train here would load scikit-learn into every submitit process).
+PREEMPTED_EXIT = 3
+# _interrupt() and preemption send TERM, then submitit's USR2 within milliseconds; USR2 runs checkpoint(),
+# which requeues. A child stopped with no USR2 after this long (a plain scancel) was stopped for good.
+REQUEUE_GRACE_S = 10
+# The child stops after its current compiled call; past this it is stuck and killed (its last epoch-end
+# checkpoint is safe either way). Well inside the 90 s between submitit's USR2 and the time limit.
+STOP_TIMEOUT_S = 60
+POLL_S = 0.2
+TAIL_LINES = 20
+
+
+def pair_command(
+    task_id: int,
+    run_args: Sequence[str],
+    *,
+    image: str | None,
+    python: str,
+    workdir: str,
+    binds: Sequence[str] = (),
+) -> list[str]:
+    """The one-pair job's command line: `PYTHON -m job run --task-id N ...`, or inside IMAGE as slurm/array.sh runs it.
+
+    `binds` are the folders besides `workdir` the job reads or writes (data, results), as absolute paths.
+    """
+    job = ["-m", "job", "run", "--task-id", str(task_id), *run_args]
+    if image is None:
+        return [python, *job]
+    # --nv brings the host's NVIDIA driver into the image; the image's own python runs the job.
+    return ["apptainer", "exec", "--nv", "--bind", ",".join([workdir, *binds]), "--pwd", workdir, image, "python", *job]
+
+
+def image_digest(image: str) -> str:
+    """The image's sha256: from IMAGE.sha256 (written when it was built) if there, else hashed now (as array.sh)."""
+    digest_file = Path(f"{image}.sha256")
+    if digest_file.is_file():
+        fields = digest_file.read_text().split()
+        if fields:
+            return fields[0]
+    digest = hashlib.sha256()
+    with open(image, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class PairFailed(RuntimeError):
+    """The one-pair job exited non-zero; the message ends with its last lines, for job.exception() and the log."""
+
+
+class _Child:
+    """The running job: its output is copied to ours (submitit's log) and its last lines are kept.
+
+    A thread owns reading and reaping; the main thread only sleeps and sends signals. submitit's USR2 handler
+    interrupts the main thread anywhere, so nothing it calls may wait on a lock the main thread could hold
+    (Popen.wait holds one for as long as it blocks).
+    """
+
+    def __init__(self, command: list[str], cwd: str, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.returncode: int | None = None
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            self.tail.append(line.rstrip("\n"))
+        self.returncode = self.process.wait()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status, or None if still running after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None and (deadline is None or time.monotonic() < deadline):
+            time.sleep(POLL_S)
+        return self.returncode
+
+    def stop(self) -> None:
+        """Make the job stop at its next safe point (TERM, which it treats like USR1/USR2) and wait for it."""
+        if self.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            if self.wait(STOP_TIMEOUT_S) is None:
+                self.process.kill()
+                self.wait()
+
+
+@dataclasses.dataclass
+class PairTask:
+    """One (model, fold) pair for submitit. It holds small strings only: the data loads in the child, and all
+    training state lives in the pair's folder on disk, so a requeued task resumes from there."""
+
+    task_id: int
+    run_args: tuple[str, ...]
+    image: str | None
+    python: str
+    workdir: str
+    binds: tuple[str, ...] = ()
+    _child: _Child | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def command(self) -> list[str]:
+        return pair_command(
+            self.task_id, self.run_args, image=self.image, python=self.python, workdir=self.workdir, binds=self.binds
+        )
+
+    def __call__(self) -> str:
+        """Run the pair; its last output line (the score, or 'already done'). Raises PairFailed on failure."""
+        self._child = child = _Child(self.command, self.workdir, self._env())
+        try:
+            returncode = child.wait()
+        finally:
+            child.stop()  # on any exception here (Ctrl-C, submitit's exit after a requeue), never orphan the job
+        if returncode == 0:
+            return child.tail[-1] if child.tail else ""
+        if returncode == PREEMPTED_EXIT:
+            time.sleep(REQUEUE_GRACE_S)  # a USR2 now runs checkpoint(), requeues and exits from inside this sleep
+        raise PairFailed(self._failure(returncode, list(child.tail)))
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        """submitit's checkpoint protocol: called by its USR2 handler (preemption, time limit near) in this process.
+
+        The child saves at every epoch end, so all that is left is to stop it at its next safe point and wait
+        for it (it may have had the signal already: Slurm signals the whole step). submitit then requeues this
+        task with a fresh instance, which resumes from the pair's folder.
+        """
+        if self._child is not None:
+            self._child.stop()
+        return DelayedSubmission(dataclasses.replace(self))
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log shows progress as it happens
+        if self.image is not None:
+            # As slurm/array.sh: the result records the image's digest and the code's commit (an image has no .git).
+            env["MNIST_CV_IMAGE_SHA256"] = image_digest(self.image)
+            git = provenance.git()
+            if git is not None:
+                env["MNIST_CV_GIT_COMMIT"] = git["commit"]
+                env["MNIST_CV_GIT_DIRTY"] = "1" if git["dirty"] else "0"
+        return env
+
+    def _failure(self, returncode: int, tail: list[str]) -> str:
+        if returncode < 0:
+            how = f"was killed by signal {-returncode} ({signal.strsignal(-returncode)})"
+        elif returncode == PREEMPTED_EXIT:
+            how = f"stopped on a signal (exit {returncode}) and no requeue followed within {REQUEUE_GRACE_S}s"
+        else:
+            how = f"exited with status {returncode}"
+        last = "\n".join(f"    {line}" for line in tail) or "    (no output)"
+        pair = pair_for_task(self.task_id)
+        return f"{pair} (task {self.task_id}): `{shlex.join(self.command)}` {how}; its last lines:\n{last}"
