@@ -48,7 +48,7 @@ class Checkpoint:
         weights = self.folder / f"epoch-{state.epochs_done}.weights.h5"
         with atomic.replacing(weights) as tmp:  # keeps the .weights.h5 suffix Keras insists on
             model.save_weights(tmp)
-        atomic.write_json(self.state_file, {**asdict(state), "weights": weights.name, "sha256": _sha256(weights)})
+        atomic.write_json(self.state_file, {**asdict(state), "weights": weights.name, "sha256": sha256_file(weights)})
         for stale in self.folder.glob("*.weights.h5"):
             if stale != weights:
                 stale.unlink()
@@ -67,20 +67,22 @@ class Checkpoint:
             raise CorruptCheckpoint(f"{self.state_file}: unreadable ({error})") from None
         if state.config_id != config_id:
             return None
-        if not weights.exists() or _sha256(weights) != expected:
+        if not weights.exists() or sha256_file(weights) != expected:
             raise CorruptCheckpoint(f"{weights}: missing or does not match its recorded sha256")
         try:
             model.optimizer.build(model.trainable_variables)  # so the optimizer's slots exist to be filled
             model.load_weights(weights)
         except Exception as error:  # h5py and Keras raise many types for a damaged file
-            raise CorruptCheckpoint(f"{weights}: cannot be loaded ({error})") from None
+            # Keras's message spans several lines; the report must stay one line in the task's log.
+            raise CorruptCheckpoint(f"{weights}: cannot be loaded ({' '.join(str(error).split())})") from None
         return state
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB chunks (models reach 120 MB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -20,6 +20,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,9 +72,13 @@ class Dataset:
     # whatever its packaging; the npz file's own hash is added under its file name.
     sha256: dict[str, str]
 
+    def provenance(self) -> dict[str, Any]:
+        """What a result records of the data it was trained on."""
+        return {"name": self.name, "source": self.source, "sha256": self.sha256}
+
 
 @dataclass(frozen=True)
-class _Part:
+class IdxFile:
     """One parsed IDX file (or npz array) and the hash of its IDX bytes."""
 
     where: str  # path (or "path[key]") for error messages
@@ -149,7 +154,7 @@ def _load_folder(folder: Path, *, custom: bool) -> Dataset:
             f"{folder / missing[0]}.gz: missing (neither {missing[0]}.gz nor {missing[0]} is there) - "
             f"the folder needs all of {', '.join(MNIST_FILES)} (.gz or plain) or a mnist.npz"
         )
-    parts = {name: _read_idx(path, name) for name, path in found.items() if path is not None}
+    parts = {name: read_idx(path, name) for name, path in found.items() if path is not None}
     return _dataset(parts, str(folder), custom=custom)
 
 
@@ -161,7 +166,8 @@ def _idx_path(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _read_idx(path: Path, name: str) -> _Part:
+def read_idx(path: Path, name: str) -> IdxFile:
+    """One IDX file (.gz or plain) parsed and structure-checked; `name` (one of MNIST_FILES) says which kind."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -169,10 +175,10 @@ def _read_idx(path: Path, name: str) -> _Part:
     return _parse_file(raw, name, str(path), gzipped=path.suffix == ".gz")
 
 
-def _parse_file(raw: bytes, name: str, where: str, *, gzipped: bool) -> _Part:
+def _parse_file(raw: bytes, name: str, where: str, *, gzipped: bool) -> IdxFile:
     content = _gunzip(raw, where) if gzipped else raw
     array = _parse_idx(content, name, where)
-    return _Part(where, array, hashlib.sha256(content).hexdigest())
+    return IdxFile(where, array, hashlib.sha256(content).hexdigest())
 
 
 def _gunzip(raw: bytes, where: str) -> bytes:
@@ -239,7 +245,7 @@ def _load_npz(path: Path, *, custom: bool) -> Dataset:
     return _dataset(parts, str(path), custom=custom, extra={path.name: hashlib.sha256(raw).hexdigest()})
 
 
-def _npz_part(array: np.ndarray, name: str, where: str) -> _Part:
+def _npz_part(array: np.ndarray, name: str, where: str) -> IdxFile:
     """Hash an array as the IDX file it stands for, so npz and IDX copies of MNIST verify alike."""
     _check_array(array, name, where)
     array = np.ascontiguousarray(array)
@@ -248,13 +254,13 @@ def _npz_part(array: np.ndarray, name: str, where: str) -> _Part:
     header = b"".join(int(v).to_bytes(4, "big") for v in (magic, *array.shape))
     digest = hashlib.sha256(header)
     digest.update(array.data)
-    return _Part(where, array, digest.hexdigest())
+    return IdxFile(where, array, digest.hexdigest())
 
 
 # ---- the dataset as a whole
 
 
-def _dataset(parts: dict[str, _Part], source: str, *, custom: bool, extra: dict[str, str] | None = None) -> Dataset:
+def _dataset(parts: dict[str, IdxFile], source: str, *, custom: bool, extra: dict[str, str] | None = None) -> Dataset:
     for images, labels in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
         n_images, n_labels = len(parts[images].array), len(parts[labels].array)
         if n_images != n_labels:
@@ -280,24 +286,24 @@ def _mismatch(got: str, name: str) -> str:
 # ---- download
 
 
-def _ensure(folder: Path, name: str, mirror: str) -> _Part:
+def _ensure(folder: Path, name: str, mirror: str) -> IdxFile:
     """The verified NAME.gz in ``folder``, downloaded unless a valid copy is already there."""
     dest = folder / f"{name}.gz"
     if dest.is_file():
         try:
-            return _verified(_read_idx(dest, name), name)
+            return _verified(read_idx(dest, name), name)
         except DataError:
             pass  # a broken or foreign copy: replace it with a fresh download
     return _download(f"{mirror.rstrip('/')}/{name}.gz", dest, name)
 
 
-def _verified(part: _Part, name: str) -> _Part:
+def _verified(part: IdxFile, name: str) -> IdxFile:
     if part.sha256 != MNIST_SHA256[name]:
         raise DataError(f"{part.where}: {_mismatch(part.sha256, name)}")
     return part
 
 
-def _download(url: str, dest: Path, name: str) -> _Part:
+def _download(url: str, dest: Path, name: str) -> IdxFile:
     """Fetch, verify in memory, then write a temp file beside ``dest`` and rename it into place.
 
     The rename is atomic, so concurrent array tasks downloading the same file never see a partial one.

@@ -11,19 +11,15 @@ MODEL.ckpt/ (the checkpoint, while training).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from job import predict, results
-from job.checkpoint import Checkpoint, _sha256
+from job import atomic, predict, results
+from job.checkpoint import Checkpoint, sha256_file
 from job.data import Dataset
-from job.errors import JobError
 from job.models import N_CLASSES
 from job.protocol import Protocol
 
@@ -43,21 +39,16 @@ def paths(results_dir: Path, run: str, model_name: str) -> FinalPaths:
     return FinalPaths(folder / f"{model_name}.keras", folder / f"{model_name}.json", folder / f"{model_name}.ckpt")
 
 
-def completed(where: FinalPaths, config_id: str) -> bool:
-    """True when a result of this config and the very model file it names are there.
-
-    Raises when a result of another config would be overwritten, as a pair's does.
-    """
-    try:
-        result = json.loads(where.result.read_text())
-        done_config, model_sha256 = result["config_id"], result["model_file"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False  # missing, torn or foreign: trained again, and the new files replace it atomically
-    if done_config != config_id:
-        raise JobError(
-            f"{where.result} holds config {done_config}, not {config_id}: use another --run, or --force to replace it"
-        )
-    return where.model_file.is_file() and _sha256(where.model_file) == model_sha256
+def read_result(path: Path) -> dict[str, Any]:
+    """A final result whose model file is there and is the very file the result names (by sha256)."""
+    result = results.load_json(path)
+    named = result.get("model_file") if isinstance(result, dict) else None
+    if not isinstance(named, dict) or not {"name", "sha256"} <= named.keys() or "config_id" not in result:
+        raise results.ResultError(f"{path}: not a final result")
+    model_file = path.parent / named["name"]
+    if not model_file.is_file() or sha256_file(model_file) != named["sha256"]:
+        raise results.ResultError(f"{model_file}: missing or not the model {path.name} names")
+    return result
 
 
 def train(
@@ -75,13 +66,7 @@ def train(
         model_name, protocol, images, labels, train_ix, test_ix, checkpoint, stream=FINAL_STREAM, **fit_options
     )
     outcome["test"] = evaluate(model, dataset.x_test, dataset.y_test)
-    outcome["data"] = {
-        "name": dataset.name,
-        "source": dataset.source,
-        "sha256": dataset.sha256,
-        "n_train": len(x_train),
-        "n_test": len(dataset.x_test),
-    }
+    outcome["data"] = {**dataset.provenance(), "n_train": len(x_train), "n_test": len(dataset.x_test)}
     return model, outcome
 
 
@@ -111,17 +96,8 @@ def evaluate(model: Any, images: np.ndarray, labels: np.ndarray) -> dict[str, An
 
 
 def save_model(model: Any, path: Path) -> str:
-    """Write the model atomically (temp file in the same folder, fsync, rename) and return its sha256."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")  # Keras wants .keras
-    os.close(fd)
-    try:
+    """Write the model atomically and return its sha256."""
+    with atomic.replacing(path) as tmp:  # keeps the .keras suffix Keras insists on
         model.save(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the model is meant to be shared
-        with open(tmp, "rb") as saved:
-            os.fsync(saved.fileno())
-        sha256 = _sha256(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return sha256
+        digest = sha256_file(tmp)
+    return digest

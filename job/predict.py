@@ -93,7 +93,7 @@ def read_input(path: Path) -> np.ndarray:
     if head.startswith(b"\x93NUMPY"):
         return _read_npy(path)
     if head[:2] in (b"\x1f\x8b", b"\x00\x00"):  # gzip, or the two zero bytes every IDX file starts with
-        return data._read_idx(path, data.TEST_IMAGES).array.astype(np.float32) / 255
+        return data.read_idx(path, data.TEST_IMAGES).array.astype(np.float32) / 255
     gray = _read_image(path)
     try:
         return to_mnist(gray)[np.newaxis]
@@ -103,7 +103,7 @@ def read_input(path: Path) -> np.ndarray:
 
 def read_labels(path: Path) -> np.ndarray:
     """The labels of an IDX labels file (.gz or plain), checked to be 0-9."""
-    return data._read_idx(Path(path), data.TEST_LABELS).array
+    return data.read_idx(Path(path), data.TEST_LABELS).array
 
 
 def _read_npy(path: Path) -> np.ndarray:

@@ -23,9 +23,9 @@ class EpochProgress(keras.callbacks.Callback):
     `stop_requested` is polled after every compiled call so a preemption signal stops training promptly.
     """
 
-    def __init__(self, label: str, epochs: int, steps: int, stop_requested: Callable[[], bool]) -> None:
+    def __init__(self, label: str, epochs: int, stop_requested: Callable[[], bool]) -> None:
         super().__init__()
-        self.label, self.epochs, self.steps = label, epochs, steps
+        self.label, self.epochs = label, epochs
         self.stop_requested = stop_requested
         self.live = sys.stdout.isatty()
         self._bar: Any = None
@@ -39,7 +39,7 @@ class EpochProgress(keras.callbacks.Callback):
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
             )
             self._bar.start()
-            self._task = self._bar.add_task(self.label, total=self.steps)
+            self._task = self._bar.add_task(self.label, total=self.params.get("steps"))  # batches per epoch
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._started = time.perf_counter()

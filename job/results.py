@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from job.atomic import write_json as write_json_atomic  # noqa: F401 - TODO(lead): callers move to job.atomic
 from job.errors import JobError
 from job.protocol import Pair
 
@@ -66,25 +66,30 @@ def validate(result: Any, where: str = "result") -> None:
             raise ResultError(f"{where}: history {key} has {len(values)} epochs, config says {epochs}")
 
 
-def read_result(path: Path) -> dict[str, Any]:
+def load_json(path: Path) -> Any:
+    """A result file's JSON, or ResultError saying in one line why it cannot be read."""
     try:
-        result = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ResultError(f"{path}: missing") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ResultError(f"{path}: unreadable ({error})") from None
     except json.JSONDecodeError as error:
         raise ResultError(f"{path}: corrupt or truncated JSON ({error.msg}: line {error.lineno})") from None
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    result = load_json(path)
     validate(result, str(path))
     return result
 
 
-def completed(path: Path, config_id: str) -> bool:
+def completed(path: Path, config_id: str, read: Callable[[Path], dict[str, Any]] = read_result) -> bool:
     """True when a valid result of this config is there; raises when one of another config would be overwritten."""
     if not path.exists():
         return False
     try:
-        result = read_result(path)
+        result = read(path)
     except ResultError:
         return False  # a torn or corrupt file is redone; the new result replaces it atomically
     if result["config_id"] != config_id:

@@ -61,3 +61,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept an MNIST-like IDX dataset that is not the original MNIST (structure is still validated)",
     )
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        default=os.environ.get("MNIST_CV_ALLOW_CPU") == "1",
+        help="run on the CPU even when a GPU was allocated but is not visible (default: $MNIST_CV_ALLOW_CPU=1)",
+    )

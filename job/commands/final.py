@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import TYPE_CHECKING, Any
 
-from job.commands.common import add_data_args, add_protocol_args, add_results_args, protocol_from_args
-from job.commands.run import StopFlag
+from job.commands.common import (
+    add_data_args,
+    add_device_args,
+    add_protocol_args,
+    add_results_args,
+    protocol_from_args,
+)
 from job.protocol import Protocol
 
 if TYPE_CHECKING:
@@ -29,12 +33,7 @@ def add_parser(subparsers: Any) -> None:
     add_data_args(p)
     add_protocol_args(p)
     p.add_argument("--force", action="store_true", help="retrain even if the final model exists")
-    p.add_argument(
-        "--allow-cpu",
-        action="store_true",
-        default=os.environ.get("MNIST_CV_ALLOW_CPU") == "1",
-        help="run on the CPU even when a GPU was allocated but is not visible (default: $MNIST_CV_ALLOW_CPU=1)",
-    )
+    add_device_args(p)
     p.set_defaults(handler=run)
 
 
@@ -44,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     protocol = protocol_from_args(args)
     model_name = models.check_name(args.model)
     where = final.paths(args.results, args.run, model_name)
-    if not args.force and final.completed(where, protocol.config_id):
+    if not args.force and results.completed(where.result, protocol.config_id, read=final.read_result):
         print(f"{model_name}/final: already done with config {protocol.config_id} ({where.result}); --force to retrain")
         return 0
     results.ensure_writable(where.result.parent)
@@ -52,42 +51,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_and_write(args: argparse.Namespace, protocol: Protocol, model_name: str, where: FinalPaths) -> int:
-    from job import data, final, provenance, results, runtime
+    from job import atomic, final, results, session
     from job.checkpoint import Checkpoint
 
-    dataset = data.load(args.data_dir, custom=args.custom_data)
-    runtime_info = runtime.configure(
-        deterministic=not protocol.jit, precision=protocol.precision, allow_cpu=args.allow_cpu
-    )
-    from job.progress import EpochProgress  # imports Keras: after runtime.configure
-
     label = f"{model_name}/final"
-    stop = StopFlag()
-    stop.install()
     checkpoint = Checkpoint(where.checkpoint)
-    n_train = len(dataset.x_train[: protocol.limit])
-    progress = EpochProgress(label, protocol.epochs, -(-n_train // protocol.batch_size), stop)
-    print(
-        f"{label}: config {protocol.config_id}, {n_train} training images of {dataset.name} from {dataset.source}, "
-        f"device {runtime_info['device_used']}, {runtime_info['threads']['intra_op']} threads",
-        flush=True,
-    )
-    try:
-        model, outcome = final.train(
-            model_name, protocol, dataset, checkpoint, callbacks=[progress], stop_requested=stop
-        )
-    finally:
-        progress.close()
+    with session.training(args, protocol, label) as trained:
+        model, outcome = final.train(model_name, protocol, trained.dataset, checkpoint, **trained.fit_options)
+    model_file = {"name": where.model_file.name, "sha256": final.save_model(model, where.model_file)}
     result = {
         "schema_version": results.SCHEMA_VERSION,
         "model": model_name,
-        "config": protocol.to_dict(),
-        "config_id": protocol.config_id,
-        "model_file": {"name": where.model_file.name, "sha256": final.save_model(model, where.model_file)},
-        **outcome,
-        "environment": provenance.environment(runtime_info),
+        **trained.stamp(protocol, {"model_file": model_file, **outcome}),
     }
-    results.write_json_atomic(where.result, result)  # last: a result on disk always names a complete model file
+    atomic.write_json(where.result, result)  # last: a result on disk always names a complete model file
     checkpoint.remove()
     score, test = result["score"], result["test"]
     print(

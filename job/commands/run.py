@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import sys
+from pathlib import Path
 from typing import Any
 
-from job.commands.common import add_data_args, add_protocol_args, add_results_args, protocol_from_args
+from job.commands.common import (
+    add_data_args,
+    add_device_args,
+    add_protocol_args,
+    add_results_args,
+    protocol_from_args,
+)
 from job.errors import UsageError
 from job.protocol import DEFAULT_MODELS, Pair, Protocol, check_fold, pair_for_task, task_for_pair
-
-# Signals that mean "you are about to be stopped": scancel/preemption send TERM, Slurm's
-# --signal warning before the time limit sends USR1, submitit's checkpoint request sends USR2.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -37,12 +38,7 @@ def add_parser(subparsers: Any) -> None:
     add_protocol_args(p)
     p.add_argument("--force", action="store_true", help="retrain even if the result exists")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the per-epoch checkpoint after success")
-    p.add_argument(
-        "--allow-cpu",
-        action="store_true",
-        default=os.environ.get("MNIST_CV_ALLOW_CPU") == "1",
-        help="run on the CPU even when a GPU was allocated but is not visible (default: $MNIST_CV_ALLOW_CPU=1)",
-    )
+    add_device_args(p)
     p.set_defaults(handler=run)
 
 
@@ -68,28 +64,6 @@ def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
     return pair_for_task(task_id, protocol.n_folds)
 
 
-class StopFlag:
-    """Set by a stop signal; training polls it and exits at the next safe point."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def install(self) -> None:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-        print(
-            f"received {signal.Signals(signum).name}: stopping at the next safe point",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     from job import results
 
@@ -103,41 +77,21 @@ def run(args: argparse.Namespace) -> int:
     return train_and_write(args, protocol, pair, path)
 
 
-def train_and_write(args: argparse.Namespace, protocol: Protocol, pair: Pair, path: Any) -> int:
-    from job import atomic, data, provenance, results, runtime
+def train_and_write(args: argparse.Namespace, protocol: Protocol, pair: Pair, path: Path) -> int:
+    from job import atomic, results, session
     from job.checkpoint import Checkpoint
 
-    dataset = data.load(args.data_dir, custom=args.custom_data)
-    runtime_info = runtime.configure(
-        deterministic=not protocol.jit, precision=protocol.precision, allow_cpu=args.allow_cpu
-    )
-    from job.progress import EpochProgress
-    from job.train import fit_pair
-
-    stop = StopFlag()
-    stop.install()
     checkpoint = Checkpoint(results.checkpoint_dir(args.results, args.run, pair))
-    n_images = len(dataset.x_train[: protocol.limit])
-    steps = -(-(n_images - n_images // protocol.n_folds) // protocol.batch_size)
-    progress = EpochProgress(str(pair), protocol.epochs, steps, stop)
-    print(
-        f"{pair}: config {protocol.config_id}, data {dataset.name} from {dataset.source}, "
-        f"device {runtime_info['device_used']}, {runtime_info['threads']['intra_op']} threads",
-        flush=True,
-    )
-    try:
-        outcome = fit_pair(pair, protocol, dataset, checkpoint, callbacks=[progress], stop_requested=stop)
-    finally:
-        progress.close()
+    with session.training(args, protocol, str(pair)) as trained:
+        from job.train import fit_pair
+
+        outcome = fit_pair(pair, protocol, trained.dataset, checkpoint, **trained.fit_options)
     result = {
         "schema_version": results.SCHEMA_VERSION,
         "model": pair.model,
         "fold": pair.fold,
         "task_id": task_for_pair(pair, protocol.n_folds),
-        "config": protocol.to_dict(),
-        "config_id": protocol.config_id,
-        **outcome,
-        "environment": provenance.environment(runtime_info),
+        **trained.stamp(protocol, outcome),
     }
     results.validate(result)
     atomic.write_json(path, result)
