@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -18,15 +17,11 @@ def epoch_line(label: str, epoch: int, epochs: int, logs: dict[str, float], seco
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """Reports each epoch; on a terminal also a live bar of the steps within it.
+    """Reports each epoch; on a terminal also a live bar of the steps within it."""
 
-    `stop_requested` is polled after every compiled call so a preemption signal stops training promptly.
-    """
-
-    def __init__(self, label: str, epochs: int, stop_requested: Callable[[], bool]) -> None:
+    def __init__(self, label: str, epochs: int) -> None:
         super().__init__()
         self.label, self.epochs = label, epochs
-        self.stop_requested = stop_requested
         self.live = sys.stdout.isatty()
         self._bar: Any = None
         self._started = 0.0
@@ -49,12 +44,10 @@ class EpochProgress(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self._bar is not None:
             self._bar.update(self._task, completed=batch + 1)
-        if self.stop_requested():
-            self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.stop_requested():
-            return
+        if self.model.stop_training:
+            return  # a stop signal cut the epoch short: its numbers are not an epoch's
         line = epoch_line(self.label, epoch + 1, self.epochs, logs or {}, time.perf_counter() - self._started)
         if self._bar is not None:
             self._bar.console.print(line)

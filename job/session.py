@@ -59,7 +59,7 @@ def training(args: argparse.Namespace, protocol: Protocol, label: str) -> Iterat
 
     stop = StopFlag()
     stop.install()
-    progress = EpochProgress(label, protocol.epochs, stop)
+    progress = EpochProgress(label, protocol.epochs)
     print(
         f"{label}: config {protocol.config_id}, data {dataset.name} from {dataset.source}, "
         f"device {runtime_info['device_used']}, {runtime_info['threads']['intra_op']} threads",

@@ -1,14 +1,22 @@
 #!/bin/bash
-# Train the final model on all training images and score it on the test images; arguments go to `job final`:
-#   sbatch slurm/final.sh --model cnn [--run NAME ...]    (a requeued or repeated job resumes from its checkpoint)
-#SBATCH --job-name=mnist-final
-#SBATCH --gpus=1
+# The final model: train on all 60,000 training images, score on the 10,000 test images, save it.
+#
+#   sbatch slurm/final.sh --model cnn                 # arguments go to `python -m job final`
+#
+# Same settings and site options as slurm/array.sh (MNIST_CV_DATA, MNIST_CV_RESULTS, MNIST_CV_RUN,
+# MNIST_CV_IMAGE, MNIST_CV_PYTHON, MNIST_CV_HOME; SBATCH_* variables); a requeued job resumes from its checkpoint.
+#
+#SBATCH --job-name=mnist-cv-final
+#SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=4
+#SBATCH --mem=16G
 #SBATCH --time=02:00:00
 #SBATCH --output=%x_%j.out
 #SBATCH --open-mode=append
 #SBATCH --requeue
-#SBATCH --signal=B:USR1@120
-set -euo pipefail
-cd "$SLURM_SUBMIT_DIR"
-exec "${MNIST_CV_PYTHON:-python3}" -m job final "$@"  # exec: Slurm's USR1 and TERM reach Python's stop handler
+#SBATCH --signal=B:USR1@180
+set -uo pipefail
+
+cd "${MNIST_CV_HOME:-$SLURM_SUBMIT_DIR}" || exit 1
+. slurm/job-step.sh
+run_preemptible "$SLURM_JOB_ID" final "$@"

@@ -276,8 +276,3 @@ def test_usage_and_config_errors(trained: Trained, tmp_path: Path, capsys: pytes
         assert main(argv) == status, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
-
-
-def test_this_process_never_imported_tensorflow() -> None:
-    """Everything above that needs TensorFlow ran in a subprocess; tests/test_protocol.py relies on that."""
-    assert "tensorflow" not in sys.modules and "keras" not in sys.modules

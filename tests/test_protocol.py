@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import numpy as np
@@ -75,8 +76,9 @@ def test_array_spec_collapses_runs() -> None:
     assert array_spec([]) == ""
 
 
-def test_the_cli_parses_without_loading_tensorflow() -> None:
-    from job.cli import build_parser
-
-    build_parser().parse_args(["run", "--task-id", "3"])
-    assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["run", "--model", "resnet", "--fold", "0"]])
+def test_help_and_usage_errors_never_load_tensorflow(args: list[str]) -> None:
+    # -X importtime lists every module the interpreter imports, on stderr.
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "job", *args], capture_output=True, text=True)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
+    assert done.returncode in (0, 2) and imported and not imported & {"tensorflow", "keras"}
