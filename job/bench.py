@@ -282,12 +282,17 @@ def _baseline(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
 
 def _ours(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
     """The production path: thread and determinism set-up as `run` does it, then train.fit_pair."""
-    from job import runtime
+    from job import models, runtime
     from job.checkpoint import Checkpoint
     from job.train import fit_pair
 
     protocol = spec.protocol()
-    info = runtime.configure(deterministic=not protocol.jit, precision=protocol.precision, allow_cpu=True)
+    info = runtime.configure(
+        deterministic=not protocol.jit,
+        precision=protocol.precision,
+        allow_cpu=True,
+        max_threads=models.max_threads(spec.model),
+    )
     with tempfile.TemporaryDirectory(prefix="mnist-cv-bench-") as folder:
         checkpoint = Checkpoint(Path(folder) / "checkpoint")
         outcome = fit_pair(Pair(spec.model, spec.fold), protocol, dataset, checkpoint, callbacks=[clock.callback()])

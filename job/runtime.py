@@ -35,13 +35,19 @@ def import_tensorflow() -> Any:
     return tf
 
 
-def configure(*, deterministic: bool, precision: str, allow_cpu: bool) -> dict[str, Any]:
-    """Set up TensorFlow before any op runs; return what was chosen, for the result's provenance."""
+def configure(
+    *, deterministic: bool, precision: str, allow_cpu: bool, max_threads: int | None = None
+) -> dict[str, Any]:
+    """Set up TensorFlow before any op runs; return what was chosen, for the result's provenance.
+
+    `max_threads` caps the intra-op threads below the allocation (a model's hint, job.models.max_threads).
+    """
     tf = import_tensorflow()
     import keras
 
     cpus = allocated_cpus()
-    tf.config.threading.set_intra_op_parallelism_threads(cpus)
+    intra_op = min(cpus, max_threads or cpus)
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     tf.config.threading.set_inter_op_parallelism_threads(min(2, cpus))
     gpus = tf.config.list_physical_devices("GPU")
     if gpu_requested() and not gpus and not allow_cpu:
@@ -60,7 +66,7 @@ def configure(*, deterministic: bool, precision: str, allow_cpu: bool) -> dict[s
     return {
         "devices": devices,
         "device_used": f"{used['type']}:0 ({used['name']})",
-        "threads": {"intra_op": cpus, "inter_op": min(2, cpus)},
+        "threads": {"allocated": cpus, "intra_op": intra_op, "inter_op": min(2, cpus)},
         "deterministic": deterministic,
     }
 

@@ -50,10 +50,15 @@ class Session:
 
 
 @contextmanager
-def training(args: argparse.Namespace, protocol: Protocol, label: str) -> Iterator[Session]:
+def training(args: argparse.Namespace, protocol: Protocol, model_name: str, label: str) -> Iterator[Session]:
+    from job import models
+
     dataset = data.load(args.data_dir, custom=args.custom_data)
     runtime_info = runtime.configure(
-        deterministic=not protocol.jit, precision=protocol.precision, allow_cpu=args.allow_cpu
+        deterministic=not protocol.jit,
+        precision=protocol.precision,
+        allow_cpu=args.allow_cpu,
+        max_threads=models.max_threads(model_name),
     )
     from job.progress import EpochProgress  # imports Keras: after runtime.configure
 

@@ -56,7 +56,7 @@ def train_and_write(args: argparse.Namespace, protocol: Protocol, model_name: st
 
     label = f"{model_name}/final"
     checkpoint = Checkpoint(where.checkpoint)
-    with session.training(args, protocol, label) as trained:
+    with session.training(args, protocol, model_name, label) as trained:
         model, outcome = final.train(model_name, protocol, trained.dataset, checkpoint, **trained.fit_options)
     model_file = {"name": where.model_file.name, "sha256": final.save_model(model, where.model_file)}
     result = {

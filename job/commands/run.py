@@ -82,7 +82,7 @@ def train_and_write(args: argparse.Namespace, protocol: Protocol, pair: Pair, pa
     from job.checkpoint import Checkpoint
 
     checkpoint = Checkpoint(results.checkpoint_dir(args.results, args.run, pair))
-    with session.training(args, protocol, str(pair)) as trained:
+    with session.training(args, protocol, pair.model, str(pair)) as trained:
         from job.train import fit_pair
 
         outcome = fit_pair(pair, protocol, trained.dataset, checkpoint, **trained.fit_options)
