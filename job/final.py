@@ -40,13 +40,16 @@ def paths(results_dir: Path, run: str, model_name: str) -> FinalPaths:
 
 
 def read_result(path: Path) -> dict[str, Any]:
-    """A final result whose model file is there and is the very file the result names (by sha256)."""
+    """A valid final result, for the model its file name says, whose model file is the very one it names."""
     result = results.load_json(path)
-    named = result.get("model_file") if isinstance(result, dict) else None
-    if not isinstance(named, dict) or not {"name", "sha256"} <= named.keys() or "config_id" not in result:
-        raise results.ResultError(f"{path}: not a final result")
-    model_file = path.parent / named["name"]
-    if not model_file.is_file() or sha256_file(model_file) != named["sha256"]:
+    results.validate(result, str(path), "final")
+    if result["model"] != path.stem:
+        raise results.ResultError(f"{path}: holds the final {result['model']}, not the model its name says")
+    test = result["test"]
+    if any(m["index"] >= test["n_images"] for m in test["misclassified"]):
+        raise results.ResultError(f"{path}: a misclassified index beyond its {test['n_images']} test images")
+    model_file = path.parent / result["model_file"]["name"]
+    if not model_file.is_file() or sha256_file(model_file) != result["model_file"]["sha256"]:
         raise results.ResultError(f"{model_file}: missing or not the model {path.name} names")
     return result
 

@@ -1,4 +1,5 @@
-"""How a summary reads: one table with a row per model, for the terminal (rich) and for summary.md (markdown).
+"""How a summary reads, for the terminal (rich) and for summary.md (markdown): a table with a row per model, and,
+when final models exist, a second table with their test scores beside the cross-validation estimate.
 
 Both renderings come from the same rows, so the terminal and the file never disagree.
 """
@@ -12,11 +13,17 @@ from rich.table import Table
 from rich.text import Text
 
 HEADERS = ("model", "n", "mean ± std %", "min %", "max %", "fit s (mean)", "missing / failed")
+FINAL_HEADERS = ("model", "CV mean ± std %", "final test %", "test loss", "misclassified", "trained on", "config")
+FINAL_TITLE = "Final models: scored on the test images, beside the cross-validation estimate"
 NONE = "-"
 
 
 def _percent(fraction: float | None) -> str:
     return NONE if fraction is None else f"{100 * fraction:.3f}"
+
+
+def _estimate(stats: dict[str, Any]) -> str:
+    return NONE if stats["n"] == 0 else f"{_percent(stats['mean'])} ± {_percent(stats['std'])}"
 
 
 def rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -28,7 +35,7 @@ def rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
             (
                 model,
                 f"{stats['n']}",
-                NONE if stats["n"] == 0 else f"{_percent(stats['mean'])} ± {_percent(stats['std'])}",
+                _estimate(stats),
                 _percent(stats["min"]),
                 _percent(stats["max"]),
                 NONE if stats["mean_fit_seconds"] is None else f"{stats['mean_fit_seconds']:.1f}",
@@ -70,6 +77,28 @@ def comparison_line(summary: dict[str, Any]) -> str:
     return line
 
 
+def final_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row of cells per model with a final result, in the order of FINAL_HEADERS."""
+    table = []
+    for model, stats in summary["models"].items():
+        final = stats["final"]
+        if final is None:
+            continue
+        same = "same as CV" if final["same_config"] else f"not CV's {summary['config_id']}"
+        table.append(
+            (
+                model,
+                _estimate(stats),
+                _percent(final["accuracy"]),
+                f"{final['loss']:.4f}",
+                f"{final['n_misclassified']} of {final['n_test']}",
+                f"{final['n_train']} images",
+                f"{final['config_id']} ({same})",
+            )
+        )
+    return table
+
+
 def footer(summary: dict[str, Any]) -> list[str]:
     """The lines under the table: what std means, the tutorial's lines, the comparison, and what is missing."""
     lines = [f"std: {summary['std_definition']}", *tutorial_lines(summary), comparison_line(summary)]
@@ -78,28 +107,59 @@ def footer(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def print_report(summary: dict[str, Any], console: Console) -> None:
-    table = Table(title=title(summary))
-    *numbers, reasons = HEADERS
+def final_notes(summary: dict[str, Any]) -> list[str]:
+    """What to know about the final models: another config than CV's, a figure that could not be drawn."""
+    return [
+        f"{model} final: {note}"
+        for model, stats in summary["models"].items()
+        if stats["final"] is not None
+        for note in stats["final"]["notes"]
+    ]
+
+
+def _rich_table(title: str, headers: tuple[str, ...], cells: list[tuple[str, ...]]) -> Table:
+    table = Table(title=title)
+    *numbers, last = headers
     table.add_column(numbers[0], no_wrap=True)
     for header in numbers[1:]:
         table.add_column(header, justify="right", no_wrap=True)
-    table.add_column(reasons)  # the one column that wraps when the terminal is narrow
-    for row in rows(summary):
+    table.add_column(last)  # the one column that wraps when the terminal is narrow
+    for row in cells:
         # Text, not str: a cell is data, never rich markup (a reason may hold brackets).
         table.add_row(*(Text(cell) for cell in row))
-    console.print(table)
-    for line in footer(summary):
+    return table
+
+
+def _markdown_table(headers: tuple[str, ...], cells: list[tuple[str, ...]]) -> list[str]:
+    header, *body = ["| " + " | ".join(row) + " |" for row in [headers, *cells]]
+    return [header, "|" + "---|" * len(headers), *body]
+
+
+def print_report(summary: dict[str, Any], console: Console) -> None:
+    console.print(_rich_table(title(summary), HEADERS, rows(summary)))
+    _print_lines(footer(summary), console)
+    finals = final_rows(summary)
+    if finals:
+        console.print(_rich_table(FINAL_TITLE, FINAL_HEADERS, finals))
+        _print_lines(final_notes(summary), console)
+
+
+def _print_lines(lines: list[str], console: Console) -> None:
+    for line in lines:
         # soft_wrap: a long line is left for the terminal to wrap, not broken into lines by rich.
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    """summary.md: the title, the same table and footer, and the figures (images beside the file)."""
-    lines = [f"# {title(summary)}", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(summary)]
+    """summary.md: the title, the same tables and footer, and the figures (images beside the file)."""
+    lines = [f"# {title(summary)}", "", *_markdown_table(HEADERS, rows(summary))]
     lines += ["", *(f"- {line}" for line in footer(summary))]
     lines += [f"- skipped {s['file']}: {s['reason']}" for s in summary["skipped"]]
+    finals = final_rows(summary)
+    if finals:
+        lines += ["", f"## {FINAL_TITLE}", "", *_markdown_table(FINAL_HEADERS, finals)]
+        if notes := final_notes(summary):
+            lines += ["", *(f"- {line}" for line in notes)]
     lines.append("")
     # PDFs do not render inline, so they are linked; PNG and SVG are shown.
     lines += [f"{'' if name.endswith('.pdf') else '!'}[{name}]({name})" for name in summary["figures"]]

@@ -48,18 +48,21 @@ def ensure_writable(folder: Path) -> None:
 
 
 @cache
-def schema() -> dict[str, Any]:
-    return json.loads(resources.files("job").joinpath("result.schema.json").read_text())
+def schema(name: str = "result") -> dict[str, Any]:
+    """A JSON schema shipped with the package: "result" (a pair) or "final" (a final model)."""
+    return json.loads(resources.files("job").joinpath(f"{name}.schema.json").read_text())
 
 
-def validate(result: Any, where: str = "result") -> None:
+def validate(result: Any, where: str = "result", schema_name: str = "result") -> None:
     """Raise ResultError naming the first schema violation and where it is."""
     import jsonschema  # deferred: only readers of results pay for it
 
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(result), key=lambda e: list(e.path))
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema(schema_name)).iter_errors(result), key=lambda e: list(e.path)
+    )
     if errors:
         location = "/".join(str(p) for p in errors[0].absolute_path) or "top level"
-        raise ResultError(f"{where}: not a valid result ({location}: {errors[0].message})")
+        raise ResultError(f"{where}: not a valid {schema_name} ({location}: {errors[0].message})")
     epochs = result["config"]["epochs"]
     for key, values in result["history"].items():
         if len(values) != epochs:

@@ -1,4 +1,5 @@
-"""The numbers of a run: which results belong together, per-model statistics, and the paired model comparison.
+"""The numbers of a run: which results belong together, per-model statistics, the paired model comparison, and
+the final models' test scores beside them.
 
 Works on result dicts as `results.scan` returns them (each with its `_path`); reads no files, draws nothing.
 """
@@ -154,13 +155,38 @@ def _two_sided_p(t: float, df: int) -> float | None:
     return float(2 * stats.t.sf(abs(t), df))
 
 
+def final_stats(result: dict[str, Any], cv_config_id: str) -> dict[str, Any]:
+    """A final model's test-set numbers, and whether it was trained with the config the cross-validation scored."""
+    test = result["test"]
+    same = result["config_id"] == cv_config_id
+    return {
+        "file": file_name(result),
+        "accuracy": result["score"]["accuracy"],
+        "loss": result["score"]["loss"],
+        "n_train": result["data"]["n_train"],
+        "n_test": test["n_images"],
+        "n_misclassified": test["n_images"] - test["n_correct"],
+        "config_id": result["config_id"],
+        "same_config": same,
+        # Shown, not refused: a final model of another protocol is still a model, but not the one CV estimated.
+        "notes": []
+        if same
+        else [f"config {result['config_id']} is not the cross-validation's {cv_config_id}: CV did not estimate it"],
+    }
+
+
 def summarise(
-    results: list[dict[str, Any]], *, run: str, unusable: dict[Pair, str], skipped: list[dict[str, str]]
+    results: list[dict[str, Any]],
+    *,
+    run: str,
+    unusable: dict[Pair, str],
+    skipped: list[dict[str, str]],
+    finals: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """The summary of the (non-empty) results `select`ed from the run folder `run`.
 
     `unusable` says why a default pair has no usable result (a missing pair without an entry has none at all);
-    `skipped` lists the files found but not used, with why.
+    `skipped` lists the files found but not used, with why; `finals` holds the final models' results by model.
     """
     first = results[0]
     n_folds = first["config"]["n_folds"]
@@ -179,9 +205,10 @@ def summarise(
     ]
     models = {}
     # The tutorial's two models first, even without results (as the task ids order them), then extra ones by name.
-    for model in [*DEFAULT_MODELS, *sorted(by_model.keys() - set(DEFAULT_MODELS))]:
+    for model in [*DEFAULT_MODELS, *sorted((by_model.keys() | finals.keys()) - set(DEFAULT_MODELS))]:
         models[model] = model_stats(by_model.get(model, []))
         models[model]["missing_folds"] = [m["fold"] for m in missing if m["model"] == model]
+        models[model]["final"] = final_stats(finals[model], first["config_id"]) if model in finals else None
     return {
         "run": run,
         "config_id": first["config_id"],

@@ -1,7 +1,9 @@
-"""`collect` on real short runs of the ten pairs, and on hand-edited copies of them (missing, corrupt, mixed)."""
+"""`collect` on real short runs of the ten pairs, and on hand-edited copies of them (missing, corrupt, mixed); and on a
+copy holding a real final model too."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import shutil
@@ -17,13 +19,15 @@ from typing import Any
 import pytest
 from conftest import cli
 
-from job import plots, summary
+from job import data, plots, summary
 from job.cli import main
 from job.protocol import DEFAULT_MODELS, Protocol, all_pairs
 
 EPOCHS = 2  # two points per learning curve: lines, not dots
 LIMIT = 1000  # 800 training and 200 held-out images per fold: a few seconds per pair on a CPU
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A final MLP with the pairs' protocol (so the same config id): on 1,000 images, scored on all 10,000 test images.
+FINAL_ARGS = ("final", "--model", "mlp", "--epochs", str(EPOCHS), "--limit", str(LIMIT))
 
 
 @pytest.fixture(scope="session")
@@ -49,12 +53,27 @@ def results_dir(real_results: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(real_results, tmp_path / "results"))
 
 
+@pytest.fixture(scope="session")
+def real_final(real_results: Path, mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the ten pairs' RESULTS with a final MLP of their protocol, trained by `python -m job final`."""
+    results = Path(shutil.copytree(real_results, tmp_path_factory.mktemp("real-final") / "results"))
+    done = cli(*FINAL_ARGS, "--data-dir", str(mnist_dir), "--results", str(results))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return results
+
+
 @pytest.fixture
-def collect(
+def final_dir(real_final: Path, tmp_path: Path) -> Path:
+    """A private copy of the results with the final model, to edit by hand."""
+    return Path(shutil.copytree(real_final, tmp_path / "results"))
+
+
+def collector(
     results_dir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> Callable[..., tuple[int, str, str]]:
     """Run `collect --results RESULTS ARGS` in this process: (exit code, stdout, stderr)."""
     monkeypatch.setenv("COLUMNS", "200")  # rich's table width: wide enough that no cell wraps
+    monkeypatch.delenv("MNIST_CV_DATA", raising=False)  # the test images come from where the final result says
 
     def call(*args: str) -> tuple[int, str, str]:
         capsys.readouterr()
@@ -66,6 +85,20 @@ def collect(
         return code, out, err
 
     return call
+
+
+@pytest.fixture
+def collect(
+    results_dir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., tuple[int, str, str]]:
+    return collector(results_dir, capsys, monkeypatch)
+
+
+@pytest.fixture
+def collect_final(
+    final_dir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., tuple[int, str, str]]:
+    return collector(final_dir, capsys, monkeypatch)
 
 
 def run_dir(results_dir: Path) -> Path:
@@ -227,18 +260,19 @@ def test_json_flag_prints_only_the_summary(collect: Callable, results_dir: Path)
     assert json.loads(out) == read(run_dir(results_dir) / "summary.json")
 
 
-def test_collect_imports_no_tensorflow(results_dir: Path) -> None:
+def test_collect_imports_no_tensorflow(final_dir: Path) -> None:
+    """Not even to read a final model's result and draw its figures."""
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "job", "collect", "--results", str(results_dir), "--json"],
+        [sys.executable, "-X", "importtime", "-m", "job", "collect", "--results", str(final_dir), "--json"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    json.loads(done.stdout)
+    assert json.loads(done.stdout)["figures"][-1] == "misclassified-mlp.png"
     # -X importtime writes "import time: self | cumulative | package" for every module imported.
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert "matplotlib" in imported and "job.summary" in imported
+    assert {"matplotlib", "job.summary", "job.final"} <= imported
     assert not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras")}
 
 
@@ -429,3 +463,167 @@ def test_extra_model_is_summarised_but_never_missing(collect: Callable, results_
     assert found["models"]["cnn-small"]["n"] == 2
     assert png_size(folder / "learning-curves-cnn-small.png") == (1000, 400)
     assert "cnn-small: Accuracy:" in out
+
+
+# --- a final model ----------------------------------------------------------------------------------------------
+
+
+def final_result(results_dir: Path) -> dict[str, Any]:
+    return read(run_dir(results_dir) / "final" / "mlp.json")
+
+
+def test_final_model_is_shown_beside_the_cv_estimate(collect_final: Callable, final_dir: Path) -> None:
+    code, out, err = collect_final()
+    assert (code, err) == (0, "")
+    folder = run_dir(final_dir)
+    found, final = read(folder / "summary.json"), final_result(final_dir)
+    test = final["test"]
+    # The numbers of the final model's file, and the count of mistakes independently from its confusion matrix.
+    n_wrong = 10_000 - sum(test["confusion_matrix"][d][d] for d in range(10))
+    assert found["models"]["mlp"]["final"] == {
+        "file": "final/mlp.json",
+        "accuracy": final["score"]["accuracy"],
+        "loss": final["score"]["loss"],
+        "n_train": LIMIT,
+        "n_test": 10_000,
+        "n_misclassified": n_wrong,
+        "config_id": found["config_id"],
+        "same_config": True,
+        "notes": [],
+    }
+    assert len(test["misclassified"]) == n_wrong and found["models"]["cnn"]["final"] is None
+    # The same row in the terminal and in summary.md, the CV estimate beside the test accuracy.
+    mlp = found["models"]["mlp"]
+    cells = [
+        "mlp",
+        f"{100 * mlp['mean']:.3f} ± {100 * mlp['std']:.3f}",
+        f"{100 * final['score']['accuracy']:.3f}",
+        f"{final['score']['loss']:.4f}",
+        f"{n_wrong} of 10000",
+        f"{LIMIT} images",
+        f"{found['config_id']} (same as CV)",
+    ]
+    assert f"| {' | '.join(cells)} |" in (folder / "summary.md").read_text()
+    row = next(line for line in out.splitlines() if "same as CV" in line)
+    assert [cell.strip() for cell in row.strip("│ ").split("│")] == cells
+    assert found["figures"][-2:] == ["confusion-mlp.png", "misclassified-mlp.png"]
+    assert png_size(folder / "confusion-mlp.png") == (700, 600)
+    assert png_size(folder / "misclassified-mlp.png") == (900, 1000)
+
+
+def test_final_figures_show_the_confusion_matrix_and_the_real_misclassified_digits(
+    real_final: Path, mnist_dir: Path
+) -> None:
+    final = final_result(real_final)
+    confusion = final["test"]["confusion_matrix"]
+    (ax, _colorbar) = plots.confusion_matrix("mlp", final).axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted digit", "true digit")
+    assert f"test accuracy {100 * final['score']['accuracy']:.2f}%" in ax.get_title()
+    # Count texts at (x = predicted, y = true), as the result's [true][predicted] matrix holds them.
+    counts = {(round(t.get_position()[1]), round(t.get_position()[0])): int(t.get_text()) for t in ax.texts}
+    assert counts == {(true, pred): confusion[true][pred] for true in range(10) for pred in range(10)}
+
+    x_test = data.load(mnist_dir).x_test
+    mistakes = final["test"]["misclassified"]
+    fig = plots.misclassified("mlp", mistakes, x_test)
+    drawn = [ax for ax in fig.axes if ax.get_images()]
+    most_confident = sorted(mistakes, key=lambda m: -m["probability"])[:36]
+    assert len(drawn) == 36 == len(fig.axes)
+    for ax, mistake in zip(drawn, most_confident, strict=True):
+        assert (ax.get_images()[0].get_array() == x_test[mistake["index"]]).all()
+        label, predicted, probability = mistake["label"], mistake["predicted"], mistake["probability"]
+        assert ax.get_title() == f"true {label} / pred {predicted} ({probability:.2f})"
+        assert label != predicted
+
+
+def _empty_folder(folder: Path, mnist_dir: Path) -> Path:
+    return folder
+
+
+def _other_test_images(folder: Path, mnist_dir: Path) -> Path:
+    """MNIST with one test image's pixel changed: the files load, but not as the images the model was scored on."""
+    for name in data.MNIST_FILES:
+        if name != data.TEST_IMAGES:
+            (folder / f"{name}.gz").symlink_to(mnist_dir / f"{name}.gz")
+    pixels = bytearray(gzip.decompress((mnist_dir / f"{data.TEST_IMAGES}.gz").read_bytes()))
+    pixels[-1] ^= 0xFF
+    (folder / data.TEST_IMAGES).write_bytes(pixels)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (_empty_folder, "no MNIST files there"),
+        (_other_test_images, "are not those the model was scored on"),
+    ],
+)
+def test_grid_is_left_out_with_a_note_when_the_test_images_are_not_at_hand(
+    collect_final: Callable,
+    final_dir: Path,
+    mnist_dir: Path,
+    tmp_path: Path,
+    make: Callable[[Path, Path], Path],
+    says: str,
+) -> None:
+    folder = run_dir(final_dir)
+    assert collect_final()[0] == 0 and (folder / "misclassified-mlp.png").exists()
+    (tmp_path / "data").mkdir()
+    code, out, err = collect_final("--data-dir", str(make(tmp_path / "data", mnist_dir)))
+    assert (code, err) == (0, "")
+    found = read(folder / "summary.json")
+    (note,) = found["models"]["mlp"]["final"]["notes"]
+    assert note.startswith("no misclassified-mlp.png: ") and says in note and "\n" not in note
+    assert f"mlp final: {note}" in out and f"- mlp final: {note}" in (folder / "summary.md").read_text()
+    # The confusion matrix is still drawn; the grid of the earlier collect is gone, not left to mislead.
+    assert found["figures"][-1] == "confusion-mlp.png" and png_size(folder / "confusion-mlp.png") == (700, 600)
+    assert not (folder / "misclassified-mlp.png").exists()
+
+
+def test_final_model_of_another_config_is_shown_and_said(collect_final: Callable, final_dir: Path) -> None:
+    path = run_dir(final_dir) / "final" / "mlp.json"
+    edit(path, lambda r: r.update(config_id="0123456789ab"))
+    code, out, err = collect_final()
+    assert (code, err) == (0, "")
+    found = read(run_dir(final_dir) / "summary.json")
+    final = found["models"]["mlp"]["final"]
+    assert (final["config_id"], final["same_config"]) == ("0123456789ab", False)
+    assert final["notes"] == [
+        f"config 0123456789ab is not the cross-validation's {found['config_id']}: CV did not estimate it"
+    ]
+    assert f"0123456789ab (not CV's {found['config_id']})" in out and f"mlp final: {final['notes'][0]}" in out
+
+
+def _other_model_file(folder: Path) -> None:
+    (folder / "mlp.keras").write_bytes(b"not the model")
+
+
+def _index_beyond_the_test_set(folder: Path) -> None:
+    edit(folder / "mlp.json", lambda r: r["test"]["misclassified"][0].update(index=10_000))
+
+
+def _no_confusion_matrix(folder: Path) -> None:
+    edit(folder / "mlp.json", lambda r: r["test"].pop("confusion_matrix"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (_other_model_file, "mlp.keras: missing or not the model mlp.json names"),
+        (_index_beyond_the_test_set, "mlp.json: a misclassified index beyond its 10000 test images"),
+        (_no_confusion_matrix, "mlp.json: not a valid final (test: 'confusion_matrix' is a required property)"),
+    ],
+)
+def test_unusable_final_result_is_skipped_in_one_line(
+    collect_final: Callable, final_dir: Path, damage: Callable[[Path], None], says: str
+) -> None:
+    folder = run_dir(final_dir)
+    damage(folder / "final")
+    code, out, err = collect_final()
+    assert code == 0
+    (line,) = stderr_lines(err)
+    assert line.startswith("skipped ") and line.endswith(says)
+    found = read(folder / "summary.json")
+    assert found["models"]["mlp"]["final"] is None and "Final models" not in out
+    assert [s["file"] for s in found["skipped"]] == ["final/mlp.json"]
+    assert not any(name.startswith(("confusion", "misclassified")) for name in found["figures"])

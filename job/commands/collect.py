@@ -1,15 +1,23 @@
-"""`collect`: merge a run's pair results into a table, summary.json, summary.md, learning curves and a box plot."""
+"""`collect`: merge a run's pair results into a table, summary.json, summary.md, learning curves and a box plot,
+and show each final model's test score beside them with its confusion matrix and misclassified test digits."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from job.commands.common import add_results_args
 from job.errors import JobError
 from job.protocol import Pair
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from job.data import Dataset
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -17,12 +25,21 @@ FORMATS = ("png", "pdf", "svg")
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "collect",
-        help="summarise a run: table, summary.json/.md, learning curves, box plot",
+        help="summarise a run: table, summary.json/.md, learning curves, box plot, final models' test scores",
         description="Read every pair result in RESULTS/RUN and write summary.json, summary.md, "
-        "learning-curves-MODEL.FMT and boxplot.FMT beside them. Exits 1 while pairs are missing, "
-        "unless --allow-partial. Safe to rerun at any time, also while pairs are still running.",
+        "learning-curves-MODEL.FMT and boxplot.FMT beside them. For each final model in RESULTS/RUN/final/ "
+        "its test score is shown beside the cross-validation estimate, and confusion-MODEL.FMT and "
+        "misclassified-MODEL.FMT are drawn. Exits 1 while pairs are missing, unless --allow-partial. "
+        "Safe to rerun at any time, also while pairs are still running.",
     )
     add_results_args(p)
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=os.environ.get("MNIST_CV_DATA"),
+        help="MNIST folder or mnist.npz holding the test images, for the grids of misclassified digits "
+        "(default: $MNIST_CV_DATA, else the source the final result records; never downloads)",
+    )
     p.add_argument(
         "--allow-partial",
         action="store_true",
@@ -53,11 +70,14 @@ def run(args: argparse.Namespace) -> int:
     folder = results.run_dir(args.results, args.run)
     if not folder.is_dir():
         raise JobError(f"no run folder {folder}")
-    chosen, found = _summarise(args, folder)
+    chosen, finals, found = _summarise(args, folder)
     publish = found["complete"] or args.allow_partial
     if publish:
         results.ensure_writable(folder)
-    found["figures"] = _write_figures(folder, chosen, found, args.format) if publish else []
+        found["figures"] = _write_figures(folder, chosen, found, args.format)
+        found["figures"] += _write_final_figures(folder, finals, found, args.format, args.data_dir)
+    else:
+        found["figures"] = []
 
     console = Console()
     if args.json:
@@ -80,15 +100,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summarise(args: argparse.Namespace, folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The results chosen for the summary, and the summary; each unusable file is reported in one line on stderr."""
+def _summarise(
+    args: argparse.Namespace, folder: Path
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """The results chosen for the summary, the final results by model, and the summary.
+
+    Each unusable file, a pair's or a final model's, is reported in one line on stderr.
+    """
     import sys
 
     from job import results, summary
 
     scan = results.scan(args.results, args.run)
     usable, misplaced = _at_own_paths(scan.results)
-    problems = {**scan.problems, **misplaced}
+    finals, bad_finals = _read_finals(folder)
+    problems = {**scan.problems, **misplaced, **bad_finals}
     for reason in problems.values():
         print(f"skipped {' '.join(reason.split())}", file=sys.stderr)  # one line, whatever the message holds
     if not usable:
@@ -102,7 +128,23 @@ def _summarise(args: argparse.Namespace, folder: Path) -> tuple[list[dict[str, A
     ]
     skipped += [{"file": summary.file_name(r), "reason": f"config {r['config_id']}"} for r in others]
     unusable = _unusable(folder, problems, others)
-    return chosen, summary.summarise(chosen, run=str(folder), unusable=unusable, skipped=skipped)
+    found = summary.summarise(chosen, run=str(folder), unusable=unusable, skipped=skipped, finals=finals)
+    return chosen, finals, found
+
+
+def _read_finals(folder: Path) -> tuple[dict[str, dict[str, Any]], dict[Path, str]]:
+    """The usable final results in RUN/final/ by model (each with its `_path`), and the others with why."""
+    from job.final import read_result  # imports no TensorFlow: Keras is loaded only to train or predict
+
+    finals, problems = {}, {}
+    for path in sorted((folder / "final").glob("*.json")):
+        if path.name.startswith("."):
+            continue  # a temp file of a write in progress
+        try:
+            finals[path.stem] = {**read_result(path), "_path": str(path)}
+        except JobError as error:
+            problems[path] = str(error)
+    return finals, problems
 
 
 def _at_own_paths(found: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[Path, str]]:
@@ -143,6 +185,48 @@ def _write_figures(folder: Path, chosen: list[dict[str, Any]], found: dict[str, 
     accuracies = {model: [f["accuracy"] for f in stats["folds"]] for model, stats in found["models"].items()}
     written.append(_save(plots.boxplot(accuracies), folder / f"boxplot.{fmt}", fmt))
     return written
+
+
+def _write_final_figures(
+    folder: Path, finals: dict[str, dict[str, Any]], found: dict[str, Any], fmt: str, data_dir: Path | None
+) -> list[str]:
+    """Each final model's confusion matrix and misclassified grid; a grid that cannot be drawn gets a note instead."""
+    from functools import cache
+
+    from job import data, plots
+
+    # custom=True: whatever the data, the test-image hash recorded in the final result decides. Cached: final
+    # models of one run share their data, which is read once.
+    load = cache(lambda source: data.load(source, custom=True))
+    written = []
+    for model, result in finals.items():
+        written.append(_save(plots.confusion_matrix(model, result), folder / f"confusion-{model}.{fmt}", fmt))
+        grid = folder / f"misclassified-{model}.{fmt}"
+        try:
+            images = _test_images(result, data_dir, load)
+        except JobError as error:
+            grid.unlink(missing_ok=True)  # an older grid may be of another model or data than this summary's
+            found["models"][model]["final"]["notes"].append(f"no {grid.name}: {' '.join(str(error).split())}")
+            continue
+        written.append(_save(plots.misclassified(model, result["test"]["misclassified"], images), grid, fmt))
+    return written
+
+
+def _test_images(result: dict[str, Any], data_dir: Path | None, load: Callable[[Path], Dataset]) -> np.ndarray:
+    """The test images a final model was scored on, or a JobError saying why they are not at hand."""
+    from job.data import TEST_IMAGES
+
+    if not result["test"]["misclassified"]:
+        raise JobError("every test digit was classified right")
+    source = Path(data_dir or result["data"]["source"])
+    dataset = load(source)
+    recorded, found = result["data"]["sha256"].get(TEST_IMAGES), dataset.sha256[TEST_IMAGES]
+    if found != recorded:
+        raise JobError(
+            f"the test images in {source} are not those the model was scored on "
+            f"(sha256 {found[:12]}..., recorded {str(recorded)[:12]}...)"
+        )
+    return dataset.x_test
 
 
 def _save(fig: Any, path: Path, fmt: str) -> str:
