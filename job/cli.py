@@ -32,19 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMANDS:
-        module = _command_module(name)
-        if module is not None:
-            module.add_parser(subparsers)
+        importlib.import_module(f"job.commands.{name}").add_parser(subparsers)
     return parser
-
-
-def _command_module(name: str):  # noqa: ANN202 - a module object
-    try:
-        return importlib.import_module(f"job.commands.{name}")
-    except ModuleNotFoundError as error:
-        if error.name != f"job.commands.{name}":
-            raise
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 from job.bench import FIGURES, VARIANTS, accuracy_check
-from job.data import MNIST_FILES
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def mnist_dir() -> Path:
-    folder = Path(os.environ.get("MNIST_CV_TEST_DATA") or ROOT.parent / "shared" / "data" / "mnist")
-    if not all((folder / f"{name}.gz").is_file() for name in MNIST_FILES):
-        pytest.skip(f"the MNIST .gz files are not in {folder} (set MNIST_CV_TEST_DATA)")
-    return folder
 
 
 def test_accepts_a_difference_within_noise() -> None:
@@ -49,9 +36,10 @@ def test_needs_an_accuracy_per_variant() -> None:
 
 
 def test_a_tiny_bench_reports_every_figure(mnist_dir: Path) -> None:
-    command = [sys.executable, "-m", "job", "bench", "--model", "mlp", "--epochs", "1", "--limit", "1000"]
-    command += ["--repeats", "1", "--json", "--data-dir", str(mnist_dir)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = cli(
+        "bench", "--model", "mlp", "--epochs", "1", "--limit", "1000", "--repeats", "1", "--json",
+        "--data-dir", str(mnist_dir),
+    )  # fmt: skip
     report = json.loads(done.stdout)
 
     assert {run["variant"] for run in report["runs"]} == set(VARIANTS)

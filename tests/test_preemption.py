@@ -22,17 +22,17 @@ from typing import Any, NamedTuple
 
 import h5py
 import pytest
-from conftest import ROOT, last_line
-from slurm.cluster import cluster_info, ensure_cluster, reconfigure, submit, wait_for_jobs
+from conftest import last_line
+from slurm.cluster import array_env, wait_for_jobs, with_gpus
 
 from job import results
 from job.protocol import Pair
+from slurm import cluster
 
 pytestmark = pytest.mark.slow
 
 CONFIG = ("--epochs", "2", "--limit", "3000")
 EPOCHS = 2
-SCRIPT = ROOT / "slurm" / "array.sh"
 # What must match bitwise between a resumed and an uninterrupted run: everything but timings and provenance.
 NUMBERS = ("history", "score", "data", "config", "config_id", "model", "fold")
 
@@ -250,28 +250,11 @@ def test_a_corrupt_checkpoint_is_reported_in_one_line_and_the_pair_restarts_from
 
 @pytest.fixture(scope="module")
 def gpu_cluster() -> dict[str, str]:
-    """The local cluster with its fake GPUs: the unchanged script asks for one GPU per task."""
-    ensure_cluster()
-    info = cluster_info()
-    if info is None or not info["gres"].startswith("gpu:"):
-        info = reconfigure()  # the default config declares fake GPUs
-    return info
+    return with_gpus()
 
 
 def submit_array(folder: Path, data: Path, *sbatch_options: str) -> str:
-    """sbatch the unchanged script with CONFIG; it runs in `folder`, which gets the results and the logs."""
-    env = {
-        **os.environ,
-        "MNIST_CV_ALLOW_CPU": "1",  # the fake GPUs are allocated but TensorFlow sees none
-        "MNIST_CV_PYTHON": sys.executable,
-        "MNIST_CV_HOME": str(ROOT),  # the checkout: where slurm/job-step.sh is
-        "MNIST_CV_DATA": str(data),
-        "MNIST_CV_RESULTS": str(folder),
-        "MNIST_CV_RUN": "default",
-    }
-    # -c 1 --mem=3G instead of the script's -c 4 --mem=16G, which this 2-CPU node rejects
-    options = ["--cpus-per-task=1", "--mem=3G", f"--chdir={folder}", *sbatch_options]
-    return submit([*options, str(SCRIPT), *CONFIG], cwd=folder, env=env)
+    return cluster.submit_array(folder, array_env(data, folder), CONFIG, *sbatch_options)
 
 
 def queued(job: str, task: int) -> Callable[[], bool]:

@@ -14,8 +14,9 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,36 @@ def wait_for_jobs(job_id: str, timeout: float = 120) -> dict[str, str]:
         if time.monotonic() > deadline:
             raise TimeoutError(f"sacct for job {job_id} shows {states}, slurmctld says {expected}")
         time.sleep(0.2)
+
+
+# --- the project's own array script, as the tests submit it -------------------------------------------------------
+
+ROOT = HERE.parents[1]
+ARRAY_SCRIPT = ROOT / "slurm" / "array.sh"
+
+
+def with_gpus() -> dict[str, str]:
+    """The cluster with its fake GPUs: slurm/array.sh asks for one GPU per task."""
+    info = ensure_cluster()
+    return info if info["gres"].startswith("gpu:") else reconfigure()
+
+
+def array_env(data: StrPath, results: StrPath, **extra: str) -> dict[str, str]:
+    """The environment a user submits slurm/array.sh with, for a job that writes under `results`."""
+    return {
+        **os.environ,
+        "MNIST_CV_ALLOW_CPU": "1",  # the fake GPUs are allocated but TensorFlow sees none
+        "MNIST_CV_PYTHON": sys.executable,  # jobs do not inherit the venv of pytest (gotcha 1 in README.md)
+        "MNIST_CV_HOME": str(ROOT),  # the checkout: where slurm/job-step.sh is
+        "MNIST_CV_DATA": str(data),
+        "MNIST_CV_RESULTS": str(results),
+        "MNIST_CV_RUN": "default",
+        **extra,
+    }
+
+
+def submit_array(folder: StrPath, env: Mapping[str, str], job_args: Sequence[str], *sbatch_options: str) -> str:
+    """sbatch the unchanged slurm/array.sh from `folder`, where its logs land; the job id."""
+    # -c 1 --mem=3G instead of the script's -c 4 --mem=16G, which this 2-CPU node rejects
+    options = ["--cpus-per-task=1", "--mem=3G", f"--chdir={folder}", *sbatch_options]
+    return submit([*options, str(ARRAY_SCRIPT), *job_args], cwd=folder, env=env)
