@@ -1,4 +1,5 @@
-"""The submitit side of the fan-out: one small picklable callable per pair, running `python -m job run` as a child.
+"""The submitit side of the fan-out: one small picklable callable per job (a pair, or the final model), running
+`python -m job ...` as a child.
 
 The child process keeps TensorFlow out of submitit's process, and it makes this path run the very same command
 line as slurm/array.sh, with or without an Apptainer image. Imports no TensorFlow (nor scikit-learn).
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import os
 import shlex
 import signal
@@ -23,10 +23,10 @@ from typing import Any
 from submitit.helpers import DelayedSubmission
 
 from job import provenance
-from job.protocol import pair_for_task
+from job.checkpoint import sha256_file
 
-# The exit status of `job run` stopped by a signal at a safe point (job.train.Preempted.exit_code; importing
-# job.train here would load scikit-learn into every submitit process).
+# The exit status of `job run` or `job final` stopped by a signal at a safe point (job.train.Preempted.exit_code;
+# importing job.train here would load scikit-learn into every submitit process).
 PREEMPTED_EXIT = 3
 # _interrupt() and preemption send TERM, then submitit's USR2 within milliseconds; USR2 runs checkpoint(),
 # which requeues. A child stopped with no USR2 after this long (a plain scancel) was stopped for good.
@@ -38,42 +38,42 @@ POLL_S = 0.2
 TAIL_LINES = 20
 
 
-def pair_command(
-    task_id: int,
-    run_args: Sequence[str],
+def job_command(
+    job_args: Sequence[str],
     *,
     image: str | None,
     python: str,
     workdir: str,
     binds: Sequence[str] = (),
 ) -> list[str]:
-    """The one-pair job's command line: `PYTHON -m job run --task-id N ...`, or inside IMAGE as slurm/array.sh runs it.
+    """`PYTHON -m job JOB_ARGS`, or the same inside IMAGE exactly as slurm/array.sh runs it.
 
     `binds` are the folders besides `workdir` the job reads or writes (data, results), as absolute paths.
     """
-    job = ["-m", "job", "run", "--task-id", str(task_id), *run_args]
+    job = ["-m", "job", *job_args]
     if image is None:
         return [python, *job]
     # --nv brings the host's NVIDIA driver into the image; the image's own python runs the job.
     return ["apptainer", "exec", "--nv", "--bind", ",".join([workdir, *binds]), "--pwd", workdir, image, "python", *job]
 
 
+def pair_args(task_id: int, run_args: Sequence[str]) -> tuple[str, ...]:
+    return ("run", "--task-id", str(task_id), *run_args)
+
+
+def final_args(model: str, run_args: Sequence[str]) -> tuple[str, ...]:
+    return ("final", "--model", model, *run_args)
+
+
 def image_digest(image: str) -> str:
     """The image's sha256: from IMAGE.sha256 (written when it was built) if there, else hashed now (as array.sh)."""
     digest_file = Path(f"{image}.sha256")
-    if digest_file.is_file():
-        fields = digest_file.read_text().split()
-        if fields:
-            return fields[0]
-    digest = hashlib.sha256()
-    with open(image, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    fields = digest_file.read_text().split() if digest_file.is_file() else []
+    return fields[0] if fields else sha256_file(Path(image))
 
 
-class PairFailed(RuntimeError):
-    """The one-pair job exited non-zero; the message ends with its last lines, for job.exception() and the log."""
+class JobFailed(RuntimeError):
+    """The job exited non-zero; the message ends with its last lines, for job.exception() and the log."""
 
 
 class _Child:
@@ -124,12 +124,12 @@ class _Child:
 
 
 @dataclasses.dataclass
-class PairTask:
-    """One (model, fold) pair for submitit. It holds small strings only: the data loads in the child, and all
-    training state lives in the pair's folder on disk, so a requeued task resumes from there."""
+class JobTask:
+    """One job for submitit: a (model, fold) pair, or the final model. It holds small strings only: the data loads
+    in the child, and all training state lives in the job's folder on disk, so a requeued task resumes from there."""
 
-    task_id: int
-    run_args: tuple[str, ...]
+    name: str  # what reports call it: mlp/fold-0, cnn/final
+    job_args: tuple[str, ...]
     image: str | None
     python: str
     workdir: str
@@ -138,12 +138,10 @@ class PairTask:
 
     @property
     def command(self) -> list[str]:
-        return pair_command(
-            self.task_id, self.run_args, image=self.image, python=self.python, workdir=self.workdir, binds=self.binds
-        )
+        return job_command(self.job_args, image=self.image, python=self.python, workdir=self.workdir, binds=self.binds)
 
     def __call__(self) -> str:
-        """Run the pair; its last output line (the score, or 'already done'). Raises PairFailed on failure."""
+        """Run the job; its last output line (the score, or 'already done'). Raises JobFailed on failure."""
         self._child = child = _Child(self.command, self.workdir, self._env())
         try:
             returncode = child.wait()
@@ -153,14 +151,14 @@ class PairTask:
             return child.tail[-1] if child.tail else ""
         if returncode == PREEMPTED_EXIT:
             time.sleep(REQUEUE_GRACE_S)  # a USR2 now runs checkpoint(), requeues and exits from inside this sleep
-        raise PairFailed(self._failure(returncode, list(child.tail)))
+        raise JobFailed(self._failure(returncode, list(child.tail)))
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """submitit's checkpoint protocol: called by its USR2 handler (preemption, time limit near) in this process.
 
         The child saves at every epoch end, so all that is left is to stop it at its next safe point and wait
         for it (it may have had the signal already: Slurm signals the whole step). submitit then requeues this
-        task with a fresh instance, which resumes from the pair's folder.
+        task with a fresh instance, which resumes from the job's folder.
         """
         if self._child is not None:
             self._child.stop()
@@ -185,5 +183,4 @@ class PairTask:
         else:
             how = f"exited with status {returncode}"
         last = "\n".join(f"    {line}" for line in tail) or "    (no output)"
-        pair = pair_for_task(self.task_id)
-        return f"{pair} (task {self.task_id}): `{shlex.join(self.command)}` {how}; its last lines:\n{last}"
+        return f"{self.name}: `{shlex.join(self.command)}` {how}; its last lines:\n{last}"

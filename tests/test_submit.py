@@ -24,7 +24,7 @@ import submitit
 from conftest import cli, last_line
 from slurm.cluster import ensure_cluster, wait_for_jobs
 
-from job import launch, results
+from job import final, launch, results
 from job.cli import build_parser
 from job.commands import submit
 from job.commands.common import protocol_from_args
@@ -45,15 +45,16 @@ def submit_args(*argv: str) -> object:
 
 
 def test_without_an_image_a_pair_runs_the_cli_in_the_given_python() -> None:
-    command = launch.pair_command(7, ["--epochs", "1"], image=None, python="/venv/bin/python", workdir="/w")
+    command = launch.job_command(
+        launch.pair_args(7, ["--epochs", "1"]), image=None, python="/venv/bin/python", workdir="/w"
+    )
     assert command == ["/venv/bin/python", "-m", "job", "run", "--task-id", "7", "--epochs", "1"]
 
 
 def test_with_an_image_a_pair_runs_exactly_what_slurm_array_sh_runs() -> None:
     # The golden file holds what array.sh passes to `apptainer` (tests/test_container.py checks that side).
-    command = launch.pair_command(
-        0,
-        ["--epochs", "1", "--limit", "1000"],
+    command = launch.job_command(
+        launch.pair_args(0, ["--epochs", "1", "--limit", "1000"]),
         image="<IMAGE>",
         python="/ignored/python",
         workdir="<HOME>",
@@ -161,15 +162,15 @@ def test_bad_options_are_one_line_errors(argv: list[str], message: str, tmp_path
     assert list(tmp_path.iterdir()) == []  # nothing submitted
 
 
-# --- PairTask in this process -----------------------------------------------------------------------------------
+# --- JobTask in this process -----------------------------------------------------------------------------------
 
 
 def test_a_failing_pair_raises_with_its_command_and_last_lines(tmp_path: Path) -> None:
-    task = launch.PairTask(0, ("--epochs", "0"), None, sys.executable, str(tmp_path))
-    with pytest.raises(launch.PairFailed) as failed:
+    task = launch.JobTask("mlp/fold-0", launch.pair_args(0, ["--epochs", "0"]), None, sys.executable, str(tmp_path))
+    with pytest.raises(launch.JobFailed) as failed:
         task()
     message = str(failed.value)
-    assert message.startswith(f"mlp/fold-0 (task 0): `{sys.executable} -m job run --task-id 0 --epochs 0` exited")
+    assert message.startswith(f"mlp/fold-0: `{sys.executable} -m job run --task-id 0 --epochs 0` exited")
     assert "exited with status 2; its last lines:" in message
     assert last_line(message).strip() == "mnist-cv run: error: --epochs must be at least 1, got 0"
 
@@ -188,13 +189,13 @@ def test_checkpoint_stops_the_child_and_requeues_a_fresh_task(tmp_path: Path, mo
     fake_python.write_text(f"#!/bin/sh\nexec {sys.executable} -c '{FAKE_JOB}'\n")
     fake_python.chmod(0o755)
     monkeypatch.setattr(launch, "REQUEUE_GRACE_S", 0)  # no USR2 is coming: this test plays submitit itself
-    task = launch.PairTask(3, ("--epochs", "1"), None, str(fake_python), str(tmp_path))
+    task = launch.JobTask("mlp/fold-3", launch.pair_args(3, ["--epochs", "1"]), None, str(fake_python), str(tmp_path))
     outcome: list[BaseException] = []
 
     def run_task() -> None:
         try:
             task()
-        except launch.PairFailed as error:
+        except launch.JobFailed as error:
             outcome.append(error)
 
     runner = threading.Thread(target=run_task)
@@ -233,6 +234,20 @@ def test_the_local_executor_runs_two_pairs_and_waits_for_them(mnist_dir: Path, t
         assert result["config"]["epochs"] == 1 and result["environment"]["slurm"] is None
 
 
+def test_the_final_model_is_submitted_the_same_way(mnist_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = cli(
+        "submit", "--executor", "local", "--final", "mlp", *QUICK, "--data-dir", str(mnist_dir),
+        "--results", str(out), "--gpus-per-task", "0", "--wait",
+        cwd=tmp_path, env=ENV,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "submitted 1 final model" in done.stdout and "  mlp/final  job " in done.stdout
+    assert "[1/1] mlp/final: test accuracy" in done.stdout
+    result = final.read_result(final.paths(out, "default", "mlp").result)
+    assert result["config"]["epochs"] == 1 and result["data"]["n_train"] == 1000
+
+
 def test_the_debug_executor_runs_in_this_process_and_reports_a_failed_pair(tmp_path: Path) -> None:
     done = cli(
         "submit", "--executor", "debug", "--task-ids", "3", "--data-dir", str(tmp_path / "nowhere"),
@@ -242,7 +257,7 @@ def test_the_debug_executor_runs_in_this_process_and_reports_a_failed_pair(tmp_p
     report = done.stdout.split("[1/1] FAILED mlp/fold-3 [job DEBUG_")[1]
     assert f"{tmp_path / 'nowhere'}: no such file or folder" in report
     assert last_line(done.stderr) == (
-        "mnist-cv submit: error: 1 of 1 pairs failed (mlp/fold-3); the same command resubmits only the pairs not done"
+        "mnist-cv submit: error: 1 of 1 pair failed (mlp/fold-3); the same command resubmits only the pair not done"
     )
 
 
@@ -283,8 +298,8 @@ def test_a_failed_pair_is_reported_and_resubmitting_runs_only_the_missing_ones(
     blocker.unlink()
     second = cli(*command, cwd=tmp_path, env=ENV)
     assert second.returncode == 0, second.stdout + second.stderr
-    submitted = re.findall(r"^  task (\d+)  ", second.stdout, flags=re.MULTILINE)
-    assert "submitted 5 pairs" in second.stdout and submitted == ["5", "6", "7", "8", "9"]
+    submitted = re.findall(r"^  (\S+)  job ", second.stdout, flags=re.MULTILINE)
+    assert "submitted 5 pairs" in second.stdout and submitted == [f"cnn/fold-{fold}" for fold in range(5)]
     assert (out / "default" / "summary.json").is_file(), "collect did not run"
     assert "wrote summary.json" in second.stdout
     for pair in all_pairs():

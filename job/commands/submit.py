@@ -46,6 +46,11 @@ def add_parser(subparsers: Any) -> None:
     )
     which.add_argument("--all", action="store_true", help="submit every pair (done ones skip at once)")
     p.add_argument("--task-ids", type=task_ids, metavar="SPEC", help="only these pairs, in --array syntax: 0,5 or 5-9")
+    p.add_argument(
+        "--final",
+        metavar="MODEL",
+        help="submit the final model's training (`mnist-cv final --model MODEL`) instead of the pairs",
+    )
     first_forwarded = len(p._actions)
     add_results_args(p)
     add_data_args(p)
@@ -167,32 +172,44 @@ def run(args: argparse.Namespace) -> int:
     protocol = protocol_from_args(args)
     if args.image is not None and not Path(args.image).is_file():
         raise JobError(f"no image file {args.image}")
-    chosen = pairs_to_submit(args, protocol)
-    wait = args.wait or args.executor == "debug"  # the debug executor runs a pair only when asked for its result
+    chosen = jobs_to_submit(args, protocol)
+    wait = args.wait or args.executor == "debug"  # the debug executor runs a job only when asked for its result
     if not chosen:
         print(f"nothing to submit: the pairs asked for are done with config {protocol.config_id}")
         return collect(args, protocol) if wait else 0
 
-    task_args = tuple(run_args(args))
     binds = image_binds(args) if args.image else ()
-    tasks = [launch.PairTask(s.task_id, task_args, args.image, sys.executable, os.getcwd(), binds) for s in chosen]
     logs = (args.logs or results.run_dir(args.results, args.run) / "logs").absolute()
+    tasks = [
+        launch.JobTask(name, job_args, args.image, sys.executable, os.getcwd(), binds) for name, job_args in chosen
+    ]
     jobs = submit(args, logs, tasks)
-    pairs = "pair" if len(jobs) == 1 else "pairs"
-    print(f"submitted {len(jobs)} {pairs} of config {protocol.config_id} ({args.executor}):")
-    for s, job in zip(chosen, jobs, strict=True):
-        print(f"  task {s.task_id}  {s.pair}  job {job.job_id}")
+    what = "final model" if args.final else "pair" if len(jobs) == 1 else "pairs"
+    print(f"submitted {len(jobs)} {what} of config {protocol.config_id} ({args.executor}):")
+    for task, job in zip(tasks, jobs, strict=True):
+        print(f"  {task.name}  job {job.job_id}")
     if args.executor != "debug":  # whose output comes here
         print(f"logs: {logs}/JOB_0_log.out and .err (e.g. {jobs[0].paths.stdout.name})")
     if not wait:
         return 0
-    failed = follow(jobs, [str(s.pair) for s in chosen], poll=args.executor != "debug")
+    failed = follow(jobs, [task.name for task in tasks], poll=args.executor != "debug")
     if failed:
         raise JobError(
-            f"{len(failed)} of {len(jobs)} pairs failed ({', '.join(failed)}); the same command resubmits only "
-            "the pairs not done"
+            f"{len(failed)} of {len(jobs)} {what} failed ({', '.join(failed)}); "
+            f"the same command resubmits only the {what} not done"
         )
     return collect(args, protocol)
+
+
+def jobs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, `job` arguments) of each job to submit: the final model if asked for, else the pairs not done."""
+    from job import launch, models
+
+    forwarded = run_args(args)
+    if args.final is not None:
+        model = models.check_name(args.final)
+        return [(f"{model}/final", launch.final_args(model, forwarded))]  # `job final` itself skips a done model
+    return [(str(s.pair), launch.pair_args(s.task_id, forwarded)) for s in pairs_to_submit(args, protocol)]
 
 
 def pairs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[Any]:
