@@ -270,8 +270,8 @@ def cluster() -> dict[str, str]:
 
 
 def job_ids(stdout: str) -> list[str]:
-    """The job ids `submit` prints, one line per pair."""
-    return re.findall(r"^  task \d+  \S+  job (\S+)$", stdout, flags=re.MULTILINE)
+    """The job ids `submit` prints, one line per pair ("  mlp/fold-0  job 103_0")."""
+    return re.findall(r"^  \S+  job (\S+)$", stdout, flags=re.MULTILINE)
 
 
 @pytest.mark.slurm
