@@ -65,9 +65,10 @@ def training(args: argparse.Namespace, protocol: Protocol, model_name: str, labe
     stop = StopFlag()
     stop.install()
     progress = EpochProgress(label, protocol.epochs)
+    threads = runtime_info["threads"]["intra_op"]
     print(
         f"{label}: config {protocol.config_id}, data {dataset.name} from {dataset.source}, "
-        f"device {runtime_info['device_used']}, {runtime_info['threads']['intra_op']} threads",
+        f"device {runtime_info['device_used']}, {threads} thread{'s' * (threads != 1)}",
         flush=True,
     )
     try:
