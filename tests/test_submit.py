@@ -316,7 +316,7 @@ def test_a_preempted_pair_is_requeued_and_ends_as_if_uninterrupted(
 ) -> None:
     out = tmp_path / "results"
     # A cnn epoch on 1,600 images lasts a few seconds on one core: time to preempt it between epochs.
-    command = ["submit", "--executor", "slurm", "--task-ids", "5", "--epochs", "3", "--limit", "2000",
+    command = ["submit", "--executor", "slurm", "--task-ids", "5", "--epochs", "4", "--limit", "2000",
                "--data-dir", str(mnist_dir), "--results", str(out), *SMALL_TASK, "--gpus-per-task", "0"]  # fmt: skip
     reference = cli(*command, "--run", "reference", cwd=tmp_path, env=ENV)
     assert reference.returncode == 0, reference.stderr

@@ -190,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {task.name}  job {job.job_id}")
     if args.executor != "debug":  # whose output comes here
         print(f"logs: {logs}/JOB_0_log.out and .err (e.g. {jobs[0].paths.stdout.name})")
+    sys.stdout.flush()  # the job ids now, not when --wait ends: a pipe or a log file buffers them otherwise
     if not wait:
         return 0
     failed = follow(jobs, [task.name for task in tasks], poll=args.executor != "debug")
