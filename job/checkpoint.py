@@ -43,6 +43,13 @@ class Checkpoint:
     def exists(self) -> bool:
         return self.state_file.exists()
 
+    def epochs_done(self) -> int | None:
+        """How far the saved state got, without loading any weights; None without a readable checkpoint."""
+        try:
+            return int(json.loads(self.state_file.read_text())["epochs_done"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def save(self, model: Any, state: TrainState) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = self.folder / f"epoch-{state.epochs_done}.weights.h5"

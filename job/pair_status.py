@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple
 
 from job import results
+from job.checkpoint import Checkpoint
 from job.protocol import Pair, Protocol, all_pairs
 
 
@@ -35,10 +35,8 @@ def _status_of(task_id: int, pair: Pair, results_dir: Path, run: str, protocol: 
         if result["config_id"] != protocol.config_id:
             return PairStatus(task_id, pair, "other config", f"config {result['config_id']}", path)
         return PairStatus(task_id, pair, "done", f"{result['score']['accuracy'] * 100:.3f}%", path)
-    state_file = results.checkpoint_dir(results_dir, run, pair) / "state.json"
-    try:
-        epochs_done = json.loads(state_file.read_text())["epochs_done"]
-    except (OSError, ValueError, KeyError, TypeError):
+    epochs_done = Checkpoint(results.checkpoint_dir(results_dir, run, pair)).epochs_done()
+    if epochs_done is None:
         return PairStatus(task_id, pair, "missing", "", path)
     return PairStatus(task_id, pair, "in progress", f"checkpoint after epoch {epochs_done}", path)
 

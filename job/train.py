@@ -183,9 +183,7 @@ def fit_pair(
         pair.model, protocol, images, labels, train_ix, val_ix, checkpoint, stream=pair.fold, **fit_options
     )
     outcome["data"] = {
-        "name": dataset.name,
-        "source": dataset.source,
-        "sha256": dataset.sha256,
+        **dataset.provenance(),
         "n_train": len(train_ix),
         "n_val": len(val_ix),
         "val_indices_sha256": folds.indices_sha256(val_ix),

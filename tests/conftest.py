@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from job.data import MNIST_FILES
+
 ROOT = Path(__file__).resolve().parents[1]
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def shared_mnist() -> Path:

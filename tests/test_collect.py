@@ -388,13 +388,16 @@ def _other_seed(result: dict[str, Any]) -> None:
     result["config_id"] = Protocol.from_dict(result["config"]).config_id
 
 
-def test_mixed_configs_are_refused_naming_the_files(collect: Callable, results_dir: Path) -> None:
+@pytest.fixture
+def mixed_configs(results_dir: Path) -> tuple[Path, str, str]:
+    """The run folder with cnn/fold-0 of another seed: (folder, the others' config id, its config id)."""
     folder = run_dir(results_dir)
     edit(folder / "cnn" / "fold-0.json", _other_seed)
-    main_id, other_id = (
-        read(folder / "mlp" / "fold-0.json")["config_id"],
-        read(folder / "cnn" / "fold-0.json")["config_id"],
-    )
+    return folder, read(folder / "mlp" / "fold-0.json")["config_id"], read(folder / "cnn" / "fold-0.json")["config_id"]
+
+
+def test_mixed_configs_are_refused_naming_the_files(collect: Callable, mixed_configs: tuple[Path, str, str]) -> None:
+    folder, main_id, other_id = mixed_configs
     code, out, err = collect("--allow-partial")
     assert (code, out) == (1, "")
     rest = ", ".join([*(f"cnn/fold-{k}.json" for k in range(1, 5)), *(f"mlp/fold-{k}.json" for k in range(5))])
@@ -405,13 +408,8 @@ def test_mixed_configs_are_refused_naming_the_files(collect: Callable, results_d
     assert not (folder / "summary.json").exists()
 
 
-def test_config_flag_chooses_one_config(collect: Callable, results_dir: Path) -> None:
-    folder = run_dir(results_dir)
-    edit(folder / "cnn" / "fold-0.json", _other_seed)
-    main_id, other_id = (
-        read(folder / "mlp" / "fold-0.json")["config_id"],
-        read(folder / "cnn" / "fold-0.json")["config_id"],
-    )
+def test_config_flag_chooses_one_config(collect: Callable, mixed_configs: tuple[Path, str, str]) -> None:
+    folder, main_id, other_id = mixed_configs
 
     assert collect("--config", main_id)[0] == 1  # cnn/fold-0 of this config is still missing
     code, _, err = collect("--config", main_id, "--allow-partial")

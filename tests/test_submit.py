@@ -218,13 +218,19 @@ def test_checkpoint_stops_the_child_and_requeues_a_fresh_task(tmp_path: Path, mo
 # --- end to end -------------------------------------------------------------------------------------------------
 
 
-def test_the_local_executor_runs_two_pairs_and_waits_for_them(mnist_dir: Path, tmp_path: Path) -> None:
+def submit_locally(what: list[str], mnist_dir: Path, tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """`submit --executor local ... --wait` of `what` on QUICK: (its results folder, the finished command)."""
     out = tmp_path / "results"
     done = cli(
-        "submit", "--executor", "local", "--task-ids", "0,5", *QUICK, "--data-dir", str(mnist_dir),
+        "submit", "--executor", "local", *what, *QUICK, "--data-dir", str(mnist_dir),
         "--results", str(out), "--gpus-per-task", "0", "--wait",
         cwd=tmp_path, env=ENV,
     )  # fmt: skip
+    return out, done
+
+
+def test_the_local_executor_runs_two_pairs_and_waits_for_them(mnist_dir: Path, tmp_path: Path) -> None:
+    out, done = submit_locally(["--task-ids", "0,5"], mnist_dir, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "submitted 2 pairs" in done.stdout and f"logs: {out / 'default' / 'logs'}" in done.stdout
     assert "[2/2]" in done.stdout and "held-out accuracy" in done.stdout
@@ -235,12 +241,7 @@ def test_the_local_executor_runs_two_pairs_and_waits_for_them(mnist_dir: Path, t
 
 
 def test_the_final_model_is_submitted_the_same_way(mnist_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "results"
-    done = cli(
-        "submit", "--executor", "local", "--final", "mlp", *QUICK, "--data-dir", str(mnist_dir),
-        "--results", str(out), "--gpus-per-task", "0", "--wait",
-        cwd=tmp_path, env=ENV,
-    )  # fmt: skip
+    out, done = submit_locally(["--final", "mlp"], mnist_dir, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "submitted 1 final model" in done.stdout and "  mlp/final  job " in done.stdout
     assert "[1/1] mlp/final: test accuracy" in done.stdout
