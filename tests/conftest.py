@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from job.data import MNIST_FILES
+from job.pair.data import MNIST_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from job.bench import FIGURES, VARIANTS, accuracy_check
+from job.perf.bench import FIGURES, VARIANTS, accuracy_check
 
 
 def test_accepts_a_difference_within_noise() -> None:

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from conftest import cli
 
-from job import data, plots, summary
+from job.analysis import plots, summary
 from job.cli import main
-from job.protocol import DEFAULT_MODELS, Protocol, all_pairs
+from job.pair import data
+from job.pair.protocol import DEFAULT_MODELS, Protocol, all_pairs
 
 EPOCHS = 2  # two points per learning curve: lines, not dots
 LIMIT = 1000  # 800 training and 200 held-out images per fold: a few seconds per pair on a CPU
@@ -272,7 +273,7 @@ def test_collect_imports_no_tensorflow(final_dir: Path) -> None:
     assert json.loads(done.stdout)["figures"][-1] == "misclassified-mlp.png"
     # -X importtime writes "import time: self | cumulative | package" for every module imported.
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert {"matplotlib", "job.summary", "job.final"} <= imported
+    assert {"matplotlib", "job.analysis.summary", "job.pair.final"} <= imported
     assert not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras")}
 
 

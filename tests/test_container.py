@@ -21,8 +21,8 @@ import tomllib
 from conftest import ROOT, last_line
 from slurm.cluster import ensure_cluster, reconfigure, submit, wait_for_jobs
 
-from job import results
-from job.protocol import Pair
+from job.pair.protocol import Pair
+from job.results import store as results
 
 DEF_FILE = ROOT / "containers" / "mnist-cv.def"
 BUILD_SH = ROOT / "containers" / "build.sh"

@@ -1,4 +1,4 @@
-"""job.data and `fetch-data` on the real MNIST in shared/data/mnist (edited only as copies in tmp_path)."""
+"""job.pair.data and `fetch-data` on the real MNIST in shared/data/mnist (edited only as copies in tmp_path)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from job import data
-from job.data import MNIST_FILES, MNIST_SHA256, DataError
+from job.pair import data
+from job.pair.data import MNIST_FILES, MNIST_SHA256, DataError
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

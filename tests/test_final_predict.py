@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from conftest import cli
 
-from job import data, predict
 from job.cli import main
+from job.pair import data, predict
 
 LIMIT, EPOCHS = 3000, 6  # an MLP on 3,000 images: about a second of training, about 90% test accuracy
 
@@ -81,7 +81,7 @@ def trained(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Traine
 REFERENCE = """
 import sys
 import numpy as np
-from job import runtime
+from job.pair import runtime
 runtime.import_tensorflow()
 import keras
 model_file, images, probs_out, foreign_out = sys.argv[1:]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from job import models
 from job.errors import UsageError
+from job.pair import models
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,8 @@ import pytest
 from conftest import last_line
 from slurm.cluster import array_env, wait_for_jobs, with_gpus
 
-from job import results
-from job.protocol import Pair
+from job.pair.protocol import Pair
+from job.results import store as results
 from slurm import cluster
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def epochs_done(out: Path, fold: int) -> int:
 
 
 def leftovers(out: Path) -> list[Path]:
-    """Temp files of the atomic writes (job/atomic.py: `.NAME.XXXX.tmp.SUFFIX`): none may outlive a stopped pair."""
+    """Temp files of atomic writes (job/results/atomic.py: `.NAME.XXXX.tmp.SUFFIX`): none may outlive a stopped pair."""
     return [p for p in out.rglob("*") if ".tmp" in p.name]
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.model_selection import KFold
 
-from job import folds
 from job.errors import UsageError
-from job.pair_status import array_spec
-from job.protocol import Pair, Protocol, all_pairs, pair_for_task, task_for_pair
+from job.pair import folds
+from job.pair.protocol import Pair, Protocol, all_pairs, pair_for_task, task_for_pair
+from job.results.status import array_spec
 
 
 def test_task_ids_map_to_mlp_then_cnn_folds() -> None:

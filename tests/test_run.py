@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import cli, last_line
 
-from job import results
-from job.protocol import Pair
+from job.pair.protocol import Pair
+from job.results import store as results
 
 QUICK = ("--epochs", "2", "--limit", "2000")
 

@@ -23,8 +23,8 @@ from slurm.cluster import (
     with_gpus,
 )
 
-from job import results
-from job.protocol import all_pairs
+from job.pair.protocol import all_pairs
+from job.results import store as results
 from slurm import cluster
 
 pytestmark = pytest.mark.slurm

@@ -1,4 +1,4 @@
-"""`python -m job submit` and job/launch.py: the command line each pair runs, the mapping of the options,
+"""`python -m job submit` and job/launch/task.py: the command line each pair runs, the mapping of the options,
 submitit's checkpoint protocol, and end to end with the local executor and on the real local Slurm cluster.
 
 The local node declares fake GPUs: a GPU request is accepted there but TensorFlow sees none, so every run
@@ -24,12 +24,13 @@ import submitit
 from conftest import cli, last_line
 from slurm.cluster import ensure_cluster, wait_for_jobs
 
-from job import final, launch, results
-from job.cli import build_parser
-from job.commands import submit
-from job.commands.common import protocol_from_args
-from job.protocol import Pair, all_pairs
-from job.train import Preempted
+from job.cli import build_parser, submit
+from job.cli.options import protocol_from_args
+from job.launch import task as launch
+from job.pair import final
+from job.pair.protocol import Pair, all_pairs
+from job.pair.train import Preempted
+from job.results import store as results
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 QUICK = ("--epochs", "1", "--limit", "1000")

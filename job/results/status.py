@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from job import results
-from job.checkpoint import Checkpoint
-from job.protocol import Pair, Protocol, all_pairs
+from job.pair.checkpoint import Checkpoint
+from job.pair.protocol import Pair, Protocol, all_pairs
+from job.results import store as results
 
 
 class PairStatus(NamedTuple):

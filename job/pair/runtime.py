@@ -40,7 +40,7 @@ def configure(
 ) -> dict[str, Any]:
     """Set up TensorFlow before any op runs; return what was chosen, for the result's provenance.
 
-    `max_threads` caps the intra-op threads below the allocation (a model's hint, job.models.max_threads).
+    `max_threads` caps the intra-op threads below the allocation (a model's hint, job.pair.models.max_threads).
     """
     tf = import_tensorflow()
     import keras

@@ -22,11 +22,11 @@ from typing import Any
 
 from submitit.helpers import DelayedSubmission
 
-from job import provenance
-from job.checkpoint import sha256_file
+from job.pair import provenance
+from job.pair.checkpoint import sha256_file
 
-# The exit status of `job run` or `job final` stopped by a signal at a safe point (job.train.Preempted.exit_code;
-# importing job.train here would load scikit-learn into every submitit process).
+# The exit status of `job run` or `job final` stopped by a signal at a safe point (job.pair.train.Preempted.exit_code;
+# importing job.pair.train here would load scikit-learn into every submitit process).
 PREEMPTED_EXIT = 3
 # _interrupt() and preemption send TERM, then submitit's USR2 within milliseconds; USR2 runs checkpoint(),
 # which requeues. A child stopped with no USR2 after this long (a plain scancel) was stopped for good.

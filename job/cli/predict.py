@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from job.errors import JobError, UsageError
-from job.models import N_CLASSES
+from job.pair.models import N_CLASSES
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from job.predict import Inputs
+    from job.pair.predict import Inputs
 
 
 def add_parser(subparsers: Any) -> None:
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--rows must be at least 1, got {args.rows}")
     if args.labels is not None and len(args.images) != 1:
         raise UsageError("--labels goes with exactly one IMAGE (an IDX file or a .npy batch)")
-    from job import predict
     from job.cli import PROG
+    from job.pair import predict
 
     model = predict.load_model(args.model_file)
     labels = None if args.labels is None else predict.read_labels(args.labels)
@@ -76,7 +76,7 @@ def _predictions(
     model: Any, inputs: Inputs, k: int, labels: np.ndarray | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """One row per input (its digit, top k probabilities and, given labels, its label) and the accuracy."""
-    from job import predict
+    from job.pair import predict
 
     if not inputs.names:
         return [], None

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from job.commands.common import add_data_args, add_protocol_args, add_results_args, protocol_from_args
+from job.cli.options import add_data_args, add_protocol_args, add_results_args, protocol_from_args
 from job.errors import JobError
-from job.protocol import Protocol, all_pairs
+from job.pair.protocol import Protocol, all_pairs
 
 EXECUTORS = ("slurm", "local", "debug")
 JOB_NAME = "mnist-cv-pairs"  # as slurm/array.sh
@@ -167,7 +167,8 @@ def image_binds(args: argparse.Namespace) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from job import launch, results
+    from job.launch import task as launch
+    from job.results import store as results
 
     protocol = protocol_from_args(args)
     if args.image is not None and not Path(args.image).is_file():
@@ -204,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
 
 def jobs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[tuple[str, tuple[str, ...]]]:
     """(name, `job` arguments) of each job to submit: the final model if asked for, else the pairs not done."""
-    from job import launch, models
+    from job.launch import task as launch
+    from job.pair import models
 
     forwarded = run_args(args)
     if args.final is not None:
@@ -215,7 +217,7 @@ def jobs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[tuple[s
 
 def pairs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[Any]:
     """The pairs asked for (--task-ids, default all) that are not done (unless --all), as pair_status sees them."""
-    from job.pair_status import status
+    from job.results.status import status
 
     chosen = [
         s
@@ -310,17 +312,12 @@ def progress(total: int) -> Iterator[Callable[[str], None]]:
 
 
 def collect(args: argparse.Namespace, protocol: Protocol) -> int:
-    """Run the collect command on this config's results once all ten pairs are done (and this version has it)."""
-    from importlib.util import find_spec
-
-    from job.pair_status import array_spec, status
+    """Run the collect command on this config's results once all ten pairs are done ."""
+    from job.results.status import array_spec, status
 
     not_done = [s.task_id for s in status(args.results, args.run, protocol) if s.state != "done"]
     if not_done:
         print(f"collect: skipped, {len(not_done)} pairs not done (task ids {array_spec(not_done)})")
-        return 0
-    if find_spec("job.commands.collect") is None:
-        print("collect: not in this version (no job/commands/collect.py); skipped")
         return 0
     from job.cli import build_parser
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from job.data import MNIST_FILES
 from job.errors import JobError
-from job.protocol import DEFAULT_MODELS, Pair, all_pairs, task_for_pair
+from job.pair.data import MNIST_FILES
+from job.pair.protocol import DEFAULT_MODELS, Pair, all_pairs, task_for_pair
 
 STD_DEFINITION = "numpy population std (ddof=0), as the tutorial"
 TEST_NAME = "Nadeau-Bengio corrected resampled t-test"

@@ -1,4 +1,4 @@
-"""The `mnist-cv` / `python -m job` command line: one subcommand per module in job/commands/.
+"""The `mnist-cv` / `python -m job` command line: one subcommand per module in this package.
 
 Each command module imports only the standard library at its top, so `--help` and argument errors never
 load TensorFlow. Failures become one line on stderr: exit 2 for usage errors, 1 for runtime failures.
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMANDS:
-        importlib.import_module(f"job.commands.{name}").add_parser(subparsers)
+        importlib.import_module(f"job.cli.{name}").add_parser(subparsers)
     return parser
 
 

@@ -1,12 +1,12 @@
 """Bench: the tutorial's training code against ours on the same (model, fold) pair, each run in its own process.
 
-The parent (`mnist-cv bench`) imports no TensorFlow: it starts `python -m job.bench --worker VARIANT SPEC` for
+The parent (`mnist-cv bench`) imports no TensorFlow: it starts `python -m job.perf.bench --worker VARIANT SPEC` for
 each run, alternating the variants, and reads the one JSON line each worker prints. A fresh process per run
 keeps one variant's graphs, caches and allocator high-water mark out of the other's figures.
 
 - baseline: the tutorial's code: float32 copies of every image, one-hot labels, categorical cross-entropy,
   `model.fit` on numpy arrays at batch 32 with `validation_data` (validated at batch 32), then `evaluate`.
-- ours: `job.train.fit_pair`, the production path itself (with a throwaway checkpoint folder).
+- ours: `job.pair.train.fit_pair`, the production path itself (with a throwaway checkpoint folder).
 
 Both draw their initial weights from the same seed; each worker reports a fingerprint of its initial weights.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from job.errors import JobError
-from job.protocol import Pair, Protocol
+from job.pair.protocol import Pair, Protocol
 
 VARIANTS = ("baseline", "ours")
 NOISE_SIGMAS = 3
@@ -113,7 +113,7 @@ def bench(spec: Spec, repeats: int, progress: Callable[[str], None] = print) -> 
 
 def _spawn(variant: str, spec: Spec) -> dict[str, Any]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, "-m", "job.bench", "--worker", variant, json.dumps(asdict(spec))]
+    command = [sys.executable, "-m", "job.perf.bench", "--worker", variant, json.dumps(asdict(spec))]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -256,8 +256,8 @@ def _baseline(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
     """The tutorial's evaluate_model() for one fold."""
     import keras
 
-    from job import folds, models
-    from job.train import model_seed
+    from job.pair import folds, models
+    from job.pair.train import model_seed
 
     protocol = spec.protocol()
     # The tutorial keeps the prepared test set alive while the folds train: part of its memory.
@@ -282,9 +282,9 @@ def _baseline(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
 
 def _ours(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
     """The production path: thread and determinism set-up as `run` does it, then train.fit_pair."""
-    from job import models, runtime
-    from job.checkpoint import Checkpoint
-    from job.train import fit_pair
+    from job.pair import models, runtime
+    from job.pair.checkpoint import Checkpoint
+    from job.pair.train import fit_pair
 
     protocol = spec.protocol()
     info = runtime.configure(
@@ -305,7 +305,7 @@ RUNNERS: dict[str, Callable[[Spec, Any, EpochClock], Outcome]] = {"baseline": _b
 
 def run_worker(variant: str, spec: Spec) -> dict[str, Any]:
     """Train one variant once; the wall clock starts after the (shared) data loading."""
-    from job import data, runtime
+    from job.pair import data, runtime
 
     tf = runtime.import_tensorflow()
     import keras  # noqa: F401 - its import footprint belongs with TensorFlow's, the same in both variants
@@ -343,7 +343,7 @@ def _peak_rss_mb() -> float:
 
 def _worker_main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] != "--worker" or argv[1] not in RUNNERS:
-        print(f"usage: python -m job.bench --worker {{{','.join(RUNNERS)}}} SPEC_JSON", file=sys.stderr)
+        print(f"usage: python -m job.perf.bench --worker {{{','.join(RUNNERS)}}} SPEC_JSON", file=sys.stderr)
         return 2
     try:
         result = run_worker(argv[1], Spec(**json.loads(argv[2])))

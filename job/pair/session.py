@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from job import data, provenance, runtime
-from job.protocol import Protocol
+from job.pair import data, provenance, runtime
+from job.pair.protocol import Protocol
 
 # Signals that mean "you are about to be stopped": scancel/preemption send TERM, Slurm's
 # --signal warning before the time limit sends USR1, submitit's checkpoint request sends USR2.
@@ -51,7 +51,7 @@ class Session:
 
 @contextmanager
 def training(args: argparse.Namespace, protocol: Protocol, model_name: str, label: str) -> Iterator[Session]:
-    from job import models
+    from job.pair import models
 
     dataset = data.load(args.data_dir, custom=args.custom_data)
     runtime_info = runtime.configure(
@@ -60,7 +60,7 @@ def training(args: argparse.Namespace, protocol: Protocol, model_name: str, labe
         allow_cpu=args.allow_cpu,
         max_threads=models.max_threads(model_name),
     )
-    from job.progress import EpochProgress  # imports Keras: after runtime.configure
+    from job.pair.progress import EpochProgress  # imports Keras: after runtime.configure
 
     stop = StopFlag()
     stop.install()

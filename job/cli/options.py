@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from job.protocol import Protocol
+from job.pair.protocol import Protocol
 
 
 def add_results_args(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job import data  # lazy: keeps numpy out of the CLI's start-up
+    from job.pair import data  # lazy: keeps numpy out of the CLI's start-up
 
     folder = data.fetch(args.to, mirror=args.mirror)
     print(f"MNIST is in {folder.resolve()} (sha256 of the uncompressed files, verified):")

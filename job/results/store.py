@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from job.errors import JobError
-from job.protocol import Pair
+from job.pair.protocol import Pair
 
 SCHEMA_VERSION = 1
 
@@ -50,7 +50,7 @@ def ensure_writable(folder: Path) -> None:
 @cache
 def schema(name: str = "result") -> dict[str, Any]:
     """A JSON schema shipped with the package: "result" (a pair) or "final" (a final model)."""
-    return json.loads(resources.files("job").joinpath(f"{name}.schema.json").read_text())
+    return json.loads(resources.files("job.results").joinpath(f"{name}.schema.json").read_text())
 
 
 def validate(result: Any, where: str = "result", schema_name: str = "result") -> None:

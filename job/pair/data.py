@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from job import atomic
 from job.errors import JobError
+from job.results import atomic
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"

@@ -7,12 +7,12 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from job.commands.common import add_data_args
+from job.cli.options import add_data_args
 from job.errors import UsageError
-from job.protocol import Protocol, check_fold
+from job.pair.protocol import Protocol, check_fold
 
 if TYPE_CHECKING:
-    from job.bench import Spec
+    from job.perf.bench import Spec
 
 EPILOG = """\
 figures (ours/baseline ratios are per repeat, the two runs of a repeat back to back in ABBA order, then the
@@ -42,7 +42,7 @@ def add_parser(subparsers: Any) -> None:
         "bench",
         help="time the tutorial's training code against ours on one pair",
         description="Train one (model, fold) pair with the tutorial's code (float32 arrays, one-hot labels, "
-        "plain fit) and with ours (job.train), each run in a fresh process, alternating, and compare "
+        "plain fit) and with ours (job.pair.train), each run in a fresh process, alternating, and compare "
         "throughput, time per epoch, held-out accuracy and peak memory.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -58,8 +58,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> Spec:
-    from job import models
-    from job.bench import Spec
+    from job.pair import models
+    from job.perf.bench import Spec
 
     if args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
@@ -75,7 +75,7 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job.bench import bench
+    from job.perf.bench import bench
 
     spec = spec_from_args(args)
     result = bench(spec, args.repeats, progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -114,7 +114,7 @@ def _runs_table(result: dict[str, Any]) -> Any:
     """One column per run, in the order they ran (figures as rows, so that a few repeats fit 80 columns)."""
     from rich.table import Table
 
-    from job.bench import FIGURES
+    from job.perf.bench import FIGURES
 
     runs = result["runs"]
     table = Table(title=_title(result))
@@ -131,7 +131,7 @@ def _runs_table(result: dict[str, Any]) -> Any:
 def _summary_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    from job.bench import FIGURES
+    from job.perf.bench import FIGURES
 
     table = Table(title=f"median of {result['repeats']} repeats; steady state = epochs {result['steady_epochs']}")
     for column in ("figure", "baseline", "ours", "ours/baseline"):

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from job import data, models
 from job.errors import JobError
+from job.pair import data, models
 
 SIDE = 28
 BOX = 20  # MNIST's size-normalised digits fit a 20x20 box...
@@ -41,7 +41,7 @@ def load_model(path: Path) -> Any:
         raise JobError(f"{path}: no such model file")
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would call a torn archive "not found"
         raise JobError(f"{path}: not a Keras model file (truncated or not a .keras zip archive)")
-    from job import runtime
+    from job.pair import runtime
 
     runtime.import_tensorflow()  # quiet TensorFlow's start-up logs
     import keras

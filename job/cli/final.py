@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from job.commands.common import (
+from job.cli.options import (
     add_data_args,
     add_device_args,
     add_protocol_args,
     add_results_args,
     protocol_from_args,
 )
-from job.protocol import Protocol
+from job.pair.protocol import Protocol
 
 if TYPE_CHECKING:
-    from job.final import FinalPaths
+    from job.pair.final import FinalPaths
 
 
 def add_parser(subparsers: Any) -> None:
@@ -38,7 +38,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job import final, models, results
+    from job.pair import final, models
+    from job.results import store as results
 
     protocol = protocol_from_args(args)
     model_name = models.check_name(args.model)
@@ -51,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_and_write(args: argparse.Namespace, protocol: Protocol, model_name: str, where: FinalPaths) -> int:
-    from job import atomic, final, results, session
-    from job.checkpoint import Checkpoint
+    from job.pair import final, session
+    from job.pair.checkpoint import Checkpoint
+    from job.results import atomic
+    from job.results import store as results
 
     label = f"{model_name}/final"
     checkpoint = Checkpoint(where.checkpoint)

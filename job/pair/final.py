@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from job import atomic, predict, results
-from job.checkpoint import Checkpoint, sha256_file
-from job.data import Dataset
-from job.models import N_CLASSES
-from job.protocol import Protocol
+from job.pair import predict
+from job.pair.checkpoint import Checkpoint, sha256_file
+from job.pair.data import Dataset
+from job.pair.models import N_CLASSES
+from job.pair.protocol import Protocol
+from job.results import atomic
+from job.results import store as results
 
 # The final training's random stream (weights and shuffling); a pair's stream is its fold, 0 to n_folds - 1.
 FINAL_STREAM = 1_000_000
@@ -58,7 +60,7 @@ def train(
     model_name: str, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, **fit_options: Any
 ) -> tuple[Any, dict[str, Any]]:
     """Train on the (limited) training images, score on all test images; the model and the result's sections."""
-    from job.train import fit  # deferred: the done-check of `final` needs no scikit-learn
+    from job.pair.train import fit  # deferred: the done-check of `final` needs no scikit-learn
 
     x_train, y_train = dataset.x_train[: protocol.limit], dataset.y_train[: protocol.limit]
     # fit() takes one image array and two index sets: the test images go after the training ones.

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from job import atomic
+from job.results import atomic
 
 
 @dataclass

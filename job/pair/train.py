@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from job import folds, models, runtime
-from job.checkpoint import Checkpoint, CorruptCheckpoint, TrainState
-from job.data import Dataset
 from job.errors import JobError
-from job.protocol import Pair, Protocol
+from job.pair import folds, models, runtime
+from job.pair.checkpoint import Checkpoint, CorruptCheckpoint, TrainState
+from job.pair.data import Dataset
+from job.pair.protocol import Pair, Protocol
 
 # Batches per compiled call: the same sequence of updates with a fraction of the Python overhead per step.
 STEPS_PER_EXECUTION = 50

@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from job.commands.common import add_results_args
+from job.cli.options import add_results_args
 from job.errors import JobError
-from job.protocol import Pair
+from job.pair.protocol import Pair
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from job.data import Dataset
+    from job.pair.data import Dataset
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -64,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from job import atomic, report, results
-    from job.pair_status import array_spec
+    from job.analysis import report
+    from job.results import atomic
+    from job.results import store as results
+    from job.results.status import array_spec
 
     folder = results.run_dir(args.results, args.run)
     if not folder.is_dir():
@@ -109,7 +111,8 @@ def _summarise(
     """
     import sys
 
-    from job import results, summary
+    from job.analysis import summary
+    from job.results import store as results
 
     scan = results.scan(args.results, args.run)
     usable, misplaced = _at_own_paths(scan.results)
@@ -134,7 +137,7 @@ def _summarise(
 
 def _read_finals(folder: Path) -> tuple[dict[str, dict[str, Any]], dict[Path, str]]:
     """The usable final results in RUN/final/ by model (each with its `_path`), and the others with why."""
-    from job.final import read_result  # imports no TensorFlow: Keras is loaded only to train or predict
+    from job.pair.final import read_result  # imports no TensorFlow: Keras is loaded only to train or predict
 
     finals, problems = {}, {}
     for path in sorted((folder / "final").glob("*.json")):
@@ -175,7 +178,7 @@ def _unusable(folder: Path, problems: dict[Path, str], others: list[dict[str, An
 
 
 def _write_figures(folder: Path, chosen: list[dict[str, Any]], found: dict[str, Any], fmt: str) -> list[str]:
-    from job import plots
+    from job.analysis import plots
 
     written = []
     for model, stats in found["models"].items():
@@ -193,7 +196,8 @@ def _write_final_figures(
     """Each final model's confusion matrix and misclassified grid; a grid that cannot be drawn gets a note instead."""
     from functools import cache
 
-    from job import data, plots
+    from job.analysis import plots
+    from job.pair import data
 
     # custom=True: whatever the data, the test-image hash recorded in the final result decides. Cached: final
     # models of one run share their data, which is read once.
@@ -214,7 +218,7 @@ def _write_final_figures(
 
 def _test_images(result: dict[str, Any], data_dir: Path | None, load: Callable[[Path], Dataset]) -> np.ndarray:
     """The test images a final model was scored on, or a JobError saying why they are not at hand."""
-    from job.data import TEST_IMAGES
+    from job.pair.data import TEST_IMAGES
 
     if not result["test"]["misclassified"]:
         raise JobError("every test digit was classified right")
@@ -230,7 +234,7 @@ def _test_images(result: dict[str, Any], data_dir: Path | None, load: Callable[[
 
 
 def _save(fig: Any, path: Path, fmt: str) -> str:
-    from job import atomic
+    from job.results import atomic
 
     with atomic.replacing(path) as tmp:
         fig.savefig(tmp, format=fmt)

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 from sklearn.model_selection import KFold
 
-from job.protocol import Protocol, check_fold
+from job.pair.protocol import Protocol, check_fold
 
 
 def split(n_samples: int, fold: int, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:

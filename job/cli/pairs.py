@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from job.commands.common import add_protocol_args, add_results_args, protocol_from_args
+from job.cli.options import add_protocol_args, add_results_args, protocol_from_args
 
 STATE_STYLES = {
     "done": "green",
@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job.pair_status import array_spec, status
+    from job.results.status import array_spec, status
 
     protocol = protocol_from_args(args)
     statuses = status(args.results, args.run, protocol)

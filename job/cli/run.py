@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from job.commands.common import (
+from job.cli.options import (
     add_data_args,
     add_device_args,
     add_protocol_args,
@@ -15,7 +15,7 @@ from job.commands.common import (
     protocol_from_args,
 )
 from job.errors import UsageError
-from job.protocol import DEFAULT_MODELS, Pair, Protocol, check_fold, pair_for_task, task_for_pair
+from job.pair.protocol import DEFAULT_MODELS, Pair, Protocol, check_fold, pair_for_task, task_for_pair
 
 
 def add_parser(subparsers: Any) -> None:
@@ -43,7 +43,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
-    from job import models
+    from job.pair import models
 
     if args.model is not None:
         if args.task_id is not None:
@@ -65,7 +65,7 @@ def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job import results
+    from job.results import store as results
 
     protocol = protocol_from_args(args)
     pair = resolve_pair(args, protocol)
@@ -78,12 +78,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_and_write(args: argparse.Namespace, protocol: Protocol, pair: Pair, path: Path) -> int:
-    from job import atomic, results, session
-    from job.checkpoint import Checkpoint
+    from job.pair import session
+    from job.pair.checkpoint import Checkpoint
+    from job.results import atomic
+    from job.results import store as results
 
     checkpoint = Checkpoint(results.checkpoint_dir(args.results, args.run, pair))
     with session.training(args, protocol, pair.model, str(pair)) as trained:
-        from job.train import fit_pair
+        from job.pair.train import fit_pair
 
         outcome = fit_pair(pair, protocol, trained.dataset, checkpoint, **trained.fit_options)
     result = {

@@ -1,0 +1,1 @@
+"""What collect computes, draws and prints from result files; never imports TensorFlow."""

@@ -1,0 +1,1 @@
+"""Fan-out: settings, the task command line and resources, the submitit task."""

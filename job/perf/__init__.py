@@ -1,0 +1,1 @@
+"""Benchmarks: the tutorial's training code against ours."""
