@@ -92,6 +92,17 @@ def task(job_id: str) -> TaskState | None:
     return tasks([job_id]).get(job_id)
 
 
+def log_paths(job_id: str) -> tuple[str, str] | None:
+    """The (stdout, stderr) files of a live or just-ended task, as slurmctld resolved them; None when unknown."""
+    if not _JOB_ID.match(job_id) or shutil.which("scontrol") is None:
+        return None
+    out = _run(["scontrol", "show", "job", "-o", job_id])
+    fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f) if out.returncode == 0 else {}
+    if "StdOut" not in fields:
+        return None
+    return fields["StdOut"], fields.get("StdErr", fields["StdOut"])
+
+
 def _merge(live: list[TaskState], accounted: list[TaskState]) -> dict[str, TaskState]:
     """squeue wins for a task it still lists (sacct lags it); sacct adds finished tasks and past requeues."""
     merged = {t.job_id: t for t in accounted}

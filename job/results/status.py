@@ -7,7 +7,6 @@ Without Slurm the same files still tell done, running (a live lease), interrupte
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -84,7 +83,6 @@ def status(results_dir: Path, run: str, protocol: Protocol, *, slurm: bool | Non
     job_ids = {s.job_id for s in submitted} | {h.slurm_task for h in holders.values() if h and h.slurm_task}
     use_slurm = scheduler.available() if slurm is None else slurm
     states = scheduler.tasks(job_ids) if use_slurm and job_ids else {}
-    lookup = states.get if use_slurm else None
     return [
         _status_of(
             task_id,
@@ -95,7 +93,6 @@ def status(results_dir: Path, run: str, protocol: Protocol, *, slurm: bool | Non
             holders[pair],
             [s for s in submitted if s.task_id == task_id],
             states,
-            lookup,
         )
         for task_id, pair in enumerate(pairs)
     ]
@@ -117,7 +114,6 @@ def _status_of(
     holder: Holder | None,
     submitted: list[Submission],
     states: dict[str, TaskState],
-    lookup: Callable[[str], TaskState | None] | None,
 ) -> PairStatus:
     path = store.pair_path(results_dir, run, pair)
     base = {"task_id": task_id, "pair": pair, "path": path}
@@ -133,7 +129,7 @@ def _status_of(
     epochs = Checkpoint(store.checkpoint_dir(results_dir, run, pair)).epochs_done()
     stale = ""
     if holder is not None:
-        gone = gone_because(holder, lookup)
+        gone = gone_because(holder, states.get)  # the one query's answers; empty without Slurm: alive then
         if gone is None:
             return _running(base, holder, states.get(holder.slurm_task or ""), epochs)
         stale = f"; stale lease: {gone}"
@@ -190,10 +186,10 @@ def _running(base: dict[str, Any], holder: Holder, task: TaskState | None, epoch
 
 
 def _live(base: dict[str, Any], submission: Submission | None, task: TaskState, epochs: int | None) -> PairStatus:
-    if task.state in ("RUNNING", "COMPLETING", "CONFIGURING"):  # running, and no lease yet: still starting
+    if task.state in ("RUNNING", "COMPLETING", "CONFIGURING"):  # running, its lease not taken (yet)
         return PairStatus(
             state=PairState.RUNNING,
-            detail=f"job {task.job_id} on {task.node}, starting, {_duration(task.elapsed_s)}",
+            detail=f"job {task.job_id} on {task.node}, {_epochs(epochs)}, {_duration(task.elapsed_s)}",
             job_id=task.job_id,
             node=task.node,
             epochs_done=epochs,

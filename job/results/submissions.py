@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from job.launch import scheduler
 from job.results import store
 
 FILE_NAME = "submissions.jsonl"
@@ -34,7 +35,9 @@ class Submission:
     def job_id(self) -> str:
         return f"{self.array_job_id}_{self.array_index}"
 
-    def log_path(self) -> Path:
+    def log_path(self) -> Path | None:
+        if not self.log:
+            return None
         expanded = (
             self.log.replace("%%", "\0")
             .replace("%A", self.array_job_id)
@@ -78,6 +81,26 @@ def record_submission(
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def record_running_task(results: Path, run: str, config_id: str) -> None:
+    """Record the array task this process runs in, unless its submitter did: `sbatch slurm/array.sh` records nothing
+    at submission, so each of its tasks records itself (index = pair task id) with the log Slurm writes."""
+    array_job, index = os.environ.get("SLURM_ARRAY_JOB_ID", ""), os.environ.get("SLURM_ARRAY_TASK_ID", "")
+    if not (array_job.isdigit() and index.isdigit()):
+        return
+    if any(s.array_job_id == array_job and s.array_index == int(index) for s in read_submissions(results, run)):
+        return
+    logs = scheduler.log_paths(f"{array_job}_{index}")
+    record_submission(
+        results,
+        run,
+        array_job_id=array_job,
+        tasks={int(index): int(index)},
+        config_id=config_id,
+        log=logs[1] if logs else "",  # stderr: where `run` reports why it failed (the same file in slurm/array.sh)
+        job_name=os.environ.get("SLURM_JOB_NAME", ""),
+    )
 
 
 def read_submissions(results: Path, run: str) -> list[Submission]:
