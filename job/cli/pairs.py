@@ -46,13 +46,15 @@ def run(args: argparse.Namespace) -> int:
 
     from job.cli.status import STATE_STYLES
 
-    table = Table(title=Text(f"{args.results}/{args.run}  (config {protocol.config_id})"))
+    console = Console(highlight=False)
+    console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)
+    table = Table()
     for column in ("task", "model", "fold", "state"):
         table.add_column(column)
     for s in statuses:
         style = STATE_STYLES[s.state.value]
         table.add_row(str(s.task_id), Text(s.pair.model), str(s.pair.fold), Text(s.state.value, style=style))
-    Console(highlight=False).print(table)
+    console.print(table)
     done = sum(s.state == "done" for s in statuses)
     print(f"{done}/{len(statuses)} done")
     return 0

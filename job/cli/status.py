@@ -52,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(f"{args.results}/{args.run}  (config {protocol.config_id})"))
+    console = Console(highlight=False)
+    console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)
+    table = Table()
     for column in ("task", "model", "fold", "state", "detail"):
         table.add_column(column, overflow="fold")
     for s in statuses:
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             Text(s.state.value, style=STATE_STYLES[s.state.value]),
             Text(s.detail),
         )
-    Console(highlight=False).print(table)
+    console.print(table)
     counts: dict[str, int] = {}
     for s in statuses:
         counts[s.state.value] = counts.get(s.state.value, 0) + 1
