@@ -15,7 +15,7 @@ from typing import NoReturn
 from job.errors import JobError
 
 PROG = "mnist-cv"
-COMMANDS = ("run", "pairs", "fetch_data", "collect", "submit", "final", "predict", "bench")
+COMMANDS = ("run", "pairs", "status", "fetch_data", "collect", "submit", "final", "predict", "bench")
 
 
 class OneLineParser(argparse.ArgumentParser):

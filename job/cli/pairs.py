@@ -7,28 +7,23 @@ from typing import Any
 
 from job.cli.options import add_protocol_args, add_results_args, protocol_from_args
 
-STATE_STYLES = {
-    "done": "green",
-    "missing": "dim",
-    "in progress": "yellow",
-    "corrupt": "red",
-    "other config": "red",
-}
-
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "pairs",
         help="list the ten pairs, their task ids, and which are done",
-        description="List the ten (model, fold) pairs with their array task ids and state in RESULTS/RUN. "
-        "Give the same protocol overrides as the run, so 'done' means done with that config.",
+        description="List the ten (model, fold) pairs with their array task ids and state in RESULTS/RUN "
+        "(see `status` for the details). Give the same protocol overrides as the run, so 'done' means done "
+        "with that config.",
     )
     add_results_args(p)
     add_protocol_args(p)
     p.add_argument(
         "--missing",
         action="store_true",
-        help="print only the task ids not done, in sbatch --array syntax (e.g. 1,4-9); nothing if all are done",
+        help="print only the task ids neither done nor queued nor running, in sbatch --array syntax (e.g. 1,4-9); "
+        "print nothing and exit 1 when there are none, so `ids=$(mnist-cv pairs --missing) && sbatch "
+        '--array="$ids" slurm/array.sh` never submits an empty array',
     )
     p.set_defaults(handler=run)
 
@@ -39,21 +34,27 @@ def run(args: argparse.Namespace) -> int:
     protocol = protocol_from_args(args)
     statuses = status(args.results, args.run, protocol)
     if args.missing:
-        spec = array_spec([s.task_id for s in statuses if s.state != "done"])
-        if spec:
-            print(spec)
+        spec = array_spec([s.task_id for s in statuses if s.state.needs_run])
+        if not spec:
+            return 1
+        print(spec)
         return 0
 
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"{args.results}/{args.run}  (config {protocol.config_id})")
-    for column in ("task", "model", "fold", "state", "detail"):
+    from job.cli.status import STATE_STYLES
+
+    console = Console(highlight=False)
+    console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)
+    table = Table()
+    for column in ("task", "model", "fold", "state"):
         table.add_column(column)
     for s in statuses:
-        style = STATE_STYLES[s.state]
-        table.add_row(str(s.task_id), s.pair.model, str(s.pair.fold), f"[{style}]{s.state}[/]", s.detail)
-    Console().print(table)
+        style = STATE_STYLES[s.state.value]
+        table.add_row(str(s.task_id), Text(s.pair.model), str(s.pair.fold), Text(s.state.value, style=style))
+    console.print(table)
     done = sum(s.state == "done" for s in statuses)
     print(f"{done}/{len(statuses)} done")
     return 0

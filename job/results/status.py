@@ -1,44 +1,273 @@
-"""The state of each of the ten pairs in a run folder, read from result files and checkpoints only."""
+"""Where each pair of a run folder stands: done, running, queued, failed... in one place.
+
+Read from the result files, the leases (who trains a pair now), the checkpoints (how far it got), the submission
+record (which Slurm tasks were meant to run it) and, when Slurm is there, one squeue and one sacct for all of them.
+Without Slurm the same files still tell done, running (a live lease), interrupted and missing.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any
 
+from job.errors import JobError
+from job.launch import scheduler
+from job.launch.scheduler import TaskState
 from job.pair.checkpoint import Checkpoint
 from job.pair.protocol import Pair, Protocol, all_pairs
-from job.results import store as results
+from job.results import store
+from job.results.lease import Holder, gone_because, lease_path, read_holder
+from job.results.submissions import Submission, read_submissions
+
+LOG_TAIL_BYTES = 64 * 1024  # the last error line is near the end; a log can be megabytes of epochs
+ERROR_WORDS = ("error", "traceback", "killed", "cancelled", "oom", "exception", "due to time limit")
 
 
-class PairStatus(NamedTuple):
+class PairState(str, Enum):
+    """A pair's state; a str, so `state == "done"` keeps working for callers that compare names."""
+
+    DONE = "done"
+    RUNNING = "running"
+    QUEUED = "queued"
+    REQUEUED = "requeued"  # pending again after a requeue (time-limit warning, preemption, scontrol requeue)
+    FAILED = "failed"  # its Slurm task ended FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL...
+    CANCELLED = "cancelled"
+    PREEMPTED = "preempted"
+    INTERRUPTED = "interrupted"  # a checkpoint, and nothing running or queued to finish it
+    MISSING = "missing"
+    CORRUPT = "corrupt"  # a result file that cannot be read
+    OTHER_CONFIG = "other config"  # a result of another config holds the pair's path
+
+    @property
+    def needs_run(self) -> bool:
+        """Whether submitting the pair again makes sense: it is neither done nor queued nor running."""
+        return self not in (PairState.DONE, PairState.RUNNING, PairState.QUEUED, PairState.REQUEUED)
+
+
+FINISHED_AS = {"CANCELLED": PairState.CANCELLED, "PREEMPTED": PairState.PREEMPTED}
+
+
+@dataclass(frozen=True)
+class PairStatus:
     task_id: int
     pair: Pair
-    state: str  # done | missing | in progress | corrupt | other config
-    detail: str
-    path: Path
+    state: PairState
+    detail: str  # one line for the table
+    path: Path  # the result file
+    accuracy: float | None = None
+    job_id: str | None = None
+    node: str | None = None
+    epochs_done: int | None = None
+    elapsed_s: int | None = None
+    reason: str | None = None  # why it is queued
+    slurm_state: str | None = None
+    exit_code: int | None = None
+    log: Path | None = None
+    last_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        rest = {k: v for k, v in vars(self).items() if k not in ("task_id", "pair", "state", "path", "log")}
+        where = {"path": str(self.path), "log": None if self.log is None else str(self.log)}
+        head = {"task_id": self.task_id, "model": self.pair.model, "fold": self.pair.fold, "state": self.state.value}
+        return head | rest | where
 
 
-def status(results_dir: Path, run: str, protocol: Protocol) -> list[PairStatus]:
+def status(results_dir: Path, run: str, protocol: Protocol, *, slurm: bool | None = None) -> list[PairStatus]:
+    """One PairStatus per pair, in task-id order; `slurm` None asks Slurm when it is installed."""
+    pairs = all_pairs(protocol.n_folds)
+    submitted = read_submissions(results_dir, run)
+    holders = {pair: _holder(lease_path(results_dir, run, pair)) for pair in pairs}
+    job_ids = {s.job_id for s in submitted} | {h.slurm_task for h in holders.values() if h and h.slurm_task}
+    use_slurm = scheduler.available() if slurm is None else slurm
+    states = scheduler.tasks(job_ids) if use_slurm and job_ids else {}
     return [
-        _status_of(task_id, pair, results_dir, run, protocol)
-        for task_id, pair in enumerate(all_pairs(protocol.n_folds))
+        _status_of(
+            task_id,
+            pair,
+            results_dir,
+            run,
+            protocol,
+            holders[pair],
+            [s for s in submitted if s.task_id == task_id],
+            states,
+        )
+        for task_id, pair in enumerate(pairs)
     ]
 
 
-def _status_of(task_id: int, pair: Pair, results_dir: Path, run: str, protocol: Protocol) -> PairStatus:
-    path = results.pair_path(results_dir, run, pair)
+def _holder(path: Path) -> Holder | None:
+    try:
+        return read_holder(path)
+    except JobError:
+        return None  # an unreadable lease is not a holder; `run` reports it when it gets there
+
+
+def _status_of(
+    task_id: int,
+    pair: Pair,
+    results_dir: Path,
+    run: str,
+    protocol: Protocol,
+    holder: Holder | None,
+    submitted: list[Submission],
+    states: dict[str, TaskState],
+) -> PairStatus:
+    path = store.pair_path(results_dir, run, pair)
+    base = {"task_id": task_id, "pair": pair, "path": path}
     if path.exists():
         try:
-            result = results.read_result(path)
-        except results.ResultError as error:
-            return PairStatus(task_id, pair, "corrupt", str(error), path)
+            result = store.read_result(path)
+        except store.ResultError as error:
+            return PairStatus(state=PairState.CORRUPT, detail=str(error), **base)
         if result["config_id"] != protocol.config_id:
-            return PairStatus(task_id, pair, "other config", f"config {result['config_id']}", path)
-        return PairStatus(task_id, pair, "done", f"{result['score']['accuracy'] * 100:.3f}%", path)
-    epochs_done = Checkpoint(results.checkpoint_dir(results_dir, run, pair)).epochs_done()
-    if epochs_done is None:
-        return PairStatus(task_id, pair, "missing", "", path)
-    return PairStatus(task_id, pair, "in progress", f"checkpoint after epoch {epochs_done}", path)
+            return PairStatus(state=PairState.OTHER_CONFIG, detail=f"config {result['config_id']}", **base)
+        accuracy = result["score"]["accuracy"]
+        return PairStatus(state=PairState.DONE, detail=f"{accuracy * 100:.3f}%", accuracy=accuracy, **base)
+    epochs = Checkpoint(store.checkpoint_dir(results_dir, run, pair)).epochs_done()
+    stale = ""
+    if holder is not None:
+        gone = gone_because(holder, states.get)  # the one query's answers; empty without Slurm: alive then
+        if gone is None:
+            return _running(base, holder, states.get(holder.slurm_task or ""), epochs)
+        stale = f"; stale lease: {gone}"
+    submission, task = _latest(submitted, states)
+    if task is not None and not task.finished:
+        return _live(base, submission, task, epochs)
+    if task is not None and task.state != "COMPLETED":
+        return _ended(base, submission, task, epochs, stale)
+    if submission is not None and task is None and any(s.startswith(f"{submission.array_job_id}_") for s in states):
+        # Slurm drops a task cancelled before it started from its array and from accounting alike.
+        return PairStatus(
+            state=PairState.CANCELLED,
+            detail=f"job {submission.job_id} cancelled before it started{stale}",
+            job_id=submission.job_id,
+            **base,
+        )
+    if epochs is not None:
+        return PairStatus(
+            state=PairState.INTERRUPTED,
+            detail=f"checkpoint after epoch {epochs}, nothing running{stale}",
+            epochs_done=epochs,
+            **base,
+        )
+    return PairStatus(state=PairState.MISSING, detail=stale.removeprefix("; "), **base)
+
+
+def _latest(submitted: list[Submission], states: dict[str, TaskState]) -> tuple[Submission | None, TaskState | None]:
+    """The submission that speaks for the pair: a live task first (running before pending), else the newest."""
+    live = [s for s in submitted if s.job_id in states and not states[s.job_id].finished]
+    if live:
+        chosen = max(live, key=lambda s: (states[s.job_id].state == "RUNNING", s.time_utc, int(s.array_job_id)))
+    elif submitted:
+        chosen = max(submitted, key=lambda s: (s.time_utc, int(s.array_job_id)))
+    else:
+        return None, None
+    return chosen, states.get(chosen.job_id)
+
+
+def _running(base: dict[str, Any], holder: Holder, task: TaskState | None, epochs: int | None) -> PairStatus:
+    started = datetime.fromisoformat(holder.start_utc)
+    elapsed = task.elapsed_s if task is not None and task.elapsed_s is not None else _since(started)
+    node = task.node if task is not None and task.node else holder.host
+    job = holder.slurm_task
+    where = f"job {job} on {node}" if job else f"pid {holder.pid} on {node}"
+    return PairStatus(
+        state=PairState.RUNNING,
+        detail=f"{where}, {_epochs(epochs)}, {_duration(elapsed)}",
+        job_id=job,
+        node=node,
+        epochs_done=epochs,
+        elapsed_s=elapsed,
+        **base,
+    )
+
+
+def _live(base: dict[str, Any], submission: Submission | None, task: TaskState, epochs: int | None) -> PairStatus:
+    if task.state in ("RUNNING", "COMPLETING", "CONFIGURING"):  # running, its lease not taken (yet)
+        return PairStatus(
+            state=PairState.RUNNING,
+            detail=f"job {task.job_id} on {task.node}, {_epochs(epochs)}, {_duration(task.elapsed_s)}",
+            job_id=task.job_id,
+            node=task.node,
+            epochs_done=epochs,
+            elapsed_s=task.elapsed_s,
+            slurm_state=task.state,
+            **base,
+        )
+    requeued = task.restarts > 0 or task.state.startswith("REQUEUE")
+    why = task.reason or task.state
+    again = f", requeued {task.restarts}x" if task.restarts else ""
+    resume = f", resumes after epoch {epochs}" if epochs else ""
+    return PairStatus(
+        state=PairState.REQUEUED if requeued else PairState.QUEUED,
+        detail=f"job {task.job_id} ({why}){again}{resume}",
+        job_id=task.job_id,
+        reason=why,
+        epochs_done=epochs,
+        slurm_state=task.state,
+        log=None if submission is None else submission.log_path(),
+        **base,
+    )
+
+
+def _ended(
+    base: dict[str, Any], submission: Submission | None, task: TaskState, epochs: int | None, stale: str
+) -> PairStatus:
+    log = None if submission is None else submission.log_path()
+    error = None if log is None else last_error_line(log)
+    code = f" exit {task.exit_code}" if task.exit_code else ""
+    code += f" signal {task.signal}" if task.signal else ""
+    parts = [f"job {task.job_id} {task.state}{code}"]
+    if epochs is not None:
+        parts.append(f"checkpoint after epoch {epochs}")
+    if log is not None:
+        parts.append(f"log {log}")
+    if error:
+        parts.append(error)
+    return PairStatus(
+        state=FINISHED_AS.get(task.state, PairState.FAILED),
+        detail="; ".join(parts) + stale,
+        job_id=task.job_id,
+        node=task.node or None,
+        epochs_done=epochs,
+        elapsed_s=task.elapsed_s,
+        slurm_state=task.state,
+        exit_code=task.exit_code,
+        log=log,
+        last_error=error,
+        **base,
+    )
+
+
+def last_error_line(log: Path) -> str | None:
+    """The log's last line that reads like an error (else its last line); None without a readable log."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - LOG_TAIL_BYTES))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    errors = [line for line in lines if any(word in line.lower() for word in ERROR_WORDS)]
+    chosen = (errors or lines or [None])[-1]
+    return None if chosen is None else chosen[:300]
+
+
+def _since(started: datetime) -> int:
+    return max(0, int((datetime.now(timezone.utc) - started).total_seconds()))
+
+
+def _epochs(epochs: int | None) -> str:
+    return "no epoch done yet" if not epochs else f"{epochs} epoch{'s' * (epochs != 1)} done"
+
+
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "elapsed unknown"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d} elapsed"
 
 
 def array_spec(task_ids: list[int]) -> str:

@@ -1,0 +1,223 @@
+"""`status` and `pairs --missing` on one run folder with real `job run` tasks on the real local Slurm."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, cli, last_line
+from slurm.cluster import ensure_cluster, submit
+
+from job.launch import scheduler
+from job.pair.protocol import Pair, Protocol
+from job.results.lease import lease_path
+from job.results.status import PairState, PairStatus, status
+from job.results.submissions import read_submissions, record_submission
+
+PROTOCOL = ["--limit", "2000", "--epochs", "60"]  # tens of seconds of training a pair: long enough to watch it
+CONFIG = Protocol().with_overrides(limit=2000, epochs=60)
+JOB_NAME = "mnist-cv-pairs"
+# The stand-in for a task of the hooked `run` that holds its pair's lease (until the lead wires the lease into run).
+HOLD_LEASE = (
+    "import sys, time; from job.results.lease import Lease; "
+    "lease = Lease.acquire(sys.argv[1], sys.argv[2]); time.sleep(600)"
+)
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 300) -> object:
+    """Poll until check() is truthy; the node is shared with other jobs, so a task may wait for a free CPU."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}", pytrace=False)
+        time.sleep(0.5)
+    return value
+
+
+class Run:
+    """A run folder whose pairs are submitted as the launchers do: sbatch, then record_submission."""
+
+    def __init__(self, folder: Path, mnist: Path) -> None:
+        self.results = folder / "results"
+        self.logs = folder / "logs"
+        self.logs.mkdir(parents=True)
+        self.mnist = mnist
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "MNIST_CV_ALLOW_CPU": "1"}
+
+    def submit(self, task_id: int, command: str, *options: str) -> str:
+        log = f"{self.logs}/%x_%A_%a.out"
+        sbatch = ["--cpus-per-task=1", "--mem=3G", "--time=10", f"--array={task_id}", "-J", JOB_NAME, f"-o{log}"]
+        job = submit([*sbatch, *options, "--wrap", command], cwd=self.logs, env=self.env)
+        record_submission(
+            self.results,
+            "default",
+            array_job_id=job,
+            tasks={task_id: task_id},
+            config_id=CONFIG.config_id,
+            log=log,
+            job_name=JOB_NAME,
+        )
+        return job
+
+    def run_command(self, data: Path | None = None) -> str:
+        data = data or self.mnist
+        options = " ".join([*PROTOCOL, "--results", str(self.results), "--data-dir", str(data)])
+        return f"{sys.executable} -m job run {options}"  # the task id comes from $SLURM_ARRAY_TASK_ID
+
+    def status(self) -> list[PairStatus]:
+        return status(self.results, "default", CONFIG)
+
+
+def row(statuses: list[PairStatus], task_id: int) -> PairStatus:
+    return statuses[task_id]
+
+
+@pytest.mark.slurm
+def test_status_shows_every_state_of_a_run_and_pairs_missing_skips_queued_and_running(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    ensure_cluster()
+    run = Run(tmp_path, mnist_dir)
+    jobs: list[str] = []
+    try:
+        done = subprocess.Popen(
+            [sys.executable, "-m", "job", "run", "--task-id", "0", *PROTOCOL, "--results", str(run.results)]
+            + ["--data-dir", str(mnist_dir), "--allow-cpu"],
+            env=run.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        jobs.append(failed := run.submit(1, run.run_command(tmp_path / "no-such-folder")))
+        jobs.append(cancelled := run.submit(2, run.run_command(), "--hold"))  # released once the rest is set
+        jobs.append(queued := run.submit(3, run.run_command(), "--hold"))
+        jobs.append(requeued := run.submit(4, run.run_command()))
+        lease = lease_path(run.results, "default", Pair("cnn", 0))
+        jobs.append(leased := run.submit(5, f"{sys.executable} -c '{HOLD_LEASE}' {lease} {CONFIG.config_id}"))
+        assert sorted(s.task_id for s in read_submissions(run.results, "default")) == [1, 2, 3, 4, 5]
+
+        wait_for("task 4 to run", lambda: getattr(scheduler.task(f"{requeued}_4"), "state", "") == "RUNNING")
+        subprocess.run(["scontrol", "requeuehold", f"{requeued}_4"], check=True)  # requeued, and kept pending
+        assert done.wait(timeout=600) == 0, done.stderr.read()  # type: ignore[union-attr]
+        wait_for("the lease of task 5", lease.exists)
+        wait_for("task 1 to fail", lambda: row(run.status(), 1).state == PairState.FAILED)
+        subprocess.run(["scontrol", "release", f"{cancelled}_2"], check=True)
+
+        def training() -> list[PairStatus] | None:
+            statuses = run.status()
+            return statuses if statuses[2].state == PairState.RUNNING and statuses[2].epochs_done else None
+
+        during: list[PairStatus] = wait_for("task 2 to train an epoch", training)  # type: ignore[assignment]
+        out = cli("status", "--results", str(run.results), *PROTOCOL)
+        assert out.returncode == 0, out.stderr
+        print(out.stdout)  # the table, as a user sees it (pytest -s)
+        shown = json.loads(cli("status", "--json", "--results", str(run.results), *PROTOCOL).stdout)
+        assert [s["state"] for i, s in enumerate(shown) if i != 2] == [s.state.value for s in during if s.task_id != 2]
+        states = [s.state for s in during]
+        assert states == [
+            PairState.DONE,
+            PairState.FAILED,
+            PairState.RUNNING,
+            PairState.QUEUED,
+            PairState.REQUEUED,
+            PairState.RUNNING,
+            *[PairState.MISSING] * 4,
+        ], [f"{s.state.value}: {s.detail}" for s in during]
+        assert 0.5 < during[0].accuracy <= 1
+        assert (during[1].slurm_state, during[1].exit_code) == ("FAILED", 1)
+        assert during[1].log == run.logs / f"{JOB_NAME}_{failed}_1.out"
+        assert during[1].last_error is not None and "no-such-folder: no such file or folder" in during[1].last_error
+        assert during[2].job_id == f"{cancelled}_2" and during[2].node and during[2].elapsed_s is not None
+        assert (during[3].job_id, during[3].reason) == (f"{queued}_3", "JobHeldUser")
+        assert during[4].job_id == f"{requeued}_4" and "requeued 1x" in during[4].detail
+        assert during[5].job_id == f"{leased}_5" and "no epoch done yet" in during[5].detail
+        assert f"{leased}_5" in out.stdout and "no-such-folder" in out.stdout
+
+        missing = cli("pairs", "--missing", "--results", str(run.results), *PROTOCOL)
+        assert (missing.returncode, missing.stdout) == (0, "1,6-9\n")  # not the running, queued, requeued ones
+
+        subprocess.run(["scancel", f"{cancelled}_2"], check=True)
+        wait_for("task 2 to be cancelled", lambda: row(run.status(), 2).state == PairState.CANCELLED)
+        after = row(run.status(), 2)
+        assert after.slurm_state == "CANCELLED" and "checkpoint after epoch" in after.detail
+        again = cli("pairs", "--missing", "--results", str(run.results), *PROTOCOL)
+        assert again.stdout == "1-2,6-9\n"
+    finally:
+        subprocess.run(["scancel", *jobs], check=False)
+
+
+@pytest.mark.slurm
+def test_pairs_missing_prints_nothing_and_exits_1_when_every_pair_is_queued(tmp_path: Path) -> None:
+    ensure_cluster()
+    results = tmp_path / "results"
+    job = submit(["--hold", "--array=0-9", "--mem=100M", "-J", JOB_NAME, "--wrap", "true"], cwd=tmp_path)
+    try:
+        record_submission(
+            results,
+            "default",
+            array_job_id=job,
+            tasks={i: i for i in range(10)},
+            config_id=CONFIG.config_id,
+            log=f"{tmp_path}/%x_%A_%a.out",
+            job_name=JOB_NAME,
+        )
+        out = cli("pairs", "--missing", "--results", str(results), *PROTOCOL)
+        assert (out.returncode, out.stdout, out.stderr) == (1, "", "")
+        guarded = subprocess.run(
+            [
+                "bash",
+                "-c",
+                f'ids=$("$0" -m job pairs --missing --results {results} {" ".join(PROTOCOL)}) && echo "$ids"',
+            ]
+            + [sys.executable],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert guarded.returncode == 1 and guarded.stdout == ""  # the README's form submits nothing
+    finally:
+        subprocess.run(["scancel", job], check=True)
+    assert [s.state for s in status(results, "default", CONFIG, slurm=False)] == [PairState.MISSING] * 10
+
+
+def test_status_without_slurm_reads_leases_and_names_are_printed_as_text(tmp_path: Path) -> None:
+    from job.results.lease import Lease
+
+    run = "x[red]y[/red]"
+    with Lease.acquire(lease_path(tmp_path, run, Pair("mlp", 3)), CONFIG.config_id):
+        states = [s.state for s in status(tmp_path, run, CONFIG, slurm=False)]
+        assert states == [PairState.MISSING] * 3 + [PairState.RUNNING] + [PairState.MISSING] * 6
+        table = cli("status", "--results", str(tmp_path), "--run", run, *PROTOCOL, env={"COLUMNS": "200"})
+        listing = cli("pairs", "--results", str(tmp_path), "--run", run, *PROTOCOL, env={"COLUMNS": "200"})
+    assert table.returncode == 0 and listing.returncode == 0, table.stderr + listing.stderr
+    for out in (table.stdout, listing.stdout):
+        assert out.startswith(f"{tmp_path}/{run}  (config {CONFIG.config_id})\n")
+    assert "pid " in table.stdout and "1 running" in last_line(table.stdout)
+
+
+@pytest.mark.slurm
+def test_a_task_of_sbatch_array_sh_records_itself_once_with_its_log(tmp_path: Path) -> None:
+    ensure_cluster()
+    results = tmp_path / "results"
+    record = (
+        "import sys; from job.results.submissions import record_running_task as r; "
+        "r(sys.argv[1], 'default', 'cfg'); r(sys.argv[1], 'default', 'cfg')"
+    )
+    options = ["--array=7", "--mem=200M", "-J", JOB_NAME, f"--output={tmp_path}/%x_%A_%a.out"]
+    job = submit(
+        [*options, "--wrap", f'{sys.executable} -c "{record}" {results}'],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    wait_for("the task to end", lambda: getattr(scheduler.task(f"{job}_7"), "finished", False))
+    (recorded,) = read_submissions(results, "default")
+    assert (recorded.job_id, recorded.task_id, recorded.config_id) == (f"{job}_7", 7, "cfg")
+    assert recorded.log_path() == tmp_path / f"{JOB_NAME}_{job}_7.out"
+    assert len((results / "default" / "submissions.jsonl").read_text().splitlines()) == 1
