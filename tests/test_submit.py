@@ -26,6 +26,7 @@ from slurm.cluster import ensure_cluster, wait_for_jobs
 
 from job.cli import build_parser, submit
 from job.cli.options import protocol_from_args
+from job.launch import argv as launch_argv
 from job.launch import task as launch
 from job.pair import final
 from job.pair.protocol import Pair, all_pairs
@@ -46,16 +47,16 @@ def submit_args(*argv: str) -> object:
 
 
 def test_without_an_image_a_pair_runs_the_cli_in_the_given_python() -> None:
-    command = launch.job_command(
-        launch.pair_args(7, ["--epochs", "1"]), image=None, python="/venv/bin/python", workdir="/w"
+    command = launch_argv.job_command(
+        launch_argv.pair_args(7, ["--epochs", "1"]), image=None, python="/venv/bin/python", workdir="/w"
     )
     assert command == ["/venv/bin/python", "-m", "job", "run", "--task-id", "7", "--epochs", "1"]
 
 
 def test_with_an_image_a_pair_runs_exactly_what_slurm_array_sh_runs() -> None:
     # The golden file holds what array.sh passes to `apptainer` (tests/test_container.py checks that side).
-    command = launch.job_command(
-        launch.pair_args(0, ["--epochs", "1", "--limit", "1000"]),
+    command = launch_argv.job_command(
+        launch_argv.pair_args(0, ["--epochs", "1", "--limit", "1000"]),
         image="<IMAGE>",
         python="/ignored/python",
         workdir="<HOME>",
@@ -68,9 +69,9 @@ def test_with_an_image_a_pair_runs_exactly_what_slurm_array_sh_runs() -> None:
 def test_the_image_digest_comes_from_its_sha256_file_else_from_its_bytes(tmp_path: Path) -> None:
     image = tmp_path / "mnist-cv.sif"
     image.write_bytes(b"not really an image\n")
-    assert launch.image_digest(str(image)) == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert launch_argv.image_digest(str(image)) == hashlib.sha256(image.read_bytes()).hexdigest()
     Path(f"{image}.sha256").write_text(f"{'ab' * 32}  mnist-cv.sif\n")
-    assert launch.image_digest(str(image)) == "ab" * 32
+    assert launch_argv.image_digest(str(image)) == "ab" * 32
 
 
 def test_the_preempted_exit_status_is_the_jobs() -> None:
@@ -127,11 +128,13 @@ def test_resources_map_to_submitits_parameters_and_sbatch_options(tmp_path: Path
         assert f"#SBATCH {option}\n" in sbatch
     # No GPU asked: no GPU option at all (Slurm refuses a zero count on some versions).
     assert "gpus_per_node" not in submit.executor_parameters(submit_args("--gpus-per-task", "0"))
-    # The defaults are slurm/array.sh's: one GPU, 4 CPUs, 16 GB, an hour.
+    # The defaults are slurm/array.sh's: one GPU, 4 CPUs, 16 GB, an hour; with --final, slurm/final.sh's.
     defaults = submit.executor_parameters(submit_args())
     assert (defaults["gpus_per_node"], defaults["cpus_per_task"], defaults["mem_gb"], defaults["timeout_min"]) == (
         1, 4, 16, 60,
     )  # fmt: skip
+    final_defaults = submit.executor_parameters(submit_args("--final", "mlp"))
+    assert (final_defaults["name"], final_defaults["timeout_min"]) == ("mnist-cv-final", 120)
 
 
 def test_only_the_pairs_not_done_are_submitted_unless_all() -> None:
@@ -167,7 +170,8 @@ def test_bad_options_are_one_line_errors(argv: list[str], message: str, tmp_path
 
 
 def test_a_failing_pair_raises_with_its_command_and_last_lines(tmp_path: Path) -> None:
-    task = launch.JobTask("mlp/fold-0", launch.pair_args(0, ["--epochs", "0"]), None, sys.executable, str(tmp_path))
+    args = launch_argv.pair_args(0, ["--epochs", "0"])
+    task = launch.JobTask("mlp/fold-0", args, None, sys.executable, str(tmp_path))
     with pytest.raises(launch.JobFailed) as failed:
         task()
     message = str(failed.value)
@@ -190,7 +194,8 @@ def test_checkpoint_stops_the_child_and_requeues_a_fresh_task(tmp_path: Path, mo
     fake_python.write_text(f"#!/bin/sh\nexec {sys.executable} -c '{FAKE_JOB}'\n")
     fake_python.chmod(0o755)
     monkeypatch.setattr(launch, "REQUEUE_GRACE_S", 0)  # no USR2 is coming: this test plays submitit itself
-    task = launch.JobTask("mlp/fold-3", launch.pair_args(3, ["--epochs", "1"]), None, str(fake_python), str(tmp_path))
+    args = launch_argv.pair_args(3, ["--epochs", "1"])
+    task = launch.JobTask("mlp/fold-3", args, None, str(fake_python), str(tmp_path))
     outcome: list[BaseException] = []
 
     def run_task() -> None:

@@ -42,15 +42,17 @@ def sbatch_options(script: Path) -> dict[str, str]:
 
 
 def minutes(text: str) -> int:
-    """Slurm's time format ([D-]HH:MM:SS, HH:MM:SS, MM:SS, MM) in whole minutes."""
-    days, _, clock = text.rpartition("-") if "-" in text else ("0", "", text)
-    parts = [int(part) for part in clock.split(":")]
-    if len(parts) == 1:
-        hours, mins, secs = 0, parts[0], 0
-    elif len(parts) == 2:
-        hours, mins, secs = 0, *parts
-    else:
-        hours, mins, secs = parts
+    """Slurm's --time (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in whole minutes, rounded up."""
+    days, dash, clock = text.partition("-")
+    if not dash:
+        days, clock = "0", text
+    fields = [int(part) for part in clock.split(":")]
+    if dash:  # D-HH[:MM[:SS]]
+        hours, mins, secs = (fields + [0, 0])[:3]
+    elif len(fields) == 3:  # HH:MM:SS
+        hours, mins, secs = fields
+    else:  # MM[:SS]
+        hours, (mins, secs) = 0, (fields + [0])[:2]
     return int(days) * 24 * 60 + hours * 60 + mins + (1 if secs else 0)
 
 
