@@ -157,8 +157,8 @@ def test_dry_run_prints_the_plan_and_submits_nothing(mnist_dir: Path, tmp_path: 
     ensure_cluster()
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
     out = tmp_path / "results"
-    done = cli("submit", "--dry-run", "--task-ids", "0,7", *QUICK, "--data-dir", str(mnist_dir), "--results",
-               str(out), cwd=tmp_path)  # fmt: skip
+    done = cli("submit", "--dry-run", "--allow-dirty", "--task-ids", "0,7", *QUICK, "--data-dir", str(mnist_dir),
+               "--results", str(out), cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert re.fullmatch(r"would submit 2 pairs of config [0-9a-f]{12} \(slurm\), each task running:", lines[0])
@@ -173,7 +173,8 @@ def test_dry_run_prints_the_plan_and_submits_nothing(mnist_dir: Path, tmp_path: 
         "resources: name=mnist-cv-pairs, timeout_min=60, cpus_per_task=4, mem_gb=16.0, "
         "slurm_additional_parameters={'requeue': True}, gpus_per_node=1"
     )
-    assert lines[4].startswith(f"logs: {out}/default/logs/JOB_0_log.out and .err")
+    assert re.fullmatch(f"code: {out}/default/code/[0-9a-f]{{40}}(-dirty-[0-9a-f]{{12}})? \\(commit .*", lines[4])
+    assert lines[5].startswith(f"logs: {out}/default/logs/JOB_0_log.out and .err")
     assert list(tmp_path.iterdir()) == []  # no results or logs folder
     assert jobs_run_in(tmp_path, since) == []
 

@@ -37,6 +37,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 QUICK = ("--epochs", "1", "--limit", "1000")
 SMALL_TASK = ("--cpus-per-task", "1", "--mem-gb", "3")  # two pairs at a time on the 2-CPU node
 ENV = {"MNIST_CV_ALLOW_CPU": "1"}
+DIRTY_OK = ("--allow-dirty",)  # the tasks run a snapshot of this checkout, which may hold uncommitted changes
 
 
 def submit_args(*argv: str) -> object:
@@ -83,7 +84,7 @@ def test_the_preempted_exit_status_is_the_jobs() -> None:
 
 def test_shared_options_reach_the_pair_as_given_with_absolute_paths(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    for variable in ("MNIST_CV_RESULTS", "MNIST_CV_RUN"):
+    for variable in ("MNIST_CV_RESULTS", "MNIST_CV_RUN", "MNIST_CV_DATA"):
         monkeypatch.delenv(variable, raising=False)
     args = submit_args(
         "--results", "out", "--run", "r1", "--data-dir", "data", "--custom-data",
@@ -228,7 +229,7 @@ def submit_locally(what: list[str], mnist_dir: Path, tmp_path: Path) -> tuple[Pa
     """`submit --executor local ... --wait` of `what` on QUICK: (its results folder, the finished command)."""
     out = tmp_path / "results"
     done = cli(
-        "submit", "--executor", "local", *what, *QUICK, "--data-dir", str(mnist_dir),
+        "submit", "--executor", "local", *DIRTY_OK, *what, *QUICK, "--data-dir", str(mnist_dir),
         "--results", str(out), "--gpus-per-task", "0", "--wait",
         cwd=tmp_path, env=ENV,
     )  # fmt: skip
@@ -257,7 +258,7 @@ def test_the_final_model_is_submitted_the_same_way(mnist_dir: Path, tmp_path: Pa
 
 def test_the_debug_executor_runs_in_this_process_and_reports_a_failed_pair(tmp_path: Path) -> None:
     done = cli(
-        "submit", "--executor", "debug", "--task-ids", "3", "--data-dir", str(tmp_path / "nowhere"),
+        "submit", "--executor", "debug", *DIRTY_OK, "--task-ids", "3", "--data-dir", str(tmp_path / "nowhere"),
         "--results", str(tmp_path), cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
@@ -291,7 +292,7 @@ def test_a_failed_pair_is_reported_and_resubmitting_runs_only_the_missing_ones(
     blocker.write_text("not a folder")
     # A GPU when the node declares some: the request must reach Slurm, and the job records what it got.
     gpus = "1" if cluster["gres"].startswith("gpu:") else "0"
-    command = ["submit", "--executor", "slurm", *QUICK, "--data-dir", str(mnist_dir), "--results", str(out),
+    command = ["submit", "--executor", "slurm", *DIRTY_OK, *QUICK, "--data-dir", str(mnist_dir), "--results", str(out),
                *SMALL_TASK, "--gpus-per-task", gpus, "--wait"]  # fmt: skip
 
     first = cli(*command, cwd=tmp_path, env=ENV)
@@ -323,7 +324,7 @@ def test_a_preempted_pair_is_requeued_and_ends_as_if_uninterrupted(
 ) -> None:
     out = tmp_path / "results"
     # A cnn epoch on 1,600 images lasts a few seconds on one core: time to preempt it between epochs.
-    command = ["submit", "--executor", "slurm", "--task-ids", "5", "--epochs", "4", "--limit", "2000",
+    command = ["submit", "--executor", "slurm", *DIRTY_OK, "--task-ids", "5", "--epochs", "4", "--limit", "2000",
                "--data-dir", str(mnist_dir), "--results", str(out), *SMALL_TASK, "--gpus-per-task", "0"]  # fmt: skip
     reference = cli(*command, "--run", "reference", cwd=tmp_path, env=ENV)
     assert reference.returncode == 0, reference.stderr
@@ -378,7 +379,7 @@ def test_a_preempted_pair_is_requeued_and_ends_as_if_uninterrupted(
 def test_a_refused_submission_is_a_one_line_error(
     cluster: dict[str, str], argv: list[str], reason: str, tmp_path: Path
 ) -> None:
-    done = cli("submit", "--executor", "slurm", "--results", str(tmp_path), *SMALL_TASK, *argv, cwd=tmp_path)
+    done = cli("submit", "--executor", "slurm", *DIRTY_OK, "--results", str(tmp_path), *SMALL_TASK, *argv, cwd=tmp_path)
     assert done.returncode == 1
     assert re.fullmatch(
         f"mnist-cv submit: error: sbatch refused the array: sbatch: error: .*{reason}.*", last_line(done.stderr)

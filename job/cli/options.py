@@ -63,6 +63,7 @@ DATA_OPTIONS = (
         "folder with the four MNIST IDX files (.gz or plain) or a Keras mnist.npz "
         f"(default: ${settings.DATA.name}, then ~/.keras/datasets/mnist.npz, then a download)",
         type=Path,
+        default=lambda: settings.settings().data,
     ),
     Option(
         "--custom-data",

@@ -88,6 +88,18 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--logs", type=Path, help="submitit's folder, one .out/.err per pair (default RESULTS/RUN/logs)")
     p.add_argument("--wait", action="store_true", help="follow the pairs to the end, then run collect")
+    code = p.add_mutually_exclusive_group()
+    code.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="submit uncommitted changes to tracked files too (the tasks run a snapshot of the checkout made now, "
+        "in RESULTS/RUN/code/; by default a checkout with uncommitted changes is refused)",
+    )
+    code.add_argument(
+        "--live-code",
+        action="store_true",
+        help="run the code found in the current folder when each task starts, not a snapshot (edits leak in)",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -165,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
+    from job.launch import snapshot
     from job.launch import task as launch
     from job.results import store as results
 
@@ -179,15 +192,22 @@ def run(args: argparse.Namespace) -> int:
         return collect(args, protocol) if wait and not args.dry_run else 0
 
     logs = (args.logs or results.run_dir(args.results, args.run) / "logs").absolute()
-    tasks = [launch.JobTask(name, job_args, args.image, sys.executable, os.getcwd()) for name, job_args in chosen]
+    image = str(Path(args.image).absolute()) if args.image else None  # the task starts in another folder
+    code = None if args.live_code else snapshot.plan(allow_dirty=args.allow_dirty)
+    workdir = os.getcwd() if code is None else str(snapshot.code_dir(args.results, args.run) / code.name)
+    version = None if code is None else (code.commit, code.dirty)
+    tasks = [launch.JobTask(name, job_args, image, sys.executable, workdir, version) for name, job_args in chosen]
     what = "final model" if args.final else "pair" if len(tasks) == 1 else "pairs"
     if args.dry_run:
-        print_plan(args, protocol, what, tasks, params, logs)
+        print_plan(args, protocol, what, tasks, params, logs, code)
         return 0
+    if code is not None:
+        snapshot.freeze(code, snapshot.code_dir(args.results, args.run))
     jobs = submit(args, params, logs, tasks)
     print(f"submitted {len(jobs)} {what} of config {protocol.config_id} ({args.executor}):")
     for task, job in zip(tasks, jobs, strict=True):
         print(f"  {task.name}  job {job.job_id}")
+    print(f"code: {describe_code(code, workdir)}")
     if args.executor != "debug":  # whose output comes here
         print(f"logs: {logs}/JOB_0_log.out and .err (e.g. {jobs[0].paths.stdout.name})")
     sys.stdout.flush()  # the job ids now, not when --wait ends: a pipe or a log file buffers them otherwise
@@ -232,8 +252,21 @@ def pairs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[Any]:
     return chosen
 
 
+def describe_code(code: Any, workdir: str) -> str:
+    if code is None:
+        return f"{workdir} as it is when each task starts (--live-code)"
+    changes = f", with uncommitted changes to {len(code.changed)} files" if code.dirty else ""
+    return f"{workdir} (commit {code.commit}{changes}), the working folder of every task"
+
+
 def print_plan(
-    args: argparse.Namespace, protocol: Protocol, what: str, tasks: list[Any], params: dict[str, Any], logs: Path
+    args: argparse.Namespace,
+    protocol: Protocol,
+    what: str,
+    tasks: list[Any],
+    params: dict[str, Any],
+    logs: Path,
+    code: Any,
 ) -> None:
     """What `submit` would do, exactly, without doing it (--dry-run)."""
     import shlex
@@ -242,6 +275,7 @@ def print_plan(
     for task in tasks:
         print(f"  {task.name}: {shlex.join(task.launch().with_env())}")
     print("resources: " + ", ".join(f"{key}={value}" for key, value in params.items()))
+    print(f"code: {describe_code(code, tasks[0].workdir)}")
     print(f"logs: {logs}/JOB_0_log.out and .err, JOB being the array's job id _ task index once submitted")
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from job import settings as settings_module
+from job.launch import snapshot
 from job.pair import provenance
 from job.settings import Settings
 
@@ -92,14 +93,15 @@ def task_command(
     python: str,
     workdir: str,
     told: Settings | None = None,
+    version: tuple[str, bool] | None = None,
 ) -> TaskCommand:
     """The command line and environment of a task running `job JOB_ARGS` in `workdir`.
 
     Data and results are where the job's arguments say, else where the settings say (relative to `workdir`).
+    The commit told to the task is `version` (commit, dirty), else the snapshot's that `workdir` is, else git's.
     """
     told = told or settings_module.settings()
-    git = provenance.git()
-    commit, dirty = (git["commit"], git["dirty"]) if git else (None, False)
+    commit, dirty = version or snapshot.recorded(Path(workdir)) or _checkout_version()
     env = settings_module.provenance_env(commit, dirty, image_digest(image) if image else None)
     if image is None:
         return TaskCommand(job_command(job_args, image=None, python=python, workdir=workdir), env)
@@ -110,6 +112,11 @@ def task_command(
     binds = [str(base / data)] if data and (base / data).exists() else []
     binds.append(str(results))
     return TaskCommand(job_command(job_args, image=image, python=python, workdir=workdir, binds=binds), env, results)
+
+
+def _checkout_version() -> tuple[str | None, bool]:
+    git = provenance.git()  # $MNIST_CV_GIT_COMMIT if set, else the checkout's HEAD
+    return (git["commit"], git["dirty"]) if git else (None, False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,12 +95,15 @@ class JobTask:
     job_args: tuple[str, ...]
     image: str | None
     python: str
-    workdir: str
+    workdir: str  # the submitted code's snapshot (job.launch.snapshot), or the checkout with --live-code
+    version: tuple[str, bool] | None = None  # (commit, dirty) of that code, fixed at submission
     _child: _Child | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def launch(self) -> TaskCommand:
         """The command line and environment, exactly as slurm/job-step.sh gets them."""
-        return task_command(self.job_args, image=self.image, python=self.python, workdir=self.workdir)
+        return task_command(
+            self.job_args, image=self.image, python=self.python, workdir=self.workdir, version=self.version
+        )
 
     @property
     def command(self) -> list[str]:
