@@ -178,6 +178,14 @@ def provenance_env(commit: str | None, dirty: bool, image_sha256: str | None) ->
     return env
 
 
+def folders_env(data: Path | None, results: Path) -> dict[str, str]:
+    """The data and results folders for a task that starts elsewhere than they were given relative to."""
+    env = {RESULTS.name: str(results)}
+    if data is not None:
+        env[DATA.name] = str(data)
+    return env
+
+
 def markdown_table() -> str:
     """The README's table of variables (between its `<!-- settings-table -->` markers)."""
     rows = ["| Variable | Default | Meaning | Read by |", "|---|---|---|---|"]

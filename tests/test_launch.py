@@ -68,6 +68,26 @@ def test_binds_come_from_the_jobs_arguments_else_the_settings(tmp_path: Path) ->
     assert set(plain.env) <= {"MNIST_CV_GIT_COMMIT", "MNIST_CV_GIT_DIRTY"}
 
 
+def test_in_a_snapshot_relative_folders_are_the_submit_folders(tmp_path: Path) -> None:
+    told = Settings.from_env({"MNIST_CV_DATA": "data", "MNIST_CV_RESULTS": "out"})
+    args = ("run", "--results", "r1", "--data-dir=d1", "--epochs", "1")
+    command = launch_argv.task_command(args, image=None, python="p", workdir="/code", told=told, base="/submit")
+    assert command.argv == [
+        "p",
+        "-m",
+        "job",
+        "run",
+        "--results",
+        "/submit/r1",
+        "--data-dir=/submit/d1",
+        "--epochs",
+        "1",
+    ]
+    assert (command.env["MNIST_CV_RESULTS"], command.env["MNIST_CV_DATA"]) == ("/submit/r1", "/submit/d1")
+    command = launch_argv.task_command(("run",), image=None, python="p", workdir="/code", told=told, base="/submit")
+    assert (command.env["MNIST_CV_RESULTS"], command.env["MNIST_CV_DATA"]) == ("/submit/out", "/submit/data")
+
+
 def test_job_step_sh_runs_the_line_job_launch_argv_builds(tmp_path: Path) -> None:
     """The batch scripts' side: task_command in job-step.sh fills `job` with exactly the Python function's argv."""
     image = tmp_path / "img.sif"

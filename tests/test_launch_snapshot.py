@@ -143,8 +143,8 @@ def test_a_commit_made_while_submit_s_array_waits_does_not_change_what_runs(
 def test_the_batch_script_runs_a_snapshot_given_as_mnist_cv_home(mnist_dir: Path, clone: Path, tmp_path: Path) -> None:
     with_gpus()
     submitted = git(clone, "rev-parse", "HEAD")
-    out = tmp_path / "results"
-    env = array_env(mnist_dir, out, PYTHONPATH=str(clone))
+    out = clone / "results"  # given relative: relative to where sbatch runs, not to the snapshot the task runs in
+    env = array_env(mnist_dir, "results", PYTHONPATH=str(clone))
     # The README's one-liner: MNIST_CV_HOME=$(python3 -m job.launch.snapshot) sbatch slurm/array.sh
     frozen = subprocess.run(
         [sys.executable, "-m", "job.launch.snapshot"], cwd=clone, env=env, capture_output=True, text=True

@@ -26,7 +26,7 @@ def add_parser(subparsers: Any) -> None:
         "array, each task running `python -m job run --task-id N` (in --image if given) like slurm/array.sh. "
         "Prints the job ids and returns, or with --wait follows them, reports failed pairs with their log, "
         "and runs collect when all succeed. A preempted or timed-out pair is requeued and resumes from its "
-        "checkpoint. The environment (MNIST_CV_ALLOW_CPU, MNIST_CV_DATA...) is passed on to the tasks.",
+        "checkpoint. The environment (the settings listed in job/settings.py) is passed on to the tasks.",
     )
     p.add_argument(
         "--executor",

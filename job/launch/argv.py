@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -75,6 +76,21 @@ def image_digest(image: str) -> str:
     return digest.hexdigest()
 
 
+PATH_OPTIONS = ("--data-dir", "--results")  # the job's options naming folders
+
+
+def absolute_paths(job_args: Sequence[str], base: Path) -> list[str]:
+    """`job_args` with the folders of PATH_OPTIONS made absolute against `base`."""
+    out = list(job_args)
+    for i, arg in enumerate(out):
+        flag, eq, value = arg.partition("=")
+        if flag in PATH_OPTIONS and eq:
+            out[i] = f"{flag}={base / value}"
+        elif i > 0 and out[i - 1] in PATH_OPTIONS:
+            out[i] = str(base / arg)
+    return out
+
+
 def option_value(job_args: Sequence[str], flag: str) -> str | None:
     """The last value given to `flag` (`--flag VALUE` or `--flag=VALUE`) among the job's arguments."""
     value = None
@@ -94,28 +110,34 @@ def task_command(
     workdir: str,
     told: Settings | None = None,
     version: tuple[str, bool] | None = None,
+    base: str | None = None,
 ) -> TaskCommand:
     """The command line and environment of a task running `job JOB_ARGS` in `workdir`.
 
-    Data and results are where the job's arguments say, else where the settings say (relative to `workdir`).
-    The commit told to the task is `version` (commit, dirty), else the snapshot's that `workdir` is, else git's.
+    Data and results are where the job's arguments say, else where the settings say, relative to `base` (default
+    `workdir`; given, every such folder is passed on absolute). The commit told to the task is `version` (commit,
+    dirty), else the snapshot's that `workdir` is, else git's.
     """
     told = told or settings_module.settings()
     commit, dirty = version or snapshot.recorded(Path(workdir)) or _checkout_version()
     env = settings_module.provenance_env(commit, dirty, image_digest(image) if image else None)
+    folders = Path(base or workdir)
+    data_dir = option_value(job_args, "--data-dir") or told.data
+    data = folders / data_dir if data_dir else None
+    results = folders / (option_value(job_args, "--results") or told.results)
+    if base is not None:
+        job_args = absolute_paths(job_args, folders)
+        env.update(settings_module.folders_env(data, results))
     if image is None:
         return TaskCommand(job_command(job_args, image=None, python=python, workdir=workdir), env)
-    base = Path(workdir)
-    data = option_value(job_args, "--data-dir") or told.data
-    results = base / (option_value(job_args, "--results") or told.results)
     # A data folder that is not there is left out: the job then says so itself, in one line.
-    binds = [str(base / data)] if data and (base / data).exists() else []
+    binds = [str(data)] if data and data.exists() else []
     binds.append(str(results))
     return TaskCommand(job_command(job_args, image=image, python=python, workdir=workdir, binds=binds), env, results)
 
 
 def _checkout_version() -> tuple[str | None, bool]:
-    git = provenance.git()  # $MNIST_CV_GIT_COMMIT if set, else the checkout's HEAD
+    git = provenance.git()  # the commit a launcher told us if any, else the checkout's HEAD
     return (git["commit"], git["dirty"]) if git else (None, False)
 
 
@@ -135,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_args", nargs=argparse.REMAINDER, help="the arguments of `python -m job`")
     args = parser.parse_args(argv)
     job_args = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
+    # In a code snapshot (job.launch.snapshot), folders given relative are relative to where sbatch ran.
+    base = os.environ.get("SLURM_SUBMIT_DIR") if snapshot.recorded(Path(args.workdir)) else None
     try:
-        command = task_command(job_args, image=args.image, python=args.python, workdir=args.workdir, told=told)
+        command = task_command(
+            job_args, image=args.image, python=args.python, workdir=args.workdir, told=told, base=base
+        )
         if args.nul:
             command.prepare()  # the caller runs it next
     except OSError as error:

@@ -2,10 +2,9 @@
 tracked files as they are in the work tree) unpacked into RESULTS/RUN/code/COMMIT[-dirty-HASH]/. Tasks use that
 folder as their working directory, so `python -m job` runs it (the working directory comes first on sys.path),
 and an edit or a commit made while the array waits in the queue never leaks in. Untracked files are not part of
-the snapshot. A file there, `mnist-cv-code.json`, records the commit for the batch scripts' path. Standard
-library only:
-
-    MNIST_CV_HOME=$(python3 -m job.launch.snapshot --results /abs/results) sbatch slurm/array.sh
+the snapshot. A file there, `mnist-cv-code.json`, records the commit for the batch scripts' path, where
+`python3 -m job.launch.snapshot` prints the folder to give them as their project folder (settings.HOME; the README
+shows the one-liner). Standard library only.
 """
 
 from __future__ import annotations
@@ -105,12 +104,13 @@ def recorded(folder: Path) -> tuple[str, bool] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from job.settings import settings
+    from job import settings
 
-    told = settings()
+    told = settings.settings()
     parser = argparse.ArgumentParser(
         prog="python3 -m job.launch.snapshot",
-        description="Freeze the checkout's HEAD into RESULTS/RUN/code/ and print that folder (for MNIST_CV_HOME).",
+        description="Freeze the checkout's HEAD into RESULTS/RUN/code/ and print that folder "
+        f"(for ${settings.HOME.name}).",
     )
     parser.add_argument("--results", type=Path, default=told.results, help="results folder")
     parser.add_argument("--run", default=told.run, help="run name")
