@@ -29,13 +29,13 @@ DATA = Variable(
     "MNIST_CV_DATA",
     "unset: ~/.keras/datasets/mnist.npz, else a download",
     "folder with the four MNIST IDX files (.gz or plain) or a Keras mnist.npz; bound into the image",
-    "run, final, collect (`--data-dir`), the task command line",
+    "run, final, collect (`--data-dir`), the task command line (which passes it absolute into a code snapshot)",
 )
 RESULTS = Variable(
     "MNIST_CV_RESULTS",
     "`results`",
     "results folder (`--results`); bound into the image",
-    "every command, the task command line",
+    "every command, the task command line (which passes it absolute into a code snapshot)",
 )
 RUN = Variable("MNIST_CV_RUN", "`default`", "run name: results go to RESULTS/RUN/ (`--run`)", "every command")
 IMAGE = Variable(
