@@ -5,13 +5,17 @@
 #   sbatch slurm/array.sh --epochs 2 --limit 2000          # arguments go to `python -m job run`
 #   sbatch --array=$(python -m job pairs --missing) slurm/array.sh    # only the pairs not done
 #   sbatch -p gpu -A myproj --qos=normal -t 0:30:00 --array=0-9%4 slurm/array.sh   # site options
+#   sbatch --test-only slurm/array.sh                      # would it be accepted, and when would it start?
+#   MNIST_CV_HOME=$(python3 -m job.launch.snapshot) sbatch slurm/array.sh   # run the code of this commit, frozen
 #
 # Site specifics come from sbatch's own options or SBATCH_* variables (SBATCH_PARTITION, SBATCH_ACCOUNT,
 # SBATCH_QOS, SBATCH_TIMELIMIT...), never from editing this file. The job's settings come from MNIST_CV_*
 # variables: MNIST_CV_DATA, MNIST_CV_RESULTS, MNIST_CV_RUN, MNIST_CV_IMAGE (an Apptainer .sif to run in),
 # MNIST_CV_PYTHON (interpreter without an image, default python3), MNIST_CV_HOME (project folder, default
-# the submit directory: Slurm runs a spool copy of this script, so it cannot find the project from $0).
-# slurm/job-step.sh holds what this script and slurm/final.sh share: the image, and requeue on the warning.
+# the submit directory: Slurm runs a spool copy of this script, so it cannot find the project from $0); all of
+# them are listed in job/settings.py. slurm/job-step.sh holds what this script and slurm/final.sh share: the task's
+# command line (from job/launch/argv.py), and requeue on the warning. These #SBATCH lines are also `mnist-cv
+# submit`'s defaults (job/launch/resources.py reads them).
 #
 #SBATCH --job-name=mnist-cv-pairs
 #SBATCH --array=0-9

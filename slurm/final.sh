@@ -5,6 +5,7 @@
 #
 # Same settings and site options as slurm/array.sh (MNIST_CV_DATA, MNIST_CV_RESULTS, MNIST_CV_RUN,
 # MNIST_CV_IMAGE, MNIST_CV_PYTHON, MNIST_CV_HOME; SBATCH_* variables); a requeued job resumes from its checkpoint.
+# These #SBATCH lines are also `mnist-cv submit --final`'s defaults (job/launch/resources.py reads them).
 #
 #SBATCH --job-name=mnist-cv-final
 #SBATCH --gres=gpu:1

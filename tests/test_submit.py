@@ -26,6 +26,7 @@ from slurm.cluster import ensure_cluster, wait_for_jobs
 
 from job.cli import build_parser, submit
 from job.cli.options import protocol_from_args
+from job.launch import argv as launch_argv
 from job.launch import task as launch
 from job.pair import final
 from job.pair.protocol import Pair, all_pairs
@@ -36,6 +37,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 QUICK = ("--epochs", "1", "--limit", "1000")
 SMALL_TASK = ("--cpus-per-task", "1", "--mem-gb", "3")  # two pairs at a time on the 2-CPU node
 ENV = {"MNIST_CV_ALLOW_CPU": "1"}
+DIRTY_OK = ("--allow-dirty",)  # the tasks run a snapshot of this checkout, which may hold uncommitted changes
 
 
 def submit_args(*argv: str) -> object:
@@ -46,16 +48,16 @@ def submit_args(*argv: str) -> object:
 
 
 def test_without_an_image_a_pair_runs_the_cli_in_the_given_python() -> None:
-    command = launch.job_command(
-        launch.pair_args(7, ["--epochs", "1"]), image=None, python="/venv/bin/python", workdir="/w"
+    command = launch_argv.job_command(
+        launch_argv.pair_args(7, ["--epochs", "1"]), image=None, python="/venv/bin/python", workdir="/w"
     )
     assert command == ["/venv/bin/python", "-m", "job", "run", "--task-id", "7", "--epochs", "1"]
 
 
 def test_with_an_image_a_pair_runs_exactly_what_slurm_array_sh_runs() -> None:
     # The golden file holds what array.sh passes to `apptainer` (tests/test_container.py checks that side).
-    command = launch.job_command(
-        launch.pair_args(0, ["--epochs", "1", "--limit", "1000"]),
+    command = launch_argv.job_command(
+        launch_argv.pair_args(0, ["--epochs", "1", "--limit", "1000"]),
         image="<IMAGE>",
         python="/ignored/python",
         workdir="<HOME>",
@@ -68,9 +70,9 @@ def test_with_an_image_a_pair_runs_exactly_what_slurm_array_sh_runs() -> None:
 def test_the_image_digest_comes_from_its_sha256_file_else_from_its_bytes(tmp_path: Path) -> None:
     image = tmp_path / "mnist-cv.sif"
     image.write_bytes(b"not really an image\n")
-    assert launch.image_digest(str(image)) == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert launch_argv.image_digest(str(image)) == hashlib.sha256(image.read_bytes()).hexdigest()
     Path(f"{image}.sha256").write_text(f"{'ab' * 32}  mnist-cv.sif\n")
-    assert launch.image_digest(str(image)) == "ab" * 32
+    assert launch_argv.image_digest(str(image)) == "ab" * 32
 
 
 def test_the_preempted_exit_status_is_the_jobs() -> None:
@@ -82,7 +84,7 @@ def test_the_preempted_exit_status_is_the_jobs() -> None:
 
 def test_shared_options_reach_the_pair_as_given_with_absolute_paths(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    for variable in ("MNIST_CV_RESULTS", "MNIST_CV_RUN"):
+    for variable in ("MNIST_CV_RESULTS", "MNIST_CV_RUN", "MNIST_CV_DATA"):
         monkeypatch.delenv(variable, raising=False)
     args = submit_args(
         "--results", "out", "--run", "r1", "--data-dir", "data", "--custom-data",
@@ -127,11 +129,13 @@ def test_resources_map_to_submitits_parameters_and_sbatch_options(tmp_path: Path
         assert f"#SBATCH {option}\n" in sbatch
     # No GPU asked: no GPU option at all (Slurm refuses a zero count on some versions).
     assert "gpus_per_node" not in submit.executor_parameters(submit_args("--gpus-per-task", "0"))
-    # The defaults are slurm/array.sh's: one GPU, 4 CPUs, 16 GB, an hour.
+    # The defaults are slurm/array.sh's: one GPU, 4 CPUs, 16 GB, an hour; with --final, slurm/final.sh's.
     defaults = submit.executor_parameters(submit_args())
     assert (defaults["gpus_per_node"], defaults["cpus_per_task"], defaults["mem_gb"], defaults["timeout_min"]) == (
         1, 4, 16, 60,
     )  # fmt: skip
+    final_defaults = submit.executor_parameters(submit_args("--final", "mlp"))
+    assert (final_defaults["name"], final_defaults["timeout_min"]) == ("mnist-cv-final", 120)
 
 
 def test_only_the_pairs_not_done_are_submitted_unless_all() -> None:
@@ -167,7 +171,8 @@ def test_bad_options_are_one_line_errors(argv: list[str], message: str, tmp_path
 
 
 def test_a_failing_pair_raises_with_its_command_and_last_lines(tmp_path: Path) -> None:
-    task = launch.JobTask("mlp/fold-0", launch.pair_args(0, ["--epochs", "0"]), None, sys.executable, str(tmp_path))
+    args = launch_argv.pair_args(0, ["--epochs", "0"])
+    task = launch.JobTask("mlp/fold-0", args, None, sys.executable, str(tmp_path))
     with pytest.raises(launch.JobFailed) as failed:
         task()
     message = str(failed.value)
@@ -190,7 +195,8 @@ def test_checkpoint_stops_the_child_and_requeues_a_fresh_task(tmp_path: Path, mo
     fake_python.write_text(f"#!/bin/sh\nexec {sys.executable} -c '{FAKE_JOB}'\n")
     fake_python.chmod(0o755)
     monkeypatch.setattr(launch, "REQUEUE_GRACE_S", 0)  # no USR2 is coming: this test plays submitit itself
-    task = launch.JobTask("mlp/fold-3", launch.pair_args(3, ["--epochs", "1"]), None, str(fake_python), str(tmp_path))
+    args = launch_argv.pair_args(3, ["--epochs", "1"])
+    task = launch.JobTask("mlp/fold-3", args, None, str(fake_python), str(tmp_path))
     outcome: list[BaseException] = []
 
     def run_task() -> None:
@@ -223,7 +229,7 @@ def submit_locally(what: list[str], mnist_dir: Path, tmp_path: Path) -> tuple[Pa
     """`submit --executor local ... --wait` of `what` on QUICK: (its results folder, the finished command)."""
     out = tmp_path / "results"
     done = cli(
-        "submit", "--executor", "local", *what, *QUICK, "--data-dir", str(mnist_dir),
+        "submit", "--executor", "local", *DIRTY_OK, *what, *QUICK, "--data-dir", str(mnist_dir),
         "--results", str(out), "--gpus-per-task", "0", "--wait",
         cwd=tmp_path, env=ENV,
     )  # fmt: skip
@@ -252,7 +258,7 @@ def test_the_final_model_is_submitted_the_same_way(mnist_dir: Path, tmp_path: Pa
 
 def test_the_debug_executor_runs_in_this_process_and_reports_a_failed_pair(tmp_path: Path) -> None:
     done = cli(
-        "submit", "--executor", "debug", "--task-ids", "3", "--data-dir", str(tmp_path / "nowhere"),
+        "submit", "--executor", "debug", *DIRTY_OK, "--task-ids", "3", "--data-dir", str(tmp_path / "nowhere"),
         "--results", str(tmp_path), cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
@@ -286,7 +292,7 @@ def test_a_failed_pair_is_reported_and_resubmitting_runs_only_the_missing_ones(
     blocker.write_text("not a folder")
     # A GPU when the node declares some: the request must reach Slurm, and the job records what it got.
     gpus = "1" if cluster["gres"].startswith("gpu:") else "0"
-    command = ["submit", "--executor", "slurm", *QUICK, "--data-dir", str(mnist_dir), "--results", str(out),
+    command = ["submit", "--executor", "slurm", *DIRTY_OK, *QUICK, "--data-dir", str(mnist_dir), "--results", str(out),
                *SMALL_TASK, "--gpus-per-task", gpus, "--wait"]  # fmt: skip
 
     first = cli(*command, cwd=tmp_path, env=ENV)
@@ -318,7 +324,7 @@ def test_a_preempted_pair_is_requeued_and_ends_as_if_uninterrupted(
 ) -> None:
     out = tmp_path / "results"
     # A cnn epoch on 1,600 images lasts a few seconds on one core: time to preempt it between epochs.
-    command = ["submit", "--executor", "slurm", "--task-ids", "5", "--epochs", "4", "--limit", "2000",
+    command = ["submit", "--executor", "slurm", *DIRTY_OK, "--task-ids", "5", "--epochs", "4", "--limit", "2000",
                "--data-dir", str(mnist_dir), "--results", str(out), *SMALL_TASK, "--gpus-per-task", "0"]  # fmt: skip
     reference = cli(*command, "--run", "reference", cwd=tmp_path, env=ENV)
     assert reference.returncode == 0, reference.stderr
@@ -373,7 +379,7 @@ def test_a_preempted_pair_is_requeued_and_ends_as_if_uninterrupted(
 def test_a_refused_submission_is_a_one_line_error(
     cluster: dict[str, str], argv: list[str], reason: str, tmp_path: Path
 ) -> None:
-    done = cli("submit", "--executor", "slurm", "--results", str(tmp_path), *SMALL_TASK, *argv, cwd=tmp_path)
+    done = cli("submit", "--executor", "slurm", *DIRTY_OK, "--results", str(tmp_path), *SMALL_TASK, *argv, cwd=tmp_path)
     assert done.returncode == 1
     assert re.fullmatch(
         f"mnist-cv submit: error: sbatch refused the array: sbatch: error: .*{reason}.*", last_line(done.stderr)

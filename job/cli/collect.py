@@ -4,7 +4,6 @@ and show each final model's test score beside them with its confusion matrix and
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from job.cli.options import add_results_args
 from job.errors import JobError
 from job.pair.protocol import Pair
+from job.settings import settings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=os.environ.get("MNIST_CV_DATA"),
+        default=settings().data,
         help="MNIST folder or mnist.npz holding the test images, for the grids of misclassified digits "
         "(default: $MNIST_CV_DATA, else the source the final result records; never downloads)",
     )

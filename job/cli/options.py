@@ -1,41 +1,124 @@
-"""Options shared by several subcommands, defined once so every command spells them the same way."""
+"""Options shared by several subcommands, declared once as data: each `Option` both adds itself to a parser and
+turns a parsed value back into the arguments that give it (how `submit` forwards them to `job run`/`job final`),
+so every command spells them the same way."""
 
 from __future__ import annotations
 
 import argparse
-import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from job import settings
 from job.pair.protocol import Protocol
 
 
-def add_results_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    help: str
+    type: Callable[[str], Any] | None = None
+    switch: bool = False  # a store_true flag: given or not
+    default: Callable[[], Any] | None = None  # read when a parser is built (it may come from the environment)
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser | Any) -> None:
+        default = self.default() if self.default else (False if self.switch else None)
+        if self.switch:
+            parser.add_argument(self.flag, action="store_true", default=default, help=self.help)
+        else:
+            parser.add_argument(self.flag, type=self.type, default=default, help=self.help)
+
+    def argv(self, value: Any) -> list[str]:
+        """The arguments that give `value` (none for an unset option or a switch off); paths made absolute,
+        since the task may start in another folder."""
+        if value is None or value is False:
+            return []
+        if self.switch:
+            return [self.flag]
+        return [self.flag, str(value.absolute() if isinstance(value, Path) else value)]
+
+
+RESULTS_OPTIONS = (
+    Option(
         "--results",
+        f"results folder (default: ${settings.RESULTS.name} or ./results)",
         type=Path,
-        default=Path(os.environ.get("MNIST_CV_RESULTS", "results")),
-        help="results folder (default: $MNIST_CV_RESULTS or ./results)",
-    )
-    parser.add_argument(
+        default=lambda: settings.settings().results,
+    ),
+    Option(
         "--run",
-        default=os.environ.get("MNIST_CV_RUN", "default"),
-        help="run name: results go to RESULTS/RUN/ (default: $MNIST_CV_RUN or 'default')",
-    )
+        f"run name: results go to RESULTS/RUN/ (default: ${settings.RUN.name} or 'default')",
+        type=str,
+        default=lambda: settings.settings().run,
+    ),
+)
+DATA_OPTIONS = (
+    Option(
+        "--data-dir",
+        "folder with the four MNIST IDX files (.gz or plain) or a Keras mnist.npz "
+        f"(default: ${settings.DATA.name}, then ~/.keras/datasets/mnist.npz, then a download)",
+        type=Path,
+        default=lambda: settings.settings().data,
+    ),
+    Option(
+        "--custom-data",
+        "accept an MNIST-like IDX dataset that is not the original MNIST (structure is still validated)",
+        switch=True,
+    ),
+)
+PROTOCOL_OPTIONS = (
+    Option("--epochs", f"epochs per pair (default {Protocol.epochs})", type=int),
+    Option("--batch-size", f"training batch size (default {Protocol.batch_size})", type=int),
+    Option("--seed", f"seed for weights and shuffling (default {Protocol.seed})", type=int),
+    Option("--limit", "use only the first N training images (default: all 60,000)", type=int),
+    Option("--mixed-precision", "train in mixed_float16 (GPU speed-up; changes numbers)", switch=True),
+    Option("--xla", "compile with XLA (changes rounding; not deterministic)", switch=True),
+)
+DEVICE_OPTIONS = (
+    Option(
+        "--allow-cpu",
+        f"run on the CPU even when a GPU was allocated but is not visible (default: ${settings.ALLOW_CPU.name}=1)",
+        switch=True,
+        default=lambda: settings.settings().allow_cpu,
+    ),
+)
+# What `submit` passes on to each task as given: the options `job run` and `job final` share with it.
+FORWARDED = (*RESULTS_OPTIONS, *DATA_OPTIONS, *PROTOCOL_OPTIONS)
+
+
+def add_options(parser: argparse.ArgumentParser | Any, options: Sequence[Option]) -> None:
+    for option in options:
+        option.add_to(parser)
+
+
+def forward(args: argparse.Namespace, options: Sequence[Option] = FORWARDED) -> list[str]:
+    """The arguments that give `options` the values parsed into `args` (defaults too: they may come from the
+    environment, which a task need not share)."""
+    return [arg for option in options for arg in option.argv(getattr(args, option.dest))]
+
+
+def add_results_args(parser: argparse.ArgumentParser) -> None:
+    add_options(parser, RESULTS_OPTIONS)
 
 
 def add_protocol_args(parser: argparse.ArgumentParser) -> None:
     """Overrides of the tutorial protocol; each one changes the config id, so results never mix."""
-    group = parser.add_argument_group("protocol overrides (debugging; each changes the config id)")
-    group.add_argument("--epochs", type=int, help=f"epochs per pair (default {Protocol.epochs})")
-    group.add_argument("--batch-size", type=int, help=f"training batch size (default {Protocol.batch_size})")
-    group.add_argument("--seed", type=int, help=f"seed for weights and shuffling (default {Protocol.seed})")
-    group.add_argument("--limit", type=int, help="use only the first N training images (default: all 60,000)")
-    group.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="train in mixed_float16 (GPU speed-up; changes numbers)",
+    add_options(
+        parser.add_argument_group("protocol overrides (debugging; each changes the config id)"), PROTOCOL_OPTIONS
     )
-    group.add_argument("--xla", action="store_true", help="compile with XLA (changes rounding; not deterministic)")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    add_options(parser, DATA_OPTIONS)
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    add_options(parser, DEVICE_OPTIONS)
 
 
 def protocol_from_args(args: argparse.Namespace) -> Protocol:
@@ -46,27 +129,4 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
         limit=args.limit,
         precision="mixed_float16" if args.mixed_precision else None,
         jit=True if args.xla else None,
-    )
-
-
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        help="folder with the four MNIST IDX files (.gz or plain) or a Keras mnist.npz "
-        "(default: $MNIST_CV_DATA, then ~/.keras/datasets/mnist.npz, then a download)",
-    )
-    parser.add_argument(
-        "--custom-data",
-        action="store_true",
-        help="accept an MNIST-like IDX dataset that is not the original MNIST (structure is still validated)",
-    )
-
-
-def add_device_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--allow-cpu",
-        action="store_true",
-        default=os.environ.get("MNIST_CV_ALLOW_CPU") == "1",
-        help="run on the CPU even when a GPU was allocated but is not visible (default: $MNIST_CV_ALLOW_CPU=1)",
     )

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from job.cli.options import add_data_args, add_protocol_args, add_results_args, protocol_from_args
+from job.cli.options import FORWARDED, add_data_args, add_protocol_args, add_results_args, forward, protocol_from_args
 from job.errors import JobError
 from job.pair.protocol import Protocol, all_pairs
+from job.settings import IMAGE, settings
 
 EXECUTORS = ("slurm", "local", "debug")
-JOB_NAME = "mnist-cv-pairs"  # as slurm/array.sh
-POLL_S = 1.0
-LOG_TAIL_LINES = 8  # of each log
 
 
 def add_parser(subparsers: Any) -> None:
@@ -27,7 +23,7 @@ def add_parser(subparsers: Any) -> None:
         "array, each task running `python -m job run --task-id N` (in --image if given) like slurm/array.sh. "
         "Prints the job ids and returns, or with --wait follows them, reports failed pairs with their log, "
         "and runs collect when all succeed. A preempted or timed-out pair is requeued and resumes from its "
-        "checkpoint. The environment (MNIST_CV_ALLOW_CPU, MNIST_CV_DATA...) is passed on to the tasks.",
+        "checkpoint. The environment (the settings listed in job/settings.py) is passed on to the tasks.",
     )
     p.add_argument(
         "--executor",
@@ -51,28 +47,28 @@ def add_parser(subparsers: Any) -> None:
         metavar="MODEL",
         help="submit the final model's training (`mnist-cv final --model MODEL`) instead of the pairs",
     )
-    first_forwarded = len(p._actions)
+    # Passed on to `job run` as given (options.FORWARDED), so the two can never disagree on what they mean.
     add_results_args(p)
     add_data_args(p)
     add_protocol_args(p)
-    # Passed on to `job run` as given, so the two commands can never disagree on what the shared options mean.
-    forwarded = [(action.option_strings[0], action.dest) for action in p._actions[first_forwarded:]]
 
-    res = p.add_argument_group("resources (Slurm; --time also ends local runs)")
+    res = p.add_argument_group(
+        "resources (Slurm; --time also ends local runs; defaults: the #SBATCH lines of slurm/array.sh, "
+        "of slurm/final.sh with --final)"
+    )
     res.add_argument("--partition", help="Slurm partition")
     res.add_argument("--account", help="Slurm account")
     res.add_argument("--qos", help="Slurm QOS")
     res.add_argument(
         "--time",
         type=at_least(1),
-        default=60,
         metavar="MIN",
-        help="time limit per pair in minutes (default 60); 90 s before it the pair checkpoints and is requeued. "
-        "Under 50, submitit counts every preemption as a timeout (at most 3)",
+        help="time limit per pair in minutes (default: the script's --time); 90 s before it the pair checkpoints "
+        "and is requeued. Under 50, submitit counts every preemption as a timeout (at most 3)",
     )
-    res.add_argument("--gpus-per-task", type=at_least(0), default=1, metavar="N", help="GPUs per pair (default 1)")
-    res.add_argument("--cpus-per-task", type=at_least(1), default=4, metavar="N", help="CPUs per pair (default 4)")
-    res.add_argument("--mem-gb", type=float, default=16, metavar="G", help="memory per pair in GB (default 16)")
+    res.add_argument("--gpus-per-task", type=at_least(0), metavar="N", help="GPUs per pair (default: --gres=gpu:N)")
+    res.add_argument("--cpus-per-task", type=at_least(1), metavar="N", help="CPUs per pair (default: --cpus-per-task)")
+    res.add_argument("--mem-gb", type=float, metavar="G", help="memory per pair in GB (default: --mem)")
     res.add_argument("--array-parallelism", type=at_least(1), metavar="N", help="run at most N pairs at a time")
     res.add_argument(
         "--slurm-additional",
@@ -84,12 +80,30 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--image",
-        default=os.environ.get("MNIST_CV_IMAGE") or None,
-        help="Apptainer image to run the pairs in, with --nv (default: $MNIST_CV_IMAGE; none: this Python)",
+        default=settings().image,
+        help=f"Apptainer image to run the pairs in, with --nv (default: ${IMAGE.name}; none: this Python)",
     )
     p.add_argument("--logs", type=Path, help="submitit's folder, one .out/.err per pair (default RESULTS/RUN/logs)")
     p.add_argument("--wait", action="store_true", help="follow the pairs to the end, then run collect")
-    p.set_defaults(handler=run, forwarded=forwarded)
+    code = p.add_mutually_exclusive_group()
+    code.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="submit uncommitted changes to tracked files too (the tasks run a snapshot of the checkout made now, "
+        "in RESULTS/RUN/code/; by default a checkout with uncommitted changes is refused)",
+    )
+    code.add_argument(
+        "--live-code",
+        action="store_true",
+        help="run the code found in the current folder when each task starts, not a snapshot (edits leak in)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the pairs that would run, each task's command line, the resources and the log paths; "
+        "submit nothing",
+    )
+    p.set_defaults(handler=run)
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -128,72 +142,76 @@ def key_value(text: str) -> tuple[str, str | bool]:
 
 
 def run_args(args: argparse.Namespace) -> list[str]:
-    """`job run`'s arguments: the shared options the user gave, paths made absolute (the task may start elsewhere)."""
-    out: list[str] = []
-    for option, dest in args.forwarded:
-        value = getattr(args, dest)
-        if value is True:
-            out.append(option)
-        elif value is not None and value is not False:
-            out += [option, str(value.absolute() if isinstance(value, Path) else value)]
-    return out
+    """`job run`'s arguments: the shared options, paths made absolute (the task may start elsewhere)."""
+    return forward(args, FORWARDED)
 
 
 def executor_parameters(args: argparse.Namespace) -> dict[str, Any]:
-    """submitit's update_parameters(); the local and debug executors ignore the slurm_ ones."""
+    """submitit's update_parameters(): the batch script's #SBATCH request, with the options given over it (the
+    local and debug executors ignore the slurm_ ones)."""
+    from job.launch import resources
+
+    asked = resources.final() if args.final else resources.pairs()
+    gpus = asked.gpus if args.gpus_per_task is None else args.gpus_per_task
     params: dict[str, Any] = {
-        "name": JOB_NAME,
-        "timeout_min": args.time,
-        "cpus_per_task": args.cpus_per_task,
-        "mem_gb": args.mem_gb,
-        # As slurm/array.sh: where requeueing is off by default, submitit's `scontrol requeue` would be refused.
-        "slurm_additional_parameters": {"requeue": True, **dict(args.slurm_additional)},
+        "name": asked.job_name,
+        "timeout_min": asked.time_min if args.time is None else args.time,
+        "cpus_per_task": asked.cpus if args.cpus_per_task is None else args.cpus_per_task,
+        "mem_gb": asked.mem_gb if args.mem_gb is None else args.mem_gb,
+        # Where requeueing is off by default, submitit's `scontrol requeue` would be refused.
+        "slurm_additional_parameters": {"requeue": asked.requeue, **dict(args.slurm_additional)},
     }
-    if args.gpus_per_task:
+    if gpus:
         # A pair is a one-task job, so per node is per task; Slurm refuses --gpus-per-task without --ntasks.
-        params["gpus_per_node"] = args.gpus_per_task
+        params["gpus_per_node"] = gpus
     for name in ("partition", "account", "qos", "array_parallelism"):
         if getattr(args, name) is not None:
             params[f"slurm_{name}"] = getattr(args, name)
     return params
 
 
-def image_binds(args: argparse.Namespace) -> tuple[str, ...]:
-    """The folders an image must see besides the working directory, as slurm/array.sh binds them."""
-    data = args.data_dir or os.environ.get("MNIST_CV_DATA")
-    return tuple(str(Path(folder).absolute()) for folder in (data, args.results) if folder)
-
-
 def run(args: argparse.Namespace) -> int:
+    import os
     import sys
 
+    from job.launch import snapshot
     from job.launch import task as launch
     from job.results import store as results
 
     protocol = protocol_from_args(args)
+    params = executor_parameters(args)  # first: a batch script it cannot read is an error before anything else
     if args.image is not None and not Path(args.image).is_file():
         raise JobError(f"no image file {args.image}")
     chosen = jobs_to_submit(args, protocol)
     wait = args.wait or args.executor == "debug"  # the debug executor runs a job only when asked for its result
     if not chosen:
         print(f"nothing to submit: the pairs asked for are done with config {protocol.config_id}")
-        return collect(args, protocol) if wait else 0
+        return collect(args, protocol) if wait and not args.dry_run else 0
 
-    binds = image_binds(args) if args.image else ()
     logs = (args.logs or results.run_dir(args.results, args.run) / "logs").absolute()
-    tasks = [
-        launch.JobTask(name, job_args, args.image, sys.executable, os.getcwd(), binds) for name, job_args in chosen
-    ]
-    jobs = submit(args, logs, tasks)
-    what = "final model" if args.final else "pair" if len(jobs) == 1 else "pairs"
+    image = str(Path(args.image).absolute()) if args.image else None  # the task starts in another folder
+    code = None if args.live_code else snapshot.plan(allow_dirty=args.allow_dirty)
+    workdir = os.getcwd() if code is None else str(snapshot.code_dir(args.results, args.run) / code.name)
+    version = None if code is None else (code.commit, code.dirty)
+    tasks = [launch.JobTask(name, job_args, image, sys.executable, workdir, version) for name, job_args in chosen]
+    what = "final model" if args.final else "pair" if len(tasks) == 1 else "pairs"
+    if args.dry_run:
+        print_plan(args, protocol, what, tasks, params, logs, code)
+        return 0
+    if code is not None:
+        snapshot.freeze(code, snapshot.code_dir(args.results, args.run))
+    jobs = submit(args, params, logs, tasks)
     print(f"submitted {len(jobs)} {what} of config {protocol.config_id} ({args.executor}):")
     for task, job in zip(tasks, jobs, strict=True):
         print(f"  {task.name}  job {job.job_id}")
+    print(f"code: {describe_code(code, workdir)}")
     if args.executor != "debug":  # whose output comes here
         print(f"logs: {logs}/JOB_0_log.out and .err (e.g. {jobs[0].paths.stdout.name})")
     sys.stdout.flush()  # the job ids now, not when --wait ends: a pipe or a log file buffers them otherwise
     if not wait:
         return 0
+    from job.launch.follow import follow
+
     failed = follow(jobs, [task.name for task in tasks], poll=args.executor != "debug")
     if failed:
         raise JobError(
@@ -205,14 +223,14 @@ def run(args: argparse.Namespace) -> int:
 
 def jobs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[tuple[str, tuple[str, ...]]]:
     """(name, `job` arguments) of each job to submit: the final model if asked for, else the pairs not done."""
-    from job.launch import task as launch
+    from job.launch.argv import final_args, pair_args
     from job.pair import models
 
     forwarded = run_args(args)
     if args.final is not None:
         model = models.check_name(args.final)
-        return [(f"{model}/final", launch.final_args(model, forwarded))]  # `job final` itself skips a done model
-    return [(str(s.pair), launch.pair_args(s.task_id, forwarded)) for s in pairs_to_submit(args, protocol)]
+        return [(f"{model}/final", final_args(model, forwarded))]  # `job final` itself skips a done model
+    return [(str(s.pair), pair_args(s.task_id, forwarded)) for s in pairs_to_submit(args, protocol)]
 
 
 def pairs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[Any]:
@@ -233,12 +251,39 @@ def pairs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[Any]:
     return chosen
 
 
-def submit(args: argparse.Namespace, logs: Path, tasks: list[Any]) -> list[Any]:
+def describe_code(code: Any, workdir: str) -> str:
+    if code is None:
+        return f"{workdir} as it is when each task starts (--live-code)"
+    changes = f", with uncommitted changes to {len(code.changed)} files" if code.dirty else ""
+    return f"{workdir} (commit {code.commit}{changes}), the working folder of every task"
+
+
+def print_plan(
+    args: argparse.Namespace,
+    protocol: Protocol,
+    what: str,
+    tasks: list[Any],
+    params: dict[str, Any],
+    logs: Path,
+    code: Any,
+) -> None:
+    """What `submit` would do, exactly, without doing it (--dry-run)."""
+    import shlex
+
+    print(f"would submit {len(tasks)} {what} of config {protocol.config_id} ({args.executor}), each task running:")
+    for task in tasks:
+        print(f"  {task.name}: {shlex.join(task.launch().with_env())}")
+    print("resources: " + ", ".join(f"{key}={value}" for key, value in params.items()))
+    print(f"code: {describe_code(code, tasks[0].workdir)}")
+    print(f"logs: {logs}/JOB_0_log.out and .err, JOB being the array's job id _ task index once submitted")
+
+
+def submit(args: argparse.Namespace, params: dict[str, Any], logs: Path, tasks: list[Any]) -> list[Any]:
     """The tasks as one array (one job each on the local and debug executors)."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=logs, cluster=args.executor)
-    executor.update_parameters(**executor_parameters(args))
+    executor.update_parameters(**params)
     try:
         with executor.batch():
             jobs = [executor.submit(task) for task in tasks]
@@ -247,81 +292,30 @@ def submit(args: argparse.Namespace, logs: Path, tasks: list[Any]) -> list[Any]:
     return jobs
 
 
-def follow(jobs: list[Any], names: list[str], *, poll: bool) -> list[str]:
-    """Report each pair as it finishes (a failed one with its log's tail); the names of the failed pairs."""
-    failed = []
-    with progress(len(jobs)) as report:
-        for job in finished(jobs, poll=poll):
-            name = names[jobs.index(job)]
-            error = job.exception()
-            if error is None:
-                report(f"{job.result()}  [job {job.job_id}]")
-            else:
-                failed.append(name)
-                report(failure_report(name, job, error))
-    return failed
-
-
-def finished(jobs: list[Any], *, poll: bool) -> Iterator[Any]:
-    """The jobs as they end; without `poll` (debug executor) in order, each then run by the caller's exception()."""
-    import time
-
-    pending = list(jobs)
-    while pending:
-        for job in [job for job in pending if not poll or job.done()]:
-            pending.remove(job)
-            yield job
-        if pending:
-            time.sleep(POLL_S)
-
-
-def failure_report(name: str, job: Any, error: BaseException) -> str:
-    """The pair's name and the end of its logs: the job's own output (.out), then how it ended (.err)."""
-    parts = [f"FAILED {name} [job {job.job_id}]"]
-    for log in (job.paths.stdout, job.paths.stderr):
-        lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
-        if lines:
-            parts += [f"  last lines of {log}:", *(f"    {line}" for line in lines[-LOG_TAIL_LINES:])]
-    if len(parts) == 1:  # no log at all (debug executor, or a job that never started)
-        parts += [f"    {line}" for line in str(error).splitlines()[-LOG_TAIL_LINES:]]
-    return "\n".join(parts)
-
-
-@contextmanager
-def progress(total: int) -> Iterator[Callable[[str], None]]:
-    """A report(line) for each finished pair: over a live bar on a terminal, numbered plain lines otherwise."""
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        done = iter(range(1, total + 1))
-        yield lambda line: print(f"[{next(done)}/{total}] {line}", flush=True)
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("pairs finished"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
-        task = bar.add_task("pairs", total=total)
-
-        def report(line: str) -> None:
-            bar.console.print(line, markup=False)
-            bar.advance(task)
-
-        yield report
-
-
 def collect(args: argparse.Namespace, protocol: Protocol) -> int:
-    """Run the collect command on this config's results once all ten pairs are done ."""
+    """Run collect on this config's results once all ten pairs are done."""
     from job.results.status import array_spec, status
 
     not_done = [s.task_id for s in status(args.results, args.run, protocol) if s.state != "done"]
     if not_done:
         print(f"collect: skipped, {len(not_done)} pairs not done (task ids {array_spec(not_done)})")
         return 0
-    from job.cli import build_parser
+    return run_collect(args.results, args.run, protocol.config_id)
 
-    collect_args = build_parser().parse_args(
-        ["collect", "--results", str(args.results), "--run", args.run, "--config", protocol.config_id]
+
+def run_collect(results: Path, run: str, config_id: str) -> int:
+    """`mnist-cv collect --results RESULTS --run RUN --config ID` with its other options at their defaults: the one
+    place that calls into collect (to become a call of its library function)."""
+    from job.cli import collect
+
+    return collect.run(
+        argparse.Namespace(
+            results=results,
+            run=run,
+            config=config_id,
+            data_dir=settings().data,
+            allow_partial=False,
+            format=collect.FORMATS[0],
+            json=False,
+        )
     )
-    return collect_args.handler(collect_args)

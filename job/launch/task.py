@@ -16,14 +16,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from submitit.helpers import DelayedSubmission
 
-from job.pair import provenance
-from job.pair.checkpoint import sha256_file
+from job.launch.argv import TaskCommand, task_command
 
 # The exit status of `job run` or `job final` stopped by a signal at a safe point (job.pair.train.Preempted.exit_code;
 # importing job.pair.train here would load scikit-learn into every submitit process).
@@ -36,40 +33,6 @@ REQUEUE_GRACE_S = 10
 STOP_TIMEOUT_S = 60
 POLL_S = 0.2
 TAIL_LINES = 20
-
-
-def job_command(
-    job_args: Sequence[str],
-    *,
-    image: str | None,
-    python: str,
-    workdir: str,
-    binds: Sequence[str] = (),
-) -> list[str]:
-    """`PYTHON -m job JOB_ARGS`, or the same inside IMAGE exactly as slurm/array.sh runs it.
-
-    `binds` are the folders besides `workdir` the job reads or writes (data, results), as absolute paths.
-    """
-    job = ["-m", "job", *job_args]
-    if image is None:
-        return [python, *job]
-    # --nv brings the host's NVIDIA driver into the image; the image's own python runs the job.
-    return ["apptainer", "exec", "--nv", "--bind", ",".join([workdir, *binds]), "--pwd", workdir, image, "python", *job]
-
-
-def pair_args(task_id: int, run_args: Sequence[str]) -> tuple[str, ...]:
-    return ("run", "--task-id", str(task_id), *run_args)
-
-
-def final_args(model: str, run_args: Sequence[str]) -> tuple[str, ...]:
-    return ("final", "--model", model, *run_args)
-
-
-def image_digest(image: str) -> str:
-    """The image's sha256: from IMAGE.sha256 (written when it was built) if there, else hashed now (as array.sh)."""
-    digest_file = Path(f"{image}.sha256")
-    fields = digest_file.read_text().split() if digest_file.is_file() else []
-    return fields[0] if fields else sha256_file(Path(image))
 
 
 class JobFailed(RuntimeError):
@@ -132,17 +95,26 @@ class JobTask:
     job_args: tuple[str, ...]
     image: str | None
     python: str
-    workdir: str
-    binds: tuple[str, ...] = ()
+    workdir: str  # the submitted code's snapshot (job.launch.snapshot), or the checkout with --live-code
+    version: tuple[str, bool] | None = None  # (commit, dirty) of that code, fixed at submission
     _child: _Child | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def launch(self) -> TaskCommand:
+        """The command line and environment, exactly as slurm/job-step.sh gets them."""
+        return task_command(
+            self.job_args, image=self.image, python=self.python, workdir=self.workdir, version=self.version
+        )
 
     @property
     def command(self) -> list[str]:
-        return job_command(self.job_args, image=self.image, python=self.python, workdir=self.workdir, binds=self.binds)
+        return self.launch().argv
 
     def __call__(self) -> str:
         """Run the job; its last output line (the score, or 'already done'). Raises JobFailed on failure."""
-        self._child = child = _Child(self.command, self.workdir, self._env())
+        launch = self.launch()
+        launch.prepare()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **launch.env}  # unbuffered: the log shows progress live
+        self._child = child = _Child(launch.argv, self.workdir, env)
         try:
             returncode = child.wait()
         finally:
@@ -163,17 +135,6 @@ class JobTask:
         if self._child is not None:
             self._child.stop()
         return DelayedSubmission(dataclasses.replace(self))
-
-    def _env(self) -> dict[str, str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log shows progress as it happens
-        if self.image is not None:
-            # As slurm/array.sh: the result records the image's digest and the code's commit (an image has no .git).
-            env["MNIST_CV_IMAGE_SHA256"] = image_digest(self.image)
-            git = provenance.git()
-            if git is not None:
-                env["MNIST_CV_GIT_COMMIT"] = git["commit"]
-                env["MNIST_CV_GIT_DIRTY"] = "1" if git["dirty"] else "0"
-        return env
 
     def _failure(self, returncode: int, tail: list[str]) -> str:
         if returncode < 0:

@@ -26,6 +26,7 @@ import numpy as np
 
 from job.errors import JobError
 from job.results import atomic
+from job.settings import settings
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -123,7 +124,7 @@ def fetch(to: str | os.PathLike, *, mirror: str | None = None) -> Path:
 
 def _local_source(data_dir: str | os.PathLike | None) -> Path | None:
     """The argument, else $MNIST_CV_DATA, else the Keras cache if it exists; None means download."""
-    chosen = data_dir or os.environ.get("MNIST_CV_DATA")
+    chosen = data_dir or settings().data
     if chosen:
         return Path(chosen).expanduser()
     keras_npz = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets" / "mnist.npz"
@@ -131,11 +132,11 @@ def _local_source(data_dir: str | os.PathLike | None) -> Path | None:
 
 
 def _default_cache_dir() -> Path:
-    return Path(os.environ.get("MNIST_CV_CACHE") or Path.home() / ".cache" / "mnist-cv" / "mnist")
+    return settings().cache
 
 
 def _mirror(mirror: str | None) -> str:
-    return mirror or os.environ.get("MNIST_CV_MIRROR") or DEFAULT_MIRROR
+    return mirror or settings().mirror or DEFAULT_MIRROR
 
 
 # ---- IDX files

@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from job.settings import settings
+
 PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "mnist-cv")
 
 # Slurm's variables worth keeping, under shorter names.
@@ -47,11 +49,9 @@ def slurm() -> dict[str, str] | None:
 
 def git() -> dict[str, Any] | None:
     """The commit of the code that ran: from the launcher (images carry no .git), else from a source checkout."""
-    if os.environ.get("MNIST_CV_GIT_COMMIT"):
-        return {
-            "commit": os.environ["MNIST_CV_GIT_COMMIT"],
-            "dirty": os.environ.get("MNIST_CV_GIT_DIRTY") == "1",
-        }
+    told = settings()
+    if told.git_commit:
+        return {"commit": told.git_commit, "dirty": told.git_dirty}
     source = Path(__file__).resolve().parent.parent
     try:
         commit = _git(source, "rev-parse", "HEAD")
@@ -72,7 +72,7 @@ def container() -> dict[str, Any] | None:
     image = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
     if not image:
         return None
-    return {"runtime": "apptainer", "image": image, "sha256": os.environ.get("MNIST_CV_IMAGE_SHA256")}
+    return {"runtime": "apptainer", "image": image, "sha256": settings().image_sha256}
 
 
 def environment(runtime_info: dict[str, Any]) -> dict[str, Any]:
