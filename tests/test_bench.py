@@ -35,6 +35,7 @@ def test_needs_an_accuracy_per_variant() -> None:
         accuracy_check([], [0.9], n_val=100)
 
 
+@pytest.mark.slow
 def test_a_tiny_bench_reports_every_figure(mnist_mini: Path) -> None:
     done = cli(
         "bench", "--model", "mlp", "--epochs", "1", "--limit", "1000", "--repeats", "1", "--json",

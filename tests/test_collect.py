@@ -24,6 +24,8 @@ from job.cli import main
 from job.pair import data
 from job.pair.protocol import DEFAULT_MODELS, Protocol, all_pairs
 
+pytestmark = pytest.mark.slow  # ten pairs and a final model are trained first: about a minute
+
 EPOCHS = 2  # two points per learning curve: lines, not dots
 LIMIT = 1000  # 800 training and 200 held-out images per fold: a few seconds per pair on a CPU
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -23,6 +23,8 @@ from support import cli
 from job.cli import main
 from job.pair import data, predict
 
+pytestmark = pytest.mark.slow  # a final model is trained, stopped, resumed: most tests need it
+
 LIMIT, EPOCHS = 3000, 6  # an MLP on 3,000 images: about a second of training, about 90% test accuracy
 
 

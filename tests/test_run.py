@@ -103,7 +103,7 @@ def _corrupt_copy(mnist_full: Path, folder: Path) -> Path:
     [
         ("missing data", "no such file or folder"),
         ("truncated data", "train-labels-idx1-ubyte.gz: truncated"),
-        ("altered data", "sha256 mismatch"),
+        pytest.param("altered data", "sha256 mismatch", marks=pytest.mark.slow),  # gzips 47 MB: ~15 s
         ("unwritable results", "cannot write to"),
     ],
 )

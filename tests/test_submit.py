@@ -230,6 +230,7 @@ def submit_locally(what: list[str], mnist_mini: Path, tmp_path: Path) -> tuple[P
     return out, done
 
 
+@pytest.mark.slow
 def test_the_local_executor_runs_two_pairs_and_waits_for_them(mnist_mini: Path, tmp_path: Path) -> None:
     out, done = submit_locally(["--task-ids", "0,5"], mnist_mini, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
