@@ -95,6 +95,8 @@ def test_the_run_command_trains_on_the_shipped_subset(
     assert result["data"]["name"] == "custom" and result["data"]["sha256"] == mnist.mini_sums()
     assert (result["data"]["n_train"], result["data"]["n_val"]) == (4_800, 1_200)
     assert result["score"]["accuracy"] > 0.8  # one epoch on 4,800 real digits
+    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    assert result["environment"]["git"] == {"commit": head.stdout.strip(), "dirty": False}  # the clone's code ran
 
 
 def test_the_fast_tier_passes_with_the_full_set_tests_skipped_and_counted(
@@ -113,7 +115,7 @@ def test_the_fast_tier_passes_with_the_full_set_tests_skipped_and_counted(
     print(f"fresh clone, offline: {len(passed)} passed, {len(full_set)} skipped for want of the full MNIST")
     assert full_set and len(passed) > len(full_set)
     reason = skipped[next(iter(full_set))]
-    assert f"cache {Path(env['HOME']) / '.cache' / 'mnist-cv' / 'mnist'}: no " in reason and "download: " in reason
+    assert f"cache {Path(env['HOME']) / '.cache' / 'mnist-cv' / 'mnist'}: no MNIST .gz files; download: " in reason
     assert len({skipped[name] for name in full_set}) == 1  # one clear reason, the same for every such test
     # Trained for real on the shipped subset, not skipped: a pair from `run`, and a final model from `submit`.
     assert "tests.test_run.test_the_task_id_comes_from_slurm_when_not_given" in passed

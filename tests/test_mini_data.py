@@ -81,9 +81,9 @@ def test_without_the_full_set_the_reason_says_what_was_tried_and_how_to_provide_
         mnist.full_set()
     reason = str(missing.value)
     assert not isinstance(missing.value, mnist.FullSetBroken) and "\n" not in reason
-    tried = f"MNIST_CV_TEST_DATA unset; MNIST_CV_DATA unset; cache {nothing_at_hand}: no "
-    assert reason.startswith(f"{mnist.SKIP_PREFIX} ({tried}")
-    assert "download: http://127.0.0.1:" in reason and "set MNIST_CV_TEST_DATA to a folder" in reason
+    tried = f"MNIST_CV_TEST_DATA unset; MNIST_CV_DATA unset; cache {nothing_at_hand}: no MNIST .gz files; download: "
+    assert reason.startswith(f"{mnist.SKIP_PREFIX} ({tried}http://127.0.0.1:")
+    assert "download failed" in reason and "set MNIST_CV_TEST_DATA to a folder" in reason
     assert f"fetch-data --to {nothing_at_hand}`" in reason
 
 

@@ -40,7 +40,7 @@ def full_set() -> Path:
     if named:
         problem = _problem(Path(named))
         if problem:
-            raise FullSetBroken(f"MNIST_CV_TEST_DATA={named}: {problem}")
+            raise FullSetBroken(f"MNIST_CV_TEST_DATA={named}: {problem} (it must name the full MNIST's folder)")
         return Path(named)
     cache = data._default_cache_dir()
     tried = ["MNIST_CV_TEST_DATA unset"]
@@ -54,10 +54,10 @@ def full_set() -> Path:
             patch.setattr(data, "DOWNLOAD_TIMEOUT_S", DOWNLOAD_TIMEOUT_S)
             return data.fetch(cache)
     except data.DataError as exc:
-        tried.append(f"download: {exc}")
+        tried.append(f"download: {str(exc).split(' - ')[0]}")  # without the loader's hint: ours follows
     raise FullSetMissing(
         f"{SKIP_PREFIX} ({'; '.join(tried)}): set MNIST_CV_TEST_DATA to a folder with the four MNIST .gz files, "
-        f"or run `python -m job fetch-data --to {cache}` on a machine with a network"
+        f"or fill the cache with `python -m job fetch-data --to {cache}` where there is a network"
     )
 
 
@@ -65,7 +65,7 @@ def _problem(folder: Path) -> str | None:
     """Why `folder` is not the full MNIST as the tests use it (the four .gz files, verified), or None."""
     missing = [f"{name}.gz" for name in data.MNIST_FILES if not (folder / f"{name}.gz").is_file()]
     if missing:
-        return f"no {', '.join(missing)}"
+        return f"no {', '.join(missing)}" if len(missing) < len(data.MNIST_FILES) else "no MNIST .gz files"
     try:
         data.load(folder)  # not custom: anything but the published hashes is refused
     except data.DataError as exc:
