@@ -1,45 +1,28 @@
-"""Fixtures shared by the test files: the real MNIST folder and a way to run the CLI as a user does."""
+"""Fixtures shared by the test files: the MNIST they train on (tests/support/mnist.py says where it comes from)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from job.pair.data import MNIST_FILES
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_mnist() -> Path:
-    """The shared, read-only copy of the real MNIST beside the checkout ($MNIST_CV_TEST_DATA overrides it)."""
-    return Path(os.environ.get("MNIST_CV_TEST_DATA") or ROOT.parent / "shared" / "data" / "mnist")
+from support import mnist
 
 
 @pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    folder = shared_mnist()
-    if not all((folder / f"{name}.gz").is_file() for name in MNIST_FILES):
-        pytest.fail(f"the real MNIST .gz files are not in {folder}: set MNIST_CV_TEST_DATA to a copy")
-    return folder
+def mnist_mini() -> Path:
+    """The real subset shipped with the tests (6,000 training, 1,000 test images): load it with custom=True."""
+    return mnist.MINI
 
 
-def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600):
-    """Run `python -m job ARGS` in a fresh interpreter, as a user or a Slurm task would."""
-    return subprocess.run(
-        [sys.executable, "-m", "job", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def last_line(text: str) -> str:
-    """The final line of a stream (TensorFlow's start-up chatter comes before ours)."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+@pytest.fixture(scope="session")
+def mnist_full() -> Path:
+    """A folder with the four verified full MNIST .gz files; skipped without one (failed if it is required)."""
+    try:
+        return mnist.full_set()
+    except mnist.FullSetMissing as exc:
+        missing = exc
+    # Outside the except block: the report shows the reason alone, not a chain of two exceptions.
+    if isinstance(missing, mnist.FullSetBroken) or os.environ.get(mnist.REQUIRE_FULL) == "1":
+        pytest.fail(str(missing), pytrace=False)
+    pytest.skip(str(missing))

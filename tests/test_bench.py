@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from support import cli
 
 from job.perf.bench import FIGURES, VARIANTS, accuracy_check
 
@@ -35,10 +35,11 @@ def test_needs_an_accuracy_per_variant() -> None:
         accuracy_check([], [0.9], n_val=100)
 
 
-def test_a_tiny_bench_reports_every_figure(mnist_dir: Path) -> None:
+@pytest.mark.slow
+def test_a_tiny_bench_reports_every_figure(mnist_mini: Path) -> None:
     done = cli(
         "bench", "--model", "mlp", "--epochs", "1", "--limit", "1000", "--repeats", "1", "--json",
-        "--data-dir", str(mnist_dir),
+        "--data-dir", str(mnist_mini), "--custom-data",
     )  # fmt: skip
     report = json.loads(done.stdout)
 

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli
+from support import cli
 
 from job.analysis import plots, summary
 from job.cli import main
 from job.pair import data
 from job.pair.protocol import DEFAULT_MODELS, Protocol, all_pairs
+
+pytestmark = pytest.mark.slow  # ten pairs and a final model are trained first: about a minute
 
 EPOCHS = 2  # two points per learning curve: lines, not dots
 LIMIT = 1000  # 800 training and 200 held-out images per fold: a few seconds per pair on a CPU
@@ -32,14 +34,14 @@ FINAL_ARGS = ("final", "--model", "mlp", "--epochs", str(EPOCHS), "--limit", str
 
 
 @pytest.fixture(scope="session")
-def real_results(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def real_results(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RESULTS holding run 'default' with the ten pairs, trained by `python -m job run` as a Slurm task would."""
     results = tmp_path_factory.mktemp("real-results")
 
     def train(pair: Any) -> subprocess.CompletedProcess:
         return cli(
             "run", "--model", pair.model, "--fold", str(pair.fold), "--epochs", str(EPOCHS), "--limit", str(LIMIT),
-            "--data-dir", str(mnist_dir), "--results", str(results),
+            "--data-dir", str(mnist_mini), "--custom-data", "--results", str(results),
         )  # fmt: skip
 
     with ThreadPoolExecutor(2) as pool:  # two at a time: the machine has two cores
@@ -55,10 +57,10 @@ def results_dir(real_results: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_final(real_results: Path, mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def real_final(real_results: Path, mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the ten pairs' RESULTS with a final MLP of their protocol, trained by `python -m job final`."""
     results = Path(shutil.copytree(real_results, tmp_path_factory.mktemp("real-final") / "results"))
-    done = cli(*FINAL_ARGS, "--data-dir", str(mnist_dir), "--results", str(results))
+    done = cli(*FINAL_ARGS, "--data-dir", str(mnist_full), "--results", str(results))
     assert done.returncode == 0, done.stderr[-2000:]
     return results
 
@@ -511,7 +513,7 @@ def test_final_model_is_shown_beside_the_cv_estimate(collect_final: Callable, fi
 
 
 def test_final_figures_show_the_confusion_matrix_and_the_real_misclassified_digits(
-    real_final: Path, mnist_dir: Path
+    real_final: Path, mnist_full: Path
 ) -> None:
     final = final_result(real_final)
     confusion = final["test"]["confusion_matrix"]
@@ -522,7 +524,7 @@ def test_final_figures_show_the_confusion_matrix_and_the_real_misclassified_digi
     counts = {(round(t.get_position()[1]), round(t.get_position()[0])): int(t.get_text()) for t in ax.texts}
     assert counts == {(true, pred): confusion[true][pred] for true in range(10) for pred in range(10)}
 
-    x_test = data.load(mnist_dir).x_test
+    x_test = data.load(mnist_full).x_test
     mistakes = final["test"]["misclassified"]
     fig = plots.misclassified("mlp", mistakes, x_test)
     drawn = [ax for ax in fig.axes if ax.get_images()]
@@ -535,16 +537,16 @@ def test_final_figures_show_the_confusion_matrix_and_the_real_misclassified_digi
         assert label != predicted
 
 
-def _empty_folder(folder: Path, mnist_dir: Path) -> Path:
+def _empty_folder(folder: Path, mnist_full: Path) -> Path:
     return folder
 
 
-def _other_test_images(folder: Path, mnist_dir: Path) -> Path:
+def _other_test_images(folder: Path, mnist_full: Path) -> Path:
     """MNIST with one test image's pixel changed: the files load, but not as the images the model was scored on."""
     for name in data.MNIST_FILES:
         if name != data.TEST_IMAGES:
-            (folder / f"{name}.gz").symlink_to(mnist_dir / f"{name}.gz")
-    pixels = bytearray(gzip.decompress((mnist_dir / f"{data.TEST_IMAGES}.gz").read_bytes()))
+            (folder / f"{name}.gz").symlink_to(mnist_full / f"{name}.gz")
+    pixels = bytearray(gzip.decompress((mnist_full / f"{data.TEST_IMAGES}.gz").read_bytes()))
     pixels[-1] ^= 0xFF
     (folder / data.TEST_IMAGES).write_bytes(pixels)
     return folder
@@ -560,7 +562,7 @@ def _other_test_images(folder: Path, mnist_dir: Path) -> Path:
 def test_grid_is_left_out_with_a_note_when_the_test_images_are_not_at_hand(
     collect_final: Callable,
     final_dir: Path,
-    mnist_dir: Path,
+    mnist_full: Path,
     tmp_path: Path,
     make: Callable[[Path, Path], Path],
     says: str,
@@ -568,7 +570,7 @@ def test_grid_is_left_out_with_a_note_when_the_test_images_are_not_at_hand(
     folder = run_dir(final_dir)
     assert collect_final()[0] == 0 and (folder / "misclassified-mlp.png").exists()
     (tmp_path / "data").mkdir()
-    code, out, err = collect_final("--data-dir", str(make(tmp_path / "data", mnist_dir)))
+    code, out, err = collect_final("--data-dir", str(make(tmp_path / "data", mnist_full)))
     assert (code, err) == (0, "")
     found = read(folder / "summary.json")
     (note,) = found["models"]["mlp"]["final"]["notes"]

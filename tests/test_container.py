@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import ROOT, last_line
-from slurm.cluster import ensure_cluster, reconfigure, submit, wait_for_jobs
+from support import ROOT, last_line
+from support.cluster import ensure_cluster, reconfigure, submit, wait_for_jobs
 
 from job.pair.protocol import Pair
 from job.results import store as results
@@ -284,7 +284,7 @@ def gpu_cluster() -> dict[str, str]:
 
 
 @pytest.mark.slurm
-def test_array_sh_runs_the_pair_inside_the_image(gpu_cluster, mnist_dir: Path, tmp_path: Path) -> None:
+def test_array_sh_runs_the_pair_inside_the_image(gpu_cluster, mnist_full: Path, tmp_path: Path) -> None:
     bin_dir, record = tmp_path / "bin", tmp_path / "apptainer-argv.json"
     bin_dir.mkdir()
     apptainer = bin_dir / "apptainer"
@@ -302,7 +302,7 @@ def test_array_sh_runs_the_pair_inside_the_image(gpu_cluster, mnist_dir: Path, t
         PATH=f"{bin_dir}:{os.environ['PATH']}",
         MNIST_CV_IMAGE=str(image),
         MNIST_CV_ALLOW_CPU="1",  # the node's GPUs are fake: TensorFlow sees none
-        MNIST_CV_DATA=str(mnist_dir),
+        MNIST_CV_DATA=str(mnist_full),
         MNIST_CV_RESULTS=str(out),
         MNIST_CV_HOME=str(ROOT),
     )
@@ -313,7 +313,7 @@ def test_array_sh_runs_the_pair_inside_the_image(gpu_cluster, mnist_dir: Path, t
     assert states == {f"{job}_0": "COMPLETED"}, log.read_text() if log.exists() else states
 
     argv = "\n".join(json.loads(record.read_text())) + "\n"
-    for path, placeholder in [(image, "<IMAGE>"), (out, "<RESULTS>"), (mnist_dir, "<DATA>"), (ROOT, "<HOME>")]:
+    for path, placeholder in [(image, "<IMAGE>"), (out, "<RESULTS>"), (mnist_full, "<DATA>"), (ROOT, "<HOME>")]:
         argv = argv.replace(str(path), placeholder)
     assert argv == (GOLDEN / "array-apptainer-argv.txt").read_text()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from support import ROOT
 
 from job.pair import data
 from job.pair.data import MNIST_FILES, MNIST_SHA256, DataError
@@ -36,12 +36,12 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def gz_copy(mnist_dir: Path, tmp_path: Path) -> Path:
+def gz_copy(mnist_full: Path, tmp_path: Path) -> Path:
     """A writable copy of the four .gz files (copyfile: the shared files' read-only mode is not copied)."""
     folder = tmp_path / "gz"
     folder.mkdir()
     for name in MNIST_FILES:
-        shutil.copyfile(mnist_dir / f"{name}.gz", folder / f"{name}.gz")
+        shutil.copyfile(mnist_full / f"{name}.gz", folder / f"{name}.gz")
     return folder
 
 
@@ -73,18 +73,18 @@ def assert_is_mnist(ds: data.Dataset) -> None:
     assert {name: ds.sha256[name] for name in MNIST_FILES} == MNIST_SHA256
 
 
-def test_loads_the_gz_folder(mnist_dir: Path) -> None:
-    ds = data.load(mnist_dir)
+def test_loads_the_gz_folder(mnist_full: Path) -> None:
+    ds = data.load(mnist_full)
     assert_is_mnist(ds)
-    assert ds.source == str(mnist_dir)
+    assert ds.source == str(mnist_full)
     assert ds.sha256 == MNIST_SHA256
     assert ds.x_train.mean() / 255 == pytest.approx(0.1307, abs=1e-4)
     assert not ds.x_train.flags.writeable  # a shared dataset cannot be changed by accident
 
 
-def test_loads_a_plain_folder(mnist_dir: Path, tmp_path: Path) -> None:
+def test_loads_a_plain_folder(mnist_full: Path, tmp_path: Path) -> None:
     for name in MNIST_FILES:
-        (tmp_path / name).write_bytes(gzip.decompress((mnist_dir / f"{name}.gz").read_bytes()))
+        (tmp_path / name).write_bytes(gzip.decompress((mnist_full / f"{name}.gz").read_bytes()))
     assert_is_mnist(data.load(tmp_path))
 
 
@@ -96,8 +96,8 @@ def test_loads_a_folder_mixing_gz_and_plain(gz_copy: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def npz_file(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ds = data.load(mnist_dir)
+def npz_file(mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ds = data.load(mnist_full)
     path = tmp_path_factory.mktemp("npz") / "mnist.npz"
     np.savez(path, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
     return path
@@ -130,9 +130,9 @@ def test_refuses_a_corrupt_or_incomplete_npz(npz_file: Path, tmp_path: Path) -> 
         data.load(tmp_path / "partial.npz", custom=True)
 
 
-def test_takes_the_folder_from_the_environment(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MNIST_CV_DATA", str(mnist_dir))
-    assert data.load().source == str(mnist_dir)
+def test_takes_the_folder_from_the_environment(mnist_full: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MNIST_CV_DATA", str(mnist_full))
+    assert data.load().source == str(mnist_full)
 
 
 def test_uses_the_keras_cache(npz_file: Path, tmp_path: Path) -> None:
@@ -203,8 +203,8 @@ def test_custom_data_loads_a_modified_copy(gz_copy: Path) -> None:
     assert changed == {data.TRAIN_LABELS, data.TEST_IMAGES}
 
 
-def test_custom_mode_still_names_the_original_mnist(mnist_dir: Path) -> None:
-    assert data.load(mnist_dir, custom=True).name == "mnist"
+def test_custom_mode_still_names_the_original_mnist(mnist_full: Path) -> None:
+    assert data.load(mnist_full, custom=True).name == "mnist"
 
 
 def relabel_count(count: int) -> Callable[[bytearray], bytearray]:

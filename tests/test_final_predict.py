@@ -18,10 +18,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
-from conftest import cli
+from support import cli
 
 from job.cli import main
 from job.pair import data, predict
+
+pytestmark = pytest.mark.slow  # a final model is trained, stopped, resumed: most tests need it
 
 LIMIT, EPOCHS = 3000, 6  # an MLP on 3,000 images: about a second of training, about 90% test accuracy
 
@@ -43,17 +45,17 @@ class Trained(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def dataset(mnist_dir: Path) -> data.Dataset:
-    return data.load(mnist_dir)
+def dataset(mnist_full: Path) -> data.Dataset:
+    return data.load(mnist_full)
 
 
 @pytest.fixture(scope="module")
-def trained(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+def trained(mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """A final MLP: stopped by SIGTERM in its third epoch at the latest (as scancel or a preemption would), rerun to
     the end, then run once more (and skipped)."""
     results = tmp_path_factory.mktemp("results")
     final_args = ["final", "--model", "mlp", "--limit", str(LIMIT), "--epochs", str(EPOCHS), "--run", "t"]
-    final_args += ["--results", str(results), "--data-dir", str(mnist_dir)]
+    final_args += ["--results", str(results), "--data-dir", str(mnist_full)]
     first = subprocess.Popen(
         [sys.executable, "-m", "job", *final_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli
-from slurm.cluster import ensure_cluster
+from support import cli
+from support.cluster import ensure_cluster
 
 from job.cli import build_parser, submit
 from job.launch import argv as launch_argv
@@ -173,11 +173,11 @@ def jobs_run_in(folder: Path, since: str) -> list[str]:
 
 
 @pytest.mark.slurm
-def test_dry_run_prints_the_plan_and_submits_nothing(mnist_dir: Path, tmp_path: Path) -> None:
+def test_dry_run_prints_the_plan_and_submits_nothing(mnist_full: Path, tmp_path: Path) -> None:
     ensure_cluster()
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
     out = tmp_path / "results"
-    done = cli("submit", "--dry-run", "--allow-dirty", "--task-ids", "0,7", *QUICK, "--data-dir", str(mnist_dir),
+    done = cli("submit", "--dry-run", "--allow-dirty", "--task-ids", "0,7", *QUICK, "--data-dir", str(mnist_full),
                "--results", str(out), cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -187,7 +187,7 @@ def test_dry_run_prints_the_plan_and_submits_nothing(mnist_dir: Path, tmp_path: 
         command = shlex.split(line.split(": ", 1)[1])
         assert command[command.index("-m") :] == [
             "-m", "job", "run", "--task-id", str(task_id), "--results", str(out), "--run", "default",
-            "--data-dir", str(mnist_dir), *QUICK,
+            "--data-dir", str(mnist_full), *QUICK,
         ]  # fmt: skip
     assert lines[3] == (
         "resources: name=mnist-cv-pairs, timeout_min=60, cpus_per_task=4, mem_gb=16.0, "

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from slurm.cluster import array_env, submit, wait_for_jobs, with_gpus
+from support.cluster import array_env, submit, wait_for_jobs, with_gpus
 
 from job.errors import JobError
 from job.launch import snapshot
@@ -118,7 +118,7 @@ def assert_ran(out: Path, run: str, commit: str) -> None:
 
 @pytest.mark.slurm
 def test_a_commit_made_while_submit_s_array_waits_does_not_change_what_runs(
-    mnist_dir: Path, clone: Path, tmp_path: Path
+    mnist_full: Path, clone: Path, tmp_path: Path
 ) -> None:
     with_gpus()
     submitted = git(clone, "rev-parse", "HEAD")
@@ -126,7 +126,7 @@ def test_a_commit_made_while_submit_s_array_waits_does_not_change_what_runs(
     env = {**os.environ, "PYTHONPATH": str(clone), "MNIST_CV_ALLOW_CPU": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "job", "submit", "--executor", "slurm", "--task-ids", "0", *QUICK,
-         "--data-dir", str(mnist_dir), "--results", str(out), "--cpus-per-task", "1", "--mem-gb", "3",
+         "--data-dir", str(mnist_full), "--results", str(out), "--cpus-per-task", "1", "--mem-gb", "3",
          "--gpus-per-task", "0", "--slurm-additional", "begin=now+600"],
         cwd=clone, env=env, capture_output=True, text=True,
     )  # fmt: skip
@@ -140,11 +140,11 @@ def test_a_commit_made_while_submit_s_array_waits_does_not_change_what_runs(
 
 
 @pytest.mark.slurm
-def test_the_batch_script_runs_a_snapshot_given_as_mnist_cv_home(mnist_dir: Path, clone: Path, tmp_path: Path) -> None:
+def test_the_batch_script_runs_a_snapshot_given_as_mnist_cv_home(mnist_full: Path, clone: Path, tmp_path: Path) -> None:
     with_gpus()
     submitted = git(clone, "rev-parse", "HEAD")
     out = clone / "results"  # given relative: relative to where sbatch runs, not to the snapshot the task runs in
-    env = array_env(mnist_dir, "results", PYTHONPATH=str(clone))
+    env = array_env(mnist_full, "results", PYTHONPATH=str(clone))
     # The README's one-liner: MNIST_CV_HOME=$(python3 -m job.launch.snapshot) sbatch slurm/array.sh
     frozen = subprocess.run(
         [sys.executable, "-m", "job.launch.snapshot"], cwd=clone, env=env, capture_output=True, text=True

@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
-from slurm.cluster import ensure_cluster, submit
+from support.cluster import ensure_cluster, submit
 
 from job.launch import scheduler
 from job.results.lease import Holder, Lease, LeaseHeld, LeaseLost, read_holder

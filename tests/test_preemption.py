@@ -22,16 +22,15 @@ from typing import Any, NamedTuple
 
 import h5py
 import pytest
-from conftest import last_line
-from slurm.cluster import array_env, wait_for_jobs, with_gpus
+from support import cluster, last_line
+from support.cluster import array_env, wait_for_jobs, with_gpus
 
 from job.pair.protocol import Pair
 from job.results import store as results
-from slurm import cluster
 
 pytestmark = pytest.mark.slow
 
-CONFIG = ("--epochs", "2", "--limit", "3000")
+CONFIG = ("--epochs", "2", "--limit", "3000", "--custom-data")
 EPOCHS = 2
 # What must match bitwise between a resumed and an uninterrupted run: everything but timings and provenance.
 NUMBERS = ("history", "score", "data", "config", "config_id", "model", "fold")
@@ -115,10 +114,10 @@ def checkpointed(watch: dict[Path, Callable[[], bool]], timeout: float = 300) ->
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
+def uninterrupted(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
     """The reference results of cnn folds 0 and 1 (Slurm tasks 5 and 6)."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    procs = {fold: start_pair(fold, out, mnist_dir, cpu_index=fold) for fold in (0, 1)}
+    procs = {fold: start_pair(fold, out, mnist_mini, cpu_index=fold) for fold in (0, 1)}
     for proc in procs.values():
         done = finish(proc)
         assert done.returncode == 0, done.stderr
@@ -128,11 +127,11 @@ def uninterrupted(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def interrupted(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stopped]:
+def interrupted(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stopped]:
     """cnn/fold-0 twice at once, each stopped in its second epoch: by SIGKILL, and by SIGTERM (what scancel sends)."""
     kill_out, term_out = tmp_path_factory.mktemp("sigkill"), tmp_path_factory.mktemp("sigterm")
-    killed = start_pair(0, kill_out, mnist_dir, cpu_index=0)
-    terminated = start_pair(0, term_out, mnist_dir, cpu_index=1)
+    killed = start_pair(0, kill_out, mnist_mini, cpu_index=0)
+    terminated = start_pair(0, term_out, mnist_mini, cpu_index=1)
     kill_state = state_file(kill_out, 0)
     for state in checkpointed({kill_state: running(killed), state_file(term_out, 0): running(terminated)}):
         if state == kill_state:
@@ -144,7 +143,7 @@ def interrupted(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 def test_kill_9_mid_epoch_then_a_rerun_ends_with_the_uninterrupted_numbers(
-    interrupted: dict[str, Stopped], uninterrupted: dict[int, dict[str, Any]], mnist_dir: Path, tmp_path: Path
+    interrupted: dict[str, Stopped], uninterrupted: dict[int, dict[str, Any]], mnist_mini: Path, tmp_path: Path
 ) -> None:
     out, killed = interrupted["sigkill"]
     assert killed.returncode == -9
@@ -152,7 +151,7 @@ def test_kill_9_mid_epoch_then_a_rerun_ends_with_the_uninterrupted_numbers(
     assert 1 <= resumed_from < EPOCHS and not result_path(out, 0).exists()
 
     shutil.copytree(out, tmp_path, dirs_exist_ok=True)
-    rerun = finish(start_pair(0, tmp_path, mnist_dir))
+    rerun = finish(start_pair(0, tmp_path, mnist_mini))
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming from the checkpoint after epoch {resumed_from}" in rerun.stdout
     result = results.read_result(result_path(tmp_path, 0))
@@ -176,10 +175,10 @@ def test_sigterm_exits_3_leaving_the_checkpoint_and_no_result(interrupted: dict[
 
 
 def test_a_rerun_after_sigterm_ends_with_the_uninterrupted_numbers(
-    interrupted: dict[str, Stopped], uninterrupted: dict[int, dict[str, Any]], mnist_dir: Path, tmp_path: Path
+    interrupted: dict[str, Stopped], uninterrupted: dict[int, dict[str, Any]], mnist_mini: Path, tmp_path: Path
 ) -> None:
     shutil.copytree(interrupted["sigterm"].out, tmp_path, dirs_exist_ok=True)
-    rerun = finish(start_pair(0, tmp_path, mnist_dir))
+    rerun = finish(start_pair(0, tmp_path, mnist_mini))
     assert rerun.returncode == 0, rerun.stderr
     result = results.read_result(result_path(tmp_path, 0))
     assert result["resume"] == {"count": 1, "from_epochs": [1]}
@@ -216,7 +215,7 @@ CORRUPTIONS: dict[str, Callable[[Path], None]] = {
 
 @pytest.fixture(scope="module")
 def corrupt_reruns(
-    interrupted: dict[str, Stopped], mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    interrupted: dict[str, Stopped], mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Stopped]:
     """The SIGTERM'd pair's checkpoint damaged in each way of CORRUPTIONS, then rerun; the reruns go at once."""
     procs = {}
@@ -224,7 +223,7 @@ def corrupt_reruns(
         out = tmp_path_factory.mktemp(name)
         shutil.copytree(interrupted["sigterm"].out, out, dirs_exist_ok=True)
         corrupt(checkpoint_dir(out, 0))
-        procs[name] = (out, start_pair(0, out, mnist_dir, cpu_index=index))
+        procs[name] = (out, start_pair(0, out, mnist_mini, cpu_index=index))
     return {name: Stopped(out, finish(proc)) for name, (out, proc) in procs.items()}
 
 
@@ -294,13 +293,13 @@ class FaultedArray(NamedTuple):
 
 @pytest.fixture(scope="module")
 def faulted_array(
-    gpu_cluster: dict[str, str], mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    gpu_cluster: dict[str, str], mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> FaultedArray:
     """Tasks 5-7 of one array (two run at a time). In its second epoch, task 5 gets the time-limit warning exactly
     as Slurm sends it (USR1 to the batch shell; a real --time warning may come up to 60 s early), and task 6 is
     requeued by `scontrol requeue`. Task 7 is left alone."""
     folder = tmp_path_factory.mktemp("faulted-array")
-    job = submit_array(folder, mnist_dir, "--array=5-7")
+    job = submit_array(folder, mnist_mini, "--array=5-7")
     warned = state_file(folder, 0)
     for state in checkpointed({warned: queued(job, 5), state_file(folder, 1): queued(job, 6)}):
         if state == warned:
@@ -350,9 +349,9 @@ def test_scontrol_requeue_of_one_task_resumes_it_and_leaves_the_other_tasks_alon
 
 @pytest.mark.slurm
 def test_scancel_leaves_no_result_and_a_resubmission_finishes_the_pair(
-    gpu_cluster: dict[str, str], uninterrupted: dict[int, dict[str, Any]], mnist_dir: Path, tmp_path: Path
+    gpu_cluster: dict[str, str], uninterrupted: dict[int, dict[str, Any]], mnist_mini: Path, tmp_path: Path
 ) -> None:
-    job = submit_array(tmp_path, mnist_dir, "--array=5")
+    job = submit_array(tmp_path, mnist_mini, "--array=5")
     for _ in checkpointed({state_file(tmp_path, 0): queued(job, 5)}):
         slurm_ok("scancel", f"{job}_5")
     assert wait_for_jobs(job, timeout=120)[f"{job}_5"].startswith("CANCELLED")
@@ -360,7 +359,7 @@ def test_scancel_leaves_no_result_and_a_resubmission_finishes_the_pair(
     assert not result_path(tmp_path, 0).exists() and leftovers(tmp_path) == []
     assert epochs_done(tmp_path, 0) == 1
 
-    again = submit_array(tmp_path, mnist_dir, "--array=5")
+    again = submit_array(tmp_path, mnist_mini, "--array=5")
     assert wait_for_jobs(again, timeout=300) == {f"{again}_5": "COMPLETED"}
     result = results.read_result(result_path(tmp_path, 0))
     assert result["environment"]["slurm"]["array_job_id"] == again

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from slurm.cluster import ensure_cluster, submit
+from support.cluster import ensure_cluster, submit
 
 from job.launch import scheduler
 from job.launch.scheduler import TaskState, _seconds, _state, _task_ids

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import cli, last_line
-from slurm.cluster import (
+from support import cli, cluster, last_line
+from support.cluster import (
     SlurmError,
     array_env,
     reconfigure,
@@ -25,7 +25,6 @@ from slurm.cluster import (
 
 from job.pair.protocol import all_pairs
 from job.results import store as results
-from slurm import cluster
 
 pytestmark = pytest.mark.slurm
 
@@ -45,7 +44,7 @@ class ArrayRun(NamedTuple):
 
 
 def submit_array(folder: Path, data: Path, *sbatch_options: str) -> str:
-    return cluster.submit_array(folder, array_env(data, folder / "results"), QUICK, *sbatch_options)
+    return cluster.submit_array(folder, array_env(data, folder / "results"), (*QUICK, "--custom-data"), *sbatch_options)
 
 
 def sacct(job: str, *fields: str) -> dict[str, dict[str, str]]:
@@ -80,9 +79,9 @@ def gpu_cluster() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ten_pairs(gpu_cluster: dict[str, str], mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> ArrayRun:
+def ten_pairs(gpu_cluster: dict[str, str], mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> ArrayRun:
     folder = tmp_path_factory.mktemp("ten-pairs")
-    job = submit_array(folder, mnist_dir)
+    job = submit_array(folder, mnist_mini)
     return ArrayRun(folder, job, wait_for_jobs(job, timeout=900))
 
 
@@ -149,13 +148,13 @@ def test_a_failing_task_is_failed_in_sacct_with_its_one_line_error_in_its_log(pa
         assert "already done with config" in log_of(partial_failure, task)
 
 
-def test_resubmitting_the_missing_pairs_runs_only_those(partial_failure: ArrayRun, mnist_dir: Path) -> None:
+def test_resubmitting_the_missing_pairs_runs_only_those(partial_failure: ArrayRun, mnist_mini: Path) -> None:
     done_before = result_files(partial_failure.results)
     assert len(done_before) == len(TASKS) - len(LOST)
     spec = missing_pairs(partial_failure.results)
     assert spec == ",".join(map(str, LOST))
 
-    job = submit_array(partial_failure.folder, mnist_dir, f"--array={spec}")
+    job = submit_array(partial_failure.folder, mnist_mini, f"--array={spec}")
     assert wait_for_jobs(job, timeout=300) == {f"{job}_{task}": "COMPLETED" for task in LOST}
     after = result_files(partial_failure.results)
     assert {path: after[path] for path in done_before} == done_before, "a done result was rewritten"
@@ -186,12 +185,12 @@ def restore_default_config(attempts: int = 3) -> dict[str, str]:
 # Last in this file: it restarts the cluster without GPUs, then restores the default config. The same submission
 # on the node with GPUs is accepted and gets one GPU per task (test_each_result_records_...).
 def test_the_gpu_request_is_rejected_on_a_node_without_gpus(
-    gpu_cluster: dict[str, str], mnist_dir: Path, tmp_path: Path
+    gpu_cluster: dict[str, str], mnist_mini: Path, tmp_path: Path
 ) -> None:
     wait_for_an_empty_queue()
     assert reconfigure(fake_gpus=0)["gres"] == "(null)"
     try:
         with pytest.raises(SlurmError, match="Invalid generic resource"):
-            submit_array(tmp_path, mnist_dir)
+            submit_array(tmp_path, mnist_mini)
     finally:
         assert restore_default_config()["gres"].startswith("gpu:")

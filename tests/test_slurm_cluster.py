@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import submitit
-from slurm.cluster import SlurmError, ensure_cluster, reconfigure, submit, wait_for_jobs
+from support.cluster import SlurmError, ensure_cluster, reconfigure, submit, wait_for_jobs
 
 pytestmark = pytest.mark.slurm
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli, last_line
-from slurm.cluster import ensure_cluster, submit
+from support import ROOT, cli, last_line
+from support.cluster import ensure_cluster, submit
 
 from job.launch import scheduler
 from job.pair.protocol import Pair, Protocol
@@ -80,15 +80,15 @@ def row(statuses: list[PairStatus], task_id: int) -> PairStatus:
 
 @pytest.mark.slurm
 def test_status_shows_every_state_of_a_run_and_pairs_missing_skips_queued_and_running(
-    tmp_path: Path, mnist_dir: Path
+    tmp_path: Path, mnist_full: Path
 ) -> None:
     ensure_cluster()
-    run = Run(tmp_path, mnist_dir)
+    run = Run(tmp_path, mnist_full)
     jobs: list[str] = []
     try:
         done = subprocess.Popen(
             [sys.executable, "-m", "job", "run", "--task-id", "0", *PROTOCOL, "--results", str(run.results)]
-            + ["--data-dir", str(mnist_dir), "--allow-cpu"],
+            + ["--data-dir", str(mnist_full), "--allow-cpu"],
             env=run.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

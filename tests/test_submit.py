@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import submitit
-from conftest import cli, last_line
-from slurm.cluster import ensure_cluster, wait_for_jobs
+from support import cli, last_line
+from support.cluster import ensure_cluster, wait_for_jobs
 
 from job.cli import build_parser, submit
 from job.cli.options import protocol_from_args
@@ -34,7 +34,7 @@ from job.pair.train import Preempted
 from job.results import store as results
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-QUICK = ("--epochs", "1", "--limit", "1000")
+QUICK = ("--epochs", "1", "--limit", "1000", "--custom-data")
 SMALL_TASK = ("--cpus-per-task", "1", "--mem-gb", "3")  # two pairs at a time on the 2-CPU node
 ENV = {"MNIST_CV_ALLOW_CPU": "1"}
 DIRTY_OK = ("--allow-dirty",)  # the tasks run a snapshot of this checkout, which may hold uncommitted changes
@@ -225,19 +225,20 @@ def test_checkpoint_stops_the_child_and_requeues_a_fresh_task(tmp_path: Path, mo
 # --- end to end -------------------------------------------------------------------------------------------------
 
 
-def submit_locally(what: list[str], mnist_dir: Path, tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess]:
+def submit_locally(what: list[str], mnist_mini: Path, tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess]:
     """`submit --executor local ... --wait` of `what` on QUICK: (its results folder, the finished command)."""
     out = tmp_path / "results"
     done = cli(
-        "submit", "--executor", "local", *DIRTY_OK, *what, *QUICK, "--data-dir", str(mnist_dir),
+        "submit", "--executor", "local", *DIRTY_OK, *what, *QUICK, "--data-dir", str(mnist_mini),
         "--results", str(out), "--gpus-per-task", "0", "--wait",
         cwd=tmp_path, env=ENV,
     )  # fmt: skip
     return out, done
 
 
-def test_the_local_executor_runs_two_pairs_and_waits_for_them(mnist_dir: Path, tmp_path: Path) -> None:
-    out, done = submit_locally(["--task-ids", "0,5"], mnist_dir, tmp_path)
+@pytest.mark.slow
+def test_the_local_executor_runs_two_pairs_and_waits_for_them(mnist_mini: Path, tmp_path: Path) -> None:
+    out, done = submit_locally(["--task-ids", "0,5"], mnist_mini, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "submitted 2 pairs" in done.stdout and f"logs: {out / 'default' / 'logs'}" in done.stdout
     assert "[2/2]" in done.stdout and "held-out accuracy" in done.stdout
@@ -247,8 +248,8 @@ def test_the_local_executor_runs_two_pairs_and_waits_for_them(mnist_dir: Path, t
         assert result["config"]["epochs"] == 1 and result["environment"]["slurm"] is None
 
 
-def test_the_final_model_is_submitted_the_same_way(mnist_dir: Path, tmp_path: Path) -> None:
-    out, done = submit_locally(["--final", "mlp"], mnist_dir, tmp_path)
+def test_the_final_model_is_submitted_the_same_way(mnist_mini: Path, tmp_path: Path) -> None:
+    out, done = submit_locally(["--final", "mlp"], mnist_mini, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "submitted 1 final model" in done.stdout and "  mlp/final  job " in done.stdout
     assert "[1/1] mlp/final: test accuracy" in done.stdout
@@ -284,7 +285,7 @@ def job_ids(stdout: str) -> list[str]:
 
 @pytest.mark.slurm
 def test_a_failed_pair_is_reported_and_resubmitting_runs_only_the_missing_ones(
-    cluster: dict[str, str], mnist_dir: Path, tmp_path: Path
+    cluster: dict[str, str], mnist_mini: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "results"
     blocker = out / "default" / "cnn"  # a file where the cnn results go: the five cnn pairs fail
@@ -292,7 +293,7 @@ def test_a_failed_pair_is_reported_and_resubmitting_runs_only_the_missing_ones(
     blocker.write_text("not a folder")
     # A GPU when the node declares some: the request must reach Slurm, and the job records what it got.
     gpus = "1" if cluster["gres"].startswith("gpu:") else "0"
-    command = ["submit", "--executor", "slurm", *DIRTY_OK, *QUICK, "--data-dir", str(mnist_dir), "--results", str(out),
+    command = ["submit", "--executor", "slurm", *DIRTY_OK, *QUICK, "--data-dir", str(mnist_mini), "--results", str(out),
                *SMALL_TASK, "--gpus-per-task", gpus, "--wait"]  # fmt: skip
 
     first = cli(*command, cwd=tmp_path, env=ENV)
@@ -320,12 +321,13 @@ def test_a_failed_pair_is_reported_and_resubmitting_runs_only_the_missing_ones(
 
 @pytest.mark.slurm
 def test_a_preempted_pair_is_requeued_and_ends_as_if_uninterrupted(
-    cluster: dict[str, str], mnist_dir: Path, tmp_path: Path
+    cluster: dict[str, str], mnist_mini: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "results"
     # A cnn epoch on 1,600 images lasts a few seconds on one core: time to preempt it between epochs.
     command = ["submit", "--executor", "slurm", *DIRTY_OK, "--task-ids", "5", "--epochs", "4", "--limit", "2000",
-               "--data-dir", str(mnist_dir), "--results", str(out), *SMALL_TASK, "--gpus-per-task", "0"]  # fmt: skip
+               "--custom-data", "--data-dir", str(mnist_mini), "--results", str(out), *SMALL_TASK,
+               "--gpus-per-task", "0"]  # fmt: skip
     reference = cli(*command, "--run", "reference", cwd=tmp_path, env=ENV)
     assert reference.returncode == 0, reference.stderr
     # The preempted pair's submitter waits through the requeue, as a user's would.

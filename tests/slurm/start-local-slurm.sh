@@ -21,7 +21,7 @@
 #                        `--gres=gpu:1` is then rejected with "Invalid generic resource".
 #                        Changing it on a running cluster restarts slurmctld+slurmd (2-3 s).
 #   SLURM_ACCOUNTING=1   0 = no MariaDB/slurmdbd: sacct then fails ("accounting storage is
-#                        disabled"); tests/slurm/cluster.py and submitit need sacct.
+#                        disabled"); tests/support/cluster.py and submitit need sacct.
 #   SLURM_LAB=/tmp/slurmlab  state, logs, pid files, MariaDB data, fake GPU devices
 #   SLURM_PARTITION=debug  SLURM_CLUSTER=local  SLURM_MYSQL_PORT=3306
 #   SLURM_FORCE_CONF=0   1 = overwrite an /etc/slurm/*.conf that this script did not write

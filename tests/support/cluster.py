@@ -1,6 +1,6 @@
 """Helpers for tests that submit real jobs to the local Slurm cluster (start-local-slurm.sh).
 
-Import it from a test module (``from slurm.cluster import ensure_cluster``: pytest puts ``tests/`` on
+Import it from a test module (``from support.cluster import ensure_cluster``: pytest puts ``tests/`` on
 ``sys.path``), and wrap ``ensure_cluster`` in a session fixture. ``MNIST_CV_SLURM`` decides what happens
 when no cluster answers: ``0`` skips the Slurm tests, ``1`` starts one and makes a failure an error,
 unset starts one when that can work here (root, and apt-get or the packages present) and skips otherwise.
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-START_SCRIPT = HERE / "start-local-slurm.sh"
+from . import ROOT
+
+START_SCRIPT = ROOT / "tests" / "slurm" / "start-local-slurm.sh"  # the scripts stay in tests/slurm/ (CI and docs)
 # written into every config file the start script manages: a cluster without it is not ours to restart
 MANAGED_MARKER = "# managed-by: start-local-slurm.sh"
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
@@ -176,7 +177,6 @@ def wait_for_jobs(job_id: str, timeout: float = 120) -> dict[str, str]:
 
 # --- the project's own array script, as the tests submit it -------------------------------------------------------
 
-ROOT = HERE.parents[1]
 ARRAY_SCRIPT = ROOT / "slurm" / "array.sh"
 
 
