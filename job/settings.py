@@ -104,10 +104,16 @@ SLURM = Variable(
     "`0`: skip the Slurm tests; `1`: a cluster that cannot start is an error",
     "tests/slurm/cluster.py",
 )
+REQUIRE_FULL_DATA = Variable(
+    "MNIST_CV_REQUIRE_FULL_DATA",
+    "unset: skip",
+    "`1`: a test that needs the full MNIST and cannot find it fails instead of being skipped (CI sets it)",
+    "tests/support/mnist.py",
+)
 
 VARIABLES: tuple[Variable, ...] = (
     DATA, RESULTS, RUN, IMAGE, PYTHON, HOME, ALLOW_CPU, CACHE, MIRROR,
-    GIT_COMMIT, GIT_DIRTY, IMAGE_SHA256, TEST_DATA, SLURM,
+    GIT_COMMIT, GIT_DIRTY, IMAGE_SHA256, TEST_DATA, SLURM, REQUIRE_FULL_DATA,
 )  # fmt: skip
 
 # The shell scripts that read a variable before Python starts (everything else reads Settings).
