@@ -73,8 +73,9 @@ def describe(error: Exception) -> tuple[str | None, int]:
     if isinstance(error, JobError):
         return str(error), error.exit_code
     if _is_out_of_memory(error):
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return f"out of memory ({first}); a smaller --batch-size needs less", 1
+        text = " ".join(str(error).split()) or type(error).__name__
+        start = text.find("OOM when allocating")  # TensorFlow's message starts with the internal op's name
+        return f"out of memory ({text[max(start, 0) :].split(' [Op:')[0]}); a smaller --batch-size needs less", 1
     if isinstance(error, OSError):  # a full disk, a lost mount, a permission
         return str(error), 1
     return None, 1
