@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # the one place every failure becomes one line
-        message, status = describe(error)
+        message, status = _describe(error)
         if message is None:
             line = f"internal error (a bug): {type(error).__name__}: {error}; {_save_traceback(error, argv, debug)}"
         else:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return status
 
 
-def describe(error: Exception) -> tuple[str | None, int]:
+def _describe(error: Exception) -> tuple[str | None, int]:
     """The one-line message and exit status of a failure we know; (None, 1) for one nobody anticipated."""
     if isinstance(error, JobError):
         return str(error), error.exit_code

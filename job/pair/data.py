@@ -272,11 +272,10 @@ def _load_npz(path: Path, *, custom: bool) -> Dataset:
             with zipfile.ZipFile(f) as npz:
                 members = set(npz.namelist())
                 missing = [key for key in _NPZ_KEYS if f"{key}.npy" not in members]
-                arrays = {
-                    key: read_npy(npz.open(f"{key}.npy"), f"{path}[{key}]", MAX_IDX_BYTES)
-                    for key in _NPZ_KEYS
-                    if key not in missing
-                }
+                arrays = {}
+                for key in _NPZ_KEYS.keys() - missing:
+                    with npz.open(f"{key}.npy") as member:  # inflated only as far as its .npy header declares
+                        arrays[key] = read_npy(member, f"{path}[{key}]", MAX_IDX_BYTES)
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise DataError(f"{path}: not a readable .npz file ({exc})") from None
     if missing:

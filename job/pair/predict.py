@@ -107,7 +107,7 @@ def read_input(path: Path) -> np.ndarray:
 
 def read_labels(path: Path) -> np.ndarray:
     """The labels of an IDX labels file (.gz or plain), checked to be 0-9."""
-    return data.read_idx(Path(path), data.TEST_LABELS).array
+    return data.read_idx(Path(path), data.TEST_LABELS, MAX_INPUT_BYTES).array
 
 
 def _read_npy(f: BinaryIO, path: Path) -> np.ndarray:

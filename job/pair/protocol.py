@@ -40,9 +40,9 @@ class Protocol:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("seed", "split_seed"):
+        for name, label in (("seed", "--seed"), ("split_seed", "split_seed")):
             if not 0 <= getattr(self, name) <= MAX_SEED:
-                raise UsageError(f"--{name.replace('_', '-')} must be 0 to {MAX_SEED}, got {getattr(self, name)}")
+                raise UsageError(f"{label} must be 0 to {MAX_SEED}, got {getattr(self, name)}")
         if self.n_folds < 2:
             raise UsageError(f"n_folds must be at least 2, got {self.n_folds}")
         if self.limit is not None and self.limit < self.min_images:
