@@ -227,6 +227,26 @@ def test_a_full_disk_exits_1_with_one_line_keeps_the_checkpoint_and_a_rerun_resu
         assert result_of(results)["resume"] == {"count": 1, "from_epochs": [1]}
 
 
+@pytest.mark.parametrize("inodes", [6, 7], ids=["weights-write-fails", "state-write-fails"])
+def test_a_checkpoint_write_that_fails_anyway_is_one_line_and_keeps_the_last_checkpoint(
+    inodes: int, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """Room in bytes but not in files (tmpfs nr_inodes): the free-space check passes and the write itself fails.
+
+    6 inodes: the folders, epoch 1's weights and state.json; epoch 2's temp weights file finds none. 7: it gets the
+    last one, and state.json's temp file finds none.
+    """
+    with tmpfs(tmp_path / "disk", "3m", f"nr_inodes={inodes}") as results:
+        failed = cli(*train_args(results, mnist_dir))
+        line = assert_one_line(failed, 1, "run", "cannot save the checkpoint of epoch 2 (No space left on device)")
+        assert line.endswith("the checkpoint after epoch 1 is intact: rerun to resume")
+        assert sorted(p.name for p in checkpoint_of(results).iterdir()) == ["epoch-1.weights.h5", "state.json"]
+        subprocess.run(["mount", "-o", f"remount,nr_inodes={inodes + 4}", str(results)], check=True)
+        rerun = cli(*train_args(results, mnist_dir))
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert result_of(results)["resume"] == {"count": 1, "from_epochs": [1]}
+
+
 # Fill the disk, then save a real model's weights where they do not fit: HDF5 fails in the middle of its write.
 WRITE_FAILS = """
 import sys
