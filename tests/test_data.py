@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -227,8 +229,8 @@ def halve_count_double_rows(content: bytearray) -> bytearray:
         (data.TEST_LABELS, set_byte(3, 0x03), r"bad IDX magic number 0x00000803 \(expected 0x00000801\)"),
         (data.TEST_LABELS, set_byte(LABELS_HEADER + 5, 10), "label 10 at index 5, labels must be 0-9"),
         (data.TEST_LABELS, relabel_count(9999), "9999 labels for 10000 images"),
-        (data.TEST_IMAGES, lambda c: c + b"\0", "7,840,017 bytes but its header says 7,840,016"),
-        (data.TEST_IMAGES, lambda c: c[:100], "100 bytes but its header says 7,840,016"),
+        (data.TEST_IMAGES, lambda c: c + b"\0", "more than the 7,840,016 bytes its header says - padded"),
+        (data.TEST_IMAGES, lambda c: c[:100], "100 bytes but its header says 7,840,016 - truncated"),
         (data.TEST_IMAGES, halve_count_double_rows, r"shape \(5000, 56, 28\), expected \(N, 28, 28\)"),
     ],
     ids=["bad-magic", "label-10", "count-mismatch", "padded", "short", "not-28x28"],
@@ -352,3 +354,141 @@ def test_fetch_data_command(mirror: tuple[str, CountingServer, Path], tmp_path: 
     failed = fetch_data_cli("--to", str(tmp_path / "elsewhere"), "--mirror", url)
     assert failed.returncode == 1
     assert failed.stderr.count("\n") == 1 and "HTTP 404" in failed.stderr
+
+
+# ---- what a file declares is what reading it costs (issue 13, class 5)
+
+BOMB_ZEROS = 1 << 30  # a gzip of ~1 MB that inflates to 1 GiB
+
+
+def gzip_bomb(path: Path, header: bytes, zeros: int = BOMB_ZEROS) -> Path:
+    """A .gz holding `header` then `zeros` zero bytes, compressed as it is written (never 1 GiB in memory)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    chunk = bytes(16 << 20)
+    with open(path, "wb") as out:
+        out.write(packer.compress(header))
+        for _ in range(zeros // len(chunk)):
+            out.write(packer.compress(chunk))
+        out.write(packer.flush())
+    return path
+
+
+def idx_header(magic: int, *shape: int) -> bytes:
+    return b"".join(v.to_bytes(4, "big") for v in (magic, *shape))
+
+
+# `load FOLDER` (custom data allowed) or `fetch FOLDER MIRROR` in a fresh interpreter: the one-line error, then
+# the peak memory in MB.
+PEAK = """
+import resource, sys
+from job.pair import data
+what, folder, *mirror = sys.argv[1:]
+try:
+    data.load(folder, custom=True) if what == "load" else data.fetch(folder, mirror=mirror[0])
+    print("loaded")
+except data.DataError as error:
+    print(error)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def load_in_a_subprocess(function: str, *args: str) -> tuple[str, int]:
+    done = subprocess.run([sys.executable, "-c", PEAK, function, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    message, peak_mb = done.stdout.strip().splitlines()[-2:]
+    return message, int(peak_mb)
+
+
+def test_a_gzip_that_inflates_to_a_gigabyte_is_refused_without_inflating_it(gz_copy: Path) -> None:
+    labels = gz_copy / f"{data.TRAIN_LABELS}.gz"
+    gzip_bomb(labels, gzip.decompress(labels.read_bytes()))  # the real labels, then 1 GiB more
+    message, peak_mb = load_in_a_subprocess("load", str(gz_copy))
+    assert message == f"{labels}: more than the 60,008 bytes its header says - padded"
+    assert peak_mb < 500, peak_mb  # the real MNIST is 55 MB; the padding alone is 1,024 MB
+    print(f"a 1 GiB gzip bomb in the data folder: refused at a peak of {peak_mb} MB")
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        (
+            (2**32 - 1, 28, 28),
+            "its header declares shape (4294967295, 28, 28) (3,367,254,359,296 bytes), over the limit",
+        ),
+        ((1_400_000, 28, 28), "(1,097,600,016 bytes), over the limit of 1,073,741,824"),
+        ((60_000, 2**16, 2**16), r"shape (60000, 65536, 65536), expected (N, 28, 28)"),
+        ((100, 28, 28), "16 bytes but its header says 78,416 - truncated"),
+    ],
+)
+def test_a_header_declaring_a_huge_shape_is_refused_before_allocation(
+    gz_copy: Path, shape: tuple[int, ...], message: str
+) -> None:
+    path = gz_copy / f"{data.TRAIN_IMAGES}.gz"
+    path.write_bytes(gzip.compress(idx_header(0x803, *shape)))
+    got, peak_mb = load_in_a_subprocess("load", str(gz_copy))
+    assert got.startswith(f"{path}: ") and message in got, got
+    assert peak_mb < 300, peak_mb
+
+
+def test_a_mirror_serving_a_gzip_bomb_saves_nothing(mirror: tuple[str, CountingServer, Path], tmp_path: Path) -> None:
+    url, _, served = mirror
+    labels = served / f"{data.TEST_LABELS}.gz"
+    gzip_bomb(labels, gzip.decompress(labels.read_bytes()))
+    cache = tmp_path / "cache"
+    message, peak_mb = load_in_a_subprocess("fetch", str(cache), url)
+    assert message.startswith(f"{cache / data.TEST_LABELS}.gz: more than the 10,008 bytes its header says - padded")
+    assert message.endswith(f"(downloaded from {url}{data.TEST_LABELS}.gz; nothing was saved)")
+    assert f"{data.TEST_LABELS}.gz" not in {p.name for p in cache.iterdir()}
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp file left
+    assert peak_mb < 500, peak_mb
+
+
+def test_a_plain_npy_file_or_a_fifo_as_the_data_is_one_line(tmp_path: Path) -> None:
+    np.save(tmp_path / "x_train.npy", np.zeros((100, 28, 28), np.uint8))
+    with pytest.raises(DataError, match=r"x_train\.npy: not a \.npz file \(the data is a folder of IDX files"):
+        data.load(tmp_path / "x_train.npy")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(DataError, match="fifo: not a regular file"):
+        data.load(tmp_path / "fifo")
+
+
+@pytest.mark.parametrize(("n_train", "n_test"), [(0, 10), (3, 10), (49, 10), (50, 0)])
+def test_a_custom_dataset_too_small_for_the_protocol_is_refused(
+    gz_copy: Path, dataset_arrays: dict[str, np.ndarray], n_train: int, n_test: int
+) -> None:
+    counts = {
+        data.TRAIN_IMAGES: n_train,
+        data.TRAIN_LABELS: n_train,
+        data.TEST_IMAGES: n_test,
+        data.TEST_LABELS: n_test,
+    }
+    for name, count in counts.items():
+        array = dataset_arrays[name][:count]
+        magic = 0x803 if array.ndim == 3 else 0x801
+        (gz_copy / f"{name}.gz").write_bytes(gzip.compress(idx_header(magic, *array.shape) + array.tobytes()))
+    with pytest.raises(DataError) as caught:
+        data.load(gz_copy, custom=True)
+    message = str(caught.value)
+    if n_train < 50:
+        assert f"{data.TRAIN_IMAGES}.gz: {n_train} training images; cross-validation needs at least 50" in message
+    else:
+        assert f"{data.TEST_IMAGES}.gz: no test images" in message
+
+
+@pytest.fixture(scope="module")
+def dataset_arrays(mnist_dir: Path) -> dict[str, np.ndarray]:
+    ds = data.load(mnist_dir)
+    return {
+        data.TRAIN_IMAGES: ds.x_train,
+        data.TRAIN_LABELS: ds.y_train,
+        data.TEST_IMAGES: ds.x_test,
+        data.TEST_LABELS: ds.y_test,
+    }
+
+
+def test_a_custom_dataset_of_fifty_images_loads(gz_copy: Path, dataset_arrays: dict[str, np.ndarray]) -> None:
+    for name, array in dataset_arrays.items():
+        array = array[:50]
+        magic = 0x803 if array.ndim == 3 else 0x801
+        (gz_copy / f"{name}.gz").write_bytes(gzip.compress(idx_header(magic, *array.shape) + array.tobytes()))
+    assert len(data.load(gz_copy, custom=True).x_train) == 50

@@ -1,7 +1,10 @@
 """The `mnist-cv` / `python -m job` command line: one subcommand per module in this package.
 
 Each command module imports only the standard library at its top, so `--help` and argument errors never
-load TensorFlow. Failures become one line on stderr: exit 2 for usage errors, 1 for runtime failures.
+load TensorFlow. Every failure ends as one line on stderr and an exit status:
+2 usage error, 1 runtime failure (GPU out of memory included), 3 stopped by a signal (from JobError.exit_code),
+130 interrupted with Ctrl-C. An exception nobody anticipated is a bug: one line saying so, exit 1, and its
+traceback in a file in the temp folder ($TMPDIR, else /tmp) that the line names; `--debug` prints it instead.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
+import time
+import traceback
 from typing import NoReturn
 
 from job.errors import JobError
@@ -22,13 +28,16 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is a single line (the usage block is one `--help` away)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=PROG,
         description="5-fold cross-validation of the Keras MNIST tutorial's MLP and CNN, one (model, fold) pair a job.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an internal error (a bug) instead of saving it"
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMANDS:
@@ -37,21 +46,69 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    prefix, debug = PROG, "--debug" in argv[:1]  # known before parsing, so a failure while parsing is reported alike
     try:
+        args = build_parser().parse_args(argv)
+        prefix = f"{PROG} {args.command}"
         return int(args.handler(args) or 0)
     except BrokenPipeError:  # `mnist-cv pairs | head`: the reader left early, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit stays quiet
         return 0
-    except JobError as error:
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except OSError as error:  # a full disk, a lost mount, a permission: one line, not a traceback
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # the one place every failure becomes one line
+        message, status = _describe(error)
+        if message is None:
+            line = f"internal error (a bug): {type(error).__name__}: {error}; {_save_traceback(error, argv, debug)}"
+        else:
+            line = f"error: {message}"
+        print(f"{prefix}: {one_line(line)}", file=sys.stderr)
+        return status
+
+
+def _describe(error: Exception) -> tuple[str | None, int]:
+    """The one-line message and exit status of a failure we know; (None, 1) for one nobody anticipated."""
+    if isinstance(error, JobError):
+        return str(error), error.exit_code
+    if _is_out_of_memory(error):
+        text = " ".join(str(error).split()) or type(error).__name__
+        start = text.find("OOM when allocating")  # TensorFlow's message starts with the internal op's name
+        return f"out of memory ({text[max(start, 0) :].split(' [Op:')[0]}); a smaller --batch-size needs less", 1
+    if isinstance(error, OSError):  # a full disk, a lost mount, a permission
+        return str(error), 1
+    return None, 1
+
+
+def _is_out_of_memory(error: Exception) -> bool:
+    """A host allocation failure, or TensorFlow's (a GPU's memory is full) - without importing TensorFlow."""
+    if isinstance(error, MemoryError):
+        return True
+    tf = sys.modules.get("tensorflow")  # an error of TensorFlow's can only come from a process that loaded it
+    errors = getattr(tf, "errors", None)
+    return errors is not None and isinstance(error, errors.ResourceExhaustedError)
+
+
+def _save_traceback(error: Exception, argv: list[str], debug: bool) -> str:
+    """Where the traceback went: stderr with --debug, else a file in the temp folder."""
+    text = "".join(traceback.format_exception(error))
+    if debug:
+        sys.stderr.write(text)
+        return "traceback above"
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"{PROG}-{stamp}-", suffix=".traceback.txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{PROG} {' '.join(argv)}\n{text}")
+    except OSError as failed:
+        return f"its traceback could not be saved ({failed.strerror or failed}): rerun with --debug to see it"
+    return f"traceback in {path}"
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: line breaks and other control characters, from file names or library errors, escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":

@@ -53,17 +53,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--rows must be at least 1, got {args.rows}")
     if args.labels is not None and len(args.images) != 1:
         raise UsageError("--labels goes with exactly one IMAGE (an IDX file or a .npy batch)")
-    from job.cli import PROG
+    from job.cli import PROG, one_line
     from job.pair import predict
 
     model = predict.load_model(args.model_file)
     labels = None if args.labels is None else predict.read_labels(args.labels)
     inputs, errors = predict.read_inputs(args.images)
-    for error in errors:
-        print(f"{PROG} predict: error: {error}", file=sys.stderr)
     if labels is not None and inputs.names and len(labels) != len(inputs.names):
         raise JobError(f"{args.labels}: {len(labels)} labels for {len(inputs.names)} images")
-    rows, accuracy = _predictions(model, inputs, args.top, labels)
+    rows, accuracy = _predictions(model, inputs, args.top, labels, errors)
+    for error in errors:
+        print(f"{PROG} predict: error: {one_line(error)}", file=sys.stderr)
     if args.json:
         report = {"model_file": str(args.model_file), "predictions": rows, "accuracy": accuracy, "errors": errors}
         print(json.dumps(report))
@@ -73,21 +73,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predictions(
-    model: Any, inputs: Inputs, k: int, labels: np.ndarray | None
+    model: Any, inputs: Inputs, k: int, labels: np.ndarray | None, errors: list[str]
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """One row per input (its digit, top k probabilities and, given labels, its label) and the accuracy."""
+    """One row per input (its digit, top k probabilities and, given labels, its label) and the accuracy.
+
+    An input the model gives non-finite probabilities for gets a line in `errors` instead of a row.
+    """
+    import numpy as np
+
     from job.pair import predict
 
     if not inputs.names:
         return [], None
-    tops = predict.top_k(predict.probabilities(model, inputs.pixels), k)
+    probs = predict.probabilities(model, inputs.pixels)
+    finite = np.isfinite(probs).all(axis=1)
+    errors += [f"{name}: the model's probabilities are not finite numbers" for name in np.array(inputs.names)[~finite]]
+    tops = predict.top_k(probs, k)
     rows = [
         {"input": name, "digit": top[0][0], "top": [{"digit": d, "probability": p} for d, p in top]}
-        for name, top in zip(inputs.names, tops, strict=True)
+        for name, top, ok in zip(inputs.names, tops, finite, strict=True)
+        if ok
     ]
-    if labels is None:
+    if labels is None or not rows:
         return rows, None
-    for row, label in zip(rows, labels, strict=True):
+    for row, label in zip(rows, labels[finite], strict=True):
         row["label"] = int(label)
     correct = sum(row["digit"] == row["label"] for row in rows)
     return rows, {"accuracy": correct / len(rows), "correct": correct, "total": len(rows)}
@@ -95,8 +104,8 @@ def _predictions(
 
 def _print_table(rows: list[dict[str, Any]], accuracy: dict[str, Any] | None, max_rows: int) -> None:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     labelled = accuracy is not None
     table = Table(caption=f"{len(rows) - max_rows} more rows: --json lists all" if len(rows) > max_rows else None)
@@ -105,9 +114,9 @@ def _print_table(rows: list[dict[str, Any]], accuracy: dict[str, Any] | None, ma
         table.add_column(column)
     for row in rows[:max_rows]:
         top = "  ".join(f"{t['digit']} {t['probability'] * 100:.1f}%" for t in row["top"])
-        cells = [escape(row["input"]), str(row["digit"]), top]  # a file name may hold [brackets]
+        cells = [Text(row["input"]), str(row["digit"]), top]  # Text: a file name's [brackets] or :emoji: stay text
         if labelled:
-            cells.append(f"[green]{row['label']}[/]" if row["label"] == row["digit"] else f"[red]{row['label']}[/]")
+            cells.append(Text(str(row["label"]), style="green" if row["label"] == row["digit"] else "red"))
         table.add_row(*cells)
     console = Console()
     if rows:

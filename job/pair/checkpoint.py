@@ -2,19 +2,30 @@
 
 Layout of `fold-<k>.ckpt/`: `state.json` (config id, epochs done, history, the weights file's name and sha256)
 and `epoch-<n>.weights.h5`. The weights are written first under a new name, then state.json is replaced
-atomically, then the previous weights file is removed: a kill at any instant leaves a consistent pair.
+atomically, then the previous weights file is removed: a kill at any instant leaves a consistent pair, and a
+save that fails (a full disk) leaves the previous checkpoint as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from job.errors import JobError
 from job.results import atomic
+
+# What a save writes beside the variables' raw bytes (HDF5's groups and names: 18 KB for the mlp; state.json):
+# asked for on top, so a save that starts has room to finish.
+H5_OVERHEAD_BYTES = 256 << 10
 
 
 @dataclass
@@ -32,7 +43,11 @@ class TrainState:
 
 
 class CorruptCheckpoint(Exception):
-    """The checkpoint cannot be trusted; the pair starts over."""
+    """The checkpoint cannot be trusted (damaged, or edited by hand); the pair starts over."""
+
+
+class CheckpointError(JobError):
+    """A checkpoint could not be saved (a full disk, say); the previous one is intact."""
 
 
 class Checkpoint:
@@ -53,27 +68,58 @@ class Checkpoint:
     def save(self, model: Any, state: TrainState) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = self.folder / f"epoch-{state.epochs_done}.weights.h5"
-        with atomic.replacing(weights) as tmp:  # keeps the .weights.h5 suffix Keras insists on
-            model.save_weights(tmp)
-        atomic.write_json(self.state_file, {**asdict(state), "weights": weights.name, "sha256": sha256_file(weights)})
+        before = self.epochs_done()
+        kept = f"the checkpoint after epoch {before} is intact" if before else "no checkpoint was saved yet"
+        needed, free = self._space_needed(model), shutil.disk_usage(self.folder).free
+        if free < needed:
+            raise CheckpointError(
+                f"{self.folder}: no room for the checkpoint of epoch {state.epochs_done} "
+                f"({needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free); {kept}: free space and rerun to resume"
+            )
+        try:
+            with atomic.replacing(weights) as tmp:  # keeps the .weights.h5 suffix Keras insists on
+                _save_weights(model, tmp)
+            atomic.write_json(
+                self.state_file, {**asdict(state), "weights": weights.name, "sha256": sha256_file(weights)}
+            )
+        except OSError as error:
+            weights.unlink(missing_ok=True)  # state.json still names the previous weights
+            reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
+            raise CheckpointError(
+                f"{self.folder}: cannot save the checkpoint of epoch {state.epochs_done} ({reason}); "
+                f"{kept}: rerun to resume"
+            ) from None
         for stale in self.folder.glob("*.weights.h5"):
             if stale != weights:
                 stale.unlink()
 
+    def _space_needed(self, model: Any) -> int:
+        """Bytes a save takes: the size of the last weights file, else the model's and optimizer's variables."""
+        previous = [path.stat().st_size for path in self.folder.glob("*.weights.h5")]
+        if previous:
+            return max(previous) + H5_OVERHEAD_BYTES  # ample for state.json, whose history grows
+        variables = [*model.weights, *model.optimizer.variables]
+        return sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables) + H5_OVERHEAD_BYTES
+
     def load(self, model: Any, config_id: str) -> TrainState | None:
         """Restore `model` and return the state; None when the checkpoint belongs to another config.
 
-        Raises CorruptCheckpoint when the files are torn, truncated or do not match their recorded hash.
+        Raises CorruptCheckpoint when the files are torn, truncated, do not match their recorded hash, or
+        state.json was edited into something a save never writes.
         """
         try:
             saved = json.loads(self.state_file.read_text())
-            weights = self.folder / saved.pop("weights")
+            weights_name = saved.pop("weights")
             expected = saved.pop("sha256")
             state = TrainState(**saved)
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise CorruptCheckpoint(f"{self.state_file}: unreadable ({error})") from None
         if state.config_id != config_id:
             return None
+        problem = _inconsistency(state, weights_name, expected)
+        if problem:
+            raise CorruptCheckpoint(f"{self.state_file}: not as a save writes it ({problem})")
+        weights = self.folder / weights_name
         if not weights.exists() or sha256_file(weights) != expected:
             raise CorruptCheckpoint(f"{weights}: missing or does not match its recorded sha256")
         try:
@@ -86,6 +132,48 @@ class Checkpoint:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _save_weights(model: Any, path: Path) -> None:
+    try:
+        model.save_weights(path)
+    except OSError:
+        # HDF5 keeps a file whose write failed open, and flushing it again at exit crashes the process (exit 139).
+        # Emptying the file frees the space that flush needs; closing it by its id ends HDF5's hold on it.
+        import h5py
+
+        os.truncate(path, 0)
+        for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+            if Path(os.fsdecode(file_id.name)) == Path(path):
+                with contextlib.suppress(Exception):  # best effort: the write's own error is the one to report
+                    h5py.File(file_id).close()
+        raise
+
+
+def _inconsistency(state: TrainState, weights_name: Any, sha256: Any) -> str | None:
+    """What in a loaded state.json no save writes (hand edits, wrong types); None when it is consistent."""
+    done = state.epochs_done
+    if type(done) is not int or done < 1:
+        return f"epochs_done {done!r} is not a whole number of at least 1"
+    if weights_name != f"epoch-{done}.weights.h5":
+        return f"weights {weights_name!r} is not epoch-{done}.weights.h5"
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        return "sha256 is not a SHA-256"
+    lists = {**state.history, "epoch_seconds": state.epoch_seconds} if isinstance(state.history, dict) else None
+    if lists is None or set(state.history) != set(TrainState(config_id="").history):
+        return "history does not hold loss, accuracy, val_loss and val_accuracy"
+    for key, values in lists.items():
+        if not isinstance(values, list) or len(values) != done:
+            return f"{key} does not hold {done} values, one per epoch done"
+        if not all(type(v) in (int, float) and math.isfinite(v) for v in values):
+            return f"{key} holds something other than finite numbers"
+    if not isinstance(state.resumed_from, list) or not all(
+        type(e) is int and 0 <= e < done for e in state.resumed_from
+    ):
+        return "resumed_from is not a list of earlier epochs"
+    if state.start_utc is not None and not isinstance(state.start_utc, str):
+        return "start_utc is not a time stamp"
+    return None
 
 
 def sha256_file(path: Path) -> str:

@@ -11,20 +11,23 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
-import io
 import math
 import os
+import stat
 import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from job.errors import JobError
+from job.pair.checkpoint import sha256_file
+from job.pair.protocol import MIN_IMAGES_PER_FOLD, Protocol
 from job.results import atomic
 from job.settings import settings
 
@@ -46,9 +49,17 @@ MNIST_SHA256: dict[str, str] = {
 DEFAULT_MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 DOWNLOAD_TIMEOUT_S = 60
 
+# The most bytes one IDX file or npz array may declare. MNIST's largest file is 47 MB: this admits a custom
+# dataset twenty times its size while refusing a header, or a gzip, that would have a process allocate gigabytes.
+MAX_IDX_BYTES = 1 << 30
+MNIST_MAX_BYTES = 16 + 60_000 * 28 * 28  # the training images, the largest of the four MNIST files
+MAX_DOWNLOAD_BYTES = 64 << 20  # the four MNIST .gz files are 9.9 MB at most; a mirror sending more is wrong
+
 _IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _IMAGE_SIDE = 28
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGIC = b"PK\x03\x04"
 _NPZ_KEYS = {"x_train": TRAIN_IMAGES, "y_train": TRAIN_LABELS, "x_test": TEST_IMAGES, "y_test": TEST_LABELS}
 _NO_DATA_HINT = "set MNIST_CV_DATA or pass --data-dir to a folder holding the MNIST files"
 _CUSTOM_HINT = "not the original MNIST; pass --custom-data to load a different IDX dataset"
@@ -104,10 +115,10 @@ def load(
         folder = Path(cache_dir or _default_cache_dir()).expanduser()
         parts = {name: _ensure(folder, name, _mirror(mirror)) for name in MNIST_FILES}
         return _dataset(parts, str(folder), custom=custom)
-    if local.is_file():
-        return _load_npz(local, custom=custom)
     if local.is_dir():
         return _load_folder(local, custom=custom)
+    if local.exists():
+        return _load_npz(local, custom=custom)
     raise DataError(f"{local}: no such file or folder - {_NO_DATA_HINT}")
 
 
@@ -167,48 +178,70 @@ def _idx_path(folder: Path, name: str) -> Path | None:
     return None
 
 
-def read_idx(path: Path, name: str) -> IdxFile:
-    """One IDX file (.gz or plain) parsed and structure-checked; `name` (one of MNIST_FILES) says which kind."""
+def read_idx(path: Path, name: str, max_bytes: int = MAX_IDX_BYTES) -> IdxFile:
+    """One IDX file (gzipped or plain) parsed and structure-checked; `name` (one of MNIST_FILES) says which kind.
+
+    The header is checked before the data is read, and no more than it declares (at most `max_bytes`) is ever
+    read or decompressed: a gzip that inflates to gigabytes costs what its header declares, not gigabytes.
+    """
+    with open_regular(path) as f:
+        gzipped = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        try:
+            if gzipped:
+                with gzip.GzipFile(fileobj=f) as stream:
+                    return _read_idx_stream(stream, name, str(path), max_bytes)
+            return _read_idx_stream(f, name, str(path), max_bytes)
+        except EOFError:
+            raise DataError(f"{path}: truncated gzip file (ends before the end of its stream)") from None
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            raise DataError(f"{path}: corrupt gzip file ({exc})") from None
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading; a FIFO, a device (/dev/zero never ends) or a folder is refused in one line."""
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # without O_NONBLOCK, opening a FIFO waits for a writer
     except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    return _parse_file(raw, name, str(path), gzipped=path.suffix == ".gz")
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DataError(f"{path}: not a regular file")
+    return os.fdopen(fd, "rb")
 
 
-def _parse_file(raw: bytes, name: str, where: str, *, gzipped: bool) -> IdxFile:
-    content = _gunzip(raw, where) if gzipped else raw
-    array = _parse_idx(content, name, where)
-    return IdxFile(where, array, hashlib.sha256(content).hexdigest())
-
-
-def _gunzip(raw: bytes, where: str) -> bytes:
-    try:
-        return gzip.decompress(raw)
-    except EOFError as exc:
-        raise DataError(f"{where}: truncated gzip file (ends before the end of its stream)") from exc
-    except (OSError, zlib.error) as exc:
-        raise DataError(f"{where}: corrupt gzip file ({exc})") from exc
-
-
-def _parse_idx(content: bytes, name: str, where: str) -> np.ndarray:
-    """Check the IDX header against the content and return a read-only uint8 view of the data."""
+def _read_idx_stream(stream: BinaryIO, name: str, where: str, max_bytes: int) -> IdxFile:
+    """Check the IDX header, then read exactly the data it declares; a read-only uint8 array."""
     images = _is_images(name)
     ndim = 3 if images else 1
     header_len = 4 + 4 * ndim
-    if len(content) < header_len:
-        raise DataError(f"{where}: {len(content)} bytes, too short for an IDX header")
-    magic = int.from_bytes(content[:4], "big")
+    header = stream.read(header_len)
+    if len(header) < header_len:
+        raise DataError(f"{where}: {len(header)} bytes, too short for an IDX header")
+    magic = int.from_bytes(header[:4], "big")
     expected_magic = _IMAGES_MAGIC if images else _LABELS_MAGIC
     if magic != expected_magic:
         raise DataError(f"{where}: bad IDX magic number 0x{magic:08x} (expected 0x{expected_magic:08x})")
-    shape = tuple(int(d) for d in np.frombuffer(content, ">u4", count=ndim, offset=4))
+    shape = tuple(int.from_bytes(header[i : i + 4], "big") for i in range(4, header_len, 4))
+    if images and shape[1:] != (_IMAGE_SIDE, _IMAGE_SIDE):
+        raise DataError(f"{where}: shape {shape}, expected (N, {_IMAGE_SIDE}, {_IMAGE_SIDE})")
     expected_len = header_len + math.prod(shape)
-    if len(content) != expected_len:
-        raise DataError(f"{where}: {len(content):,} bytes but its header says {expected_len:,} - truncated or padded")
-    array = np.frombuffer(content, np.uint8, offset=header_len).reshape(shape)
+    if expected_len > max_bytes:
+        raise DataError(
+            f"{where}: its header declares shape {shape} ({expected_len:,} bytes), over the limit of {max_bytes:,}"
+        )
+    body = stream.read(expected_len - header_len)
+    if len(body) < expected_len - header_len:
+        raise DataError(f"{where}: {header_len + len(body):,} bytes but its header says {expected_len:,} - truncated")
+    if stream.read(1):  # one byte more is enough to know, however much more there is
+        raise DataError(f"{where}: more than the {expected_len:,} bytes its header says - padded")
+    array = np.frombuffer(body, np.uint8).reshape(shape)
     _check_array(array, name, where)
-    return array
+    digest = hashlib.sha256(header)
+    digest.update(body)
+    return IdxFile(where, array, digest.hexdigest())
 
 
 def _is_images(name: str) -> bool:
@@ -233,17 +266,48 @@ def _check_array(array: np.ndarray, name: str, where: str) -> None:
 
 
 def _load_npz(path: Path, *, custom: bool) -> Dataset:
-    try:
-        raw = path.read_bytes()
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            missing = [key for key in _NPZ_KEYS if key not in npz.files]
-            arrays = {key: npz[key] for key in _NPZ_KEYS if key not in missing}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    with open_regular(path) as f:
+        if f.read(4) != _ZIP_MAGIC:  # a .npy, say, given where the data goes
+            raise DataError(f"{path}: not a .npz file (the data is a folder of IDX files or a Keras mnist.npz)")
+        try:
+            with zipfile.ZipFile(f) as npz:
+                members = set(npz.namelist())
+                missing = [key for key in _NPZ_KEYS if f"{key}.npy" not in members]
+                arrays = {}
+                for key in _NPZ_KEYS.keys() - missing:
+                    with npz.open(f"{key}.npy") as member:  # inflated only as far as its .npy header declares
+                        arrays[key] = read_npy(member, f"{path}[{key}]", MAX_IDX_BYTES)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"{path}: not a readable .npz file ({exc})") from None
     if missing:
         raise DataError(f"{path}: no {', '.join(missing)} array (a mnist.npz holds {', '.join(_NPZ_KEYS)})")
     parts = {name: _npz_part(arrays[key], name, f"{path}[{key}]") for key, name in _NPZ_KEYS.items()}
-    return _dataset(parts, str(path), custom=custom, extra={path.name: hashlib.sha256(raw).hexdigest()})
+    return _dataset(parts, str(path), custom=custom, extra={path.name: sha256_file(path)})
+
+
+def read_npy(f: BinaryIO, where: str, max_bytes: int) -> np.ndarray:
+    """The array in a .npy stream, its header checked before any data is read: numbers only, at most
+    `max_bytes` of them, and exactly as many bytes as the header declares."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+        shape, fortran_order, dtype = read_header[version](f)
+    except ValueError as exc:
+        raise DataError(f"{where}: not a readable .npy array ({exc})") from None
+    if dtype.hasobject or dtype.fields is not None:
+        raise DataError(f"{where}: dtype {dtype} is not numbers")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > max_bytes:
+        raise DataError(
+            f"{where}: its header declares shape {shape} of {dtype} ({nbytes:,} bytes), over the limit of {max_bytes:,}"
+        )
+    content = f.read(nbytes)
+    if len(content) < nbytes or f.read(1):
+        holds = "fewer" if len(content) < nbytes else "more"
+        raise DataError(f"{where}: its header declares {nbytes:,} bytes of data, the file holds {holds}")
+    return np.frombuffer(content, dtype).reshape(shape, order="F" if fortran_order else "C")
 
 
 def _npz_part(array: np.ndarray, name: str, where: str) -> IdxFile:
@@ -266,6 +330,14 @@ def _dataset(parts: dict[str, IdxFile], source: str, *, custom: bool, extra: dic
         n_images, n_labels = len(parts[images].array), len(parts[labels].array)
         if n_images != n_labels:
             raise DataError(f"{parts[labels].where}: {n_labels} labels for {n_images} images")
+    n_train, minimum = len(parts[TRAIN_IMAGES].array), Protocol().min_images
+    if n_train < minimum:
+        raise DataError(
+            f"{parts[TRAIN_IMAGES].where}: {n_train} training images; cross-validation needs at least {minimum} "
+            f"({MIN_IMAGES_PER_FOLD} per fold)"
+        )
+    if not len(parts[TEST_IMAGES].array):
+        raise DataError(f"{parts[TEST_IMAGES].where}: no test images (the final model is scored on them)")
     mismatch = next((name for name in MNIST_FILES if parts[name].sha256 != MNIST_SHA256[name]), None)
     if mismatch is not None and not custom:
         raise DataError(f"{parts[mismatch].where}: {_mismatch(parts[mismatch].sha256, mismatch)} - {_CUSTOM_HINT}")
@@ -292,7 +364,7 @@ def _ensure(folder: Path, name: str, mirror: str) -> IdxFile:
     dest = folder / f"{name}.gz"
     if dest.is_file():
         try:
-            return _verified(read_idx(dest, name), name)
+            return _verified(read_idx(dest, name, MNIST_MAX_BYTES), name)
         except DataError:
             pass  # a broken or foreign copy: replace it with a fresh download
     return _download(f"{mirror.rstrip('/')}/{name}.gz", dest, name)
@@ -305,33 +377,41 @@ def _verified(part: IdxFile, name: str) -> IdxFile:
 
 
 def _download(url: str, dest: Path, name: str) -> IdxFile:
-    """Fetch, verify in memory, then write a temp file beside ``dest`` and rename it into place.
+    """Stream to a temp file beside ``dest``, verify it, then rename it into place.
 
-    The rename is atomic, so concurrent array tasks downloading the same file never see a partial one.
+    The rename is atomic, so concurrent array tasks downloading the same file never see a partial one;
+    a download that fails verification is removed.
     """
-    raw = _http_get(url)
     try:
-        part = _verified(_parse_file(raw, name, str(dest), gzipped=True), name)
-    except DataError as exc:
-        raise DataError(f"{exc} (downloaded from {url}; nothing was saved)") from exc
-    _write_atomic(dest, raw)
-    return part
+        with atomic.replacing(dest) as tmp:
+            with open(tmp, "wb") as out:
+                for chunk in _http_chunks(url):
+                    out.write(chunk)
+            try:
+                part = _verified(read_idx(tmp, name, MNIST_MAX_BYTES), name)
+            except DataError as exc:
+                where = str(exc).replace(str(tmp), str(dest), 1)
+                raise DataError(f"{where} (downloaded from {url}; nothing was saved)") from None
+    except OSError as exc:
+        raise DataError(f"{dest}: cannot save the download ({exc.strerror or exc})") from None
+    return IdxFile(str(dest), part.array, part.sha256)
 
 
-def _http_get(url: str) -> bytes:
+def _http_chunks(url: str) -> Iterator[bytes]:
+    """The body of ``url`` in chunks, at most MAX_DOWNLOAD_BYTES of it; network failures as one DataError."""
+    received = 0
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            return response.read()
+            while chunk := response.read(1 << 20):
+                received += len(chunk)
+                if received > MAX_DOWNLOAD_BYTES:
+                    raise DataError(
+                        f"{url}: more than {MAX_DOWNLOAD_BYTES:,} bytes, not an MNIST file - {_NO_DATA_HINT}"
+                    )
+                yield chunk
     except urllib.error.HTTPError as exc:
-        raise DataError(f"{url}: download failed (HTTP {exc.code} {exc.reason}) - {_NO_DATA_HINT}") from exc
+        raise DataError(f"{url}: download failed (HTTP {exc.code} {exc.reason}) - {_NO_DATA_HINT}") from None
     except urllib.error.URLError as exc:
-        raise DataError(f"{url}: download failed ({exc.reason}) - {_NO_DATA_HINT}") from exc
+        raise DataError(f"{url}: download failed ({exc.reason}) - {_NO_DATA_HINT}") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise DataError(f"{url}: download failed ({exc!r}) - {_NO_DATA_HINT}") from exc
-
-
-def _write_atomic(dest: Path, data: bytes) -> None:
-    try:
-        atomic.write_bytes(dest, data)
-    except OSError as exc:
-        raise DataError(f"{dest}: cannot save the download ({exc.strerror or exc})") from exc
+        raise DataError(f"{url}: download failed ({exc!r}) - {_NO_DATA_HINT}") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -24,6 +24,10 @@ CENTRE = 14.0  # ...and their centre of mass is at pixel (14, 14) of the 28x28 f
 INK = 0.2  # a pixel above this fraction of the strongest ink is in the bounding box (faint halos and noise are not)
 MIN_CONTRAST = 32  # grey levels between the background and the ink; less is a blank or flat image
 PREDICT_BATCH = 1000
+# Inputs are checked against these before they are decoded or read: the size a header declares is what a read costs.
+MAX_INPUT_BYTES = 128 << 20  # the data of one .npy or IDX input: 170,000 images as uint8, 21,000 as float64
+MAX_PIXELS = 25_000_000  # one image (5,000 x 5,000): a 13,000-pixel square PNG would take gigabytes to decode
+JPEG_DRAFT_SIDE = 1024  # a large JPEG is decoded at 1/2 to 1/8 scale, no smaller than this: a digit needs 20 px
 
 
 @dataclass
@@ -58,6 +62,8 @@ def load_model(path: Path) -> Any:
             f"{path}: not an MNIST digit model (input shape {shapes[0]}, output shape {shapes[1]}; "
             f"expected (None, 28, 28, 1) and (None, 10))"
         )
+    if not all(np.isfinite(weights).all() for weights in model.get_weights()):
+        raise JobError(f"{path}: its weights hold NaN or infinite values (a training that diverged?)")
     return model
 
 
@@ -85,15 +91,13 @@ def read_inputs(paths: list[Path]) -> tuple[Inputs, list[str]]:
 
 def read_input(path: Path) -> np.ndarray:
     """The (N, 28, 28) float32 images in one file, told apart by content, not by name."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-    except OSError as error:
-        raise JobError(f"{path}: cannot read ({error.strerror or error})") from None
-    if head.startswith(b"\x93NUMPY"):
-        return _read_npy(path)
+    with data.open_regular(path) as f:  # a FIFO or /dev/zero is refused here, not read forever
+        head = f.read(6)
+        if head.startswith(b"\x93NUMPY"):
+            f.seek(0)
+            return _read_npy(f, path)
     if head[:2] in (b"\x1f\x8b", b"\x00\x00"):  # gzip, or the two zero bytes every IDX file starts with
-        return data.read_idx(path, data.TEST_IMAGES).array.astype(np.float32) / 255
+        return data.read_idx(path, data.TEST_IMAGES, MAX_INPUT_BYTES).array.astype(np.float32) / 255
     gray = _read_image(path)
     try:
         return to_mnist(gray)[np.newaxis]
@@ -103,14 +107,14 @@ def read_input(path: Path) -> np.ndarray:
 
 def read_labels(path: Path) -> np.ndarray:
     """The labels of an IDX labels file (.gz or plain), checked to be 0-9."""
-    return data.read_idx(Path(path), data.TEST_LABELS).array
+    return data.read_idx(Path(path), data.TEST_LABELS, MAX_INPUT_BYTES).array
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def _read_npy(f: BinaryIO, path: Path) -> np.ndarray:
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise JobError(f"{path}: not a readable .npy array ({error})") from None
+        array = data.read_npy(f, str(path), MAX_INPUT_BYTES)
+    except OSError as error:
+        raise JobError(f"{path}: cannot read ({error.strerror or error})") from None
     if array.shape[-1:] == (1,) and array.ndim == 4:
         array = array[..., 0]
     if array.shape == (SIDE, SIDE):
@@ -125,11 +129,16 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """A greyscale uint8 array of a PNG, JPEG or any image Pillow reads, transparency shown on white."""
+    """A greyscale 0-255 array of a PNG, JPEG or any image Pillow reads, transparency shown on white."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as opened:
+        with Image.open(path) as opened:  # reads the header only: the size is known before any pixel is decoded
+            opened.draft("L", (JPEG_DRAFT_SIDE, JPEG_DRAFT_SIDE))  # JPEG only; other formats ignore it
+            if opened.width * opened.height > MAX_PIXELS:
+                raise JobError(f"{path}: {opened.width} x {opened.height} pixels, over the limit of {MAX_PIXELS:,}")
+            if opened.mode.startswith("I;16"):  # 16-bit greyscale: convert("L") would clip it at 255
+                return np.asarray(opened, np.float32) / 257
             image = ImageOps.exif_transpose(opened)  # phone photos are stored sideways with an EXIF rotation
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 image = image.convert("RGBA")
@@ -148,11 +157,11 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     pixels = gray.astype(np.float32)
     if _background(pixels) > 127:  # a light border: dark ink on paper, the reverse of MNIST
         pixels = 255 - pixels
-    if pixels.shape == (SIDE, SIDE):
-        return pixels / 255
     ink = np.clip(pixels - _background(pixels), 0, None)  # a grey paper's level is not ink
     if ink.max() < MIN_CONTRAST:
         raise JobError("no digit found (a blank or flat image)")
+    if pixels.shape == (SIDE, SIDE):
+        return pixels / 255
     ink /= ink.max()
     rows, cols = np.nonzero(ink > INK)
     ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, NamedTuple
 
@@ -14,6 +15,12 @@ from job.errors import UsageError
 
 # The two models the tutorial compares; task ids 0-4 are mlp folds 0-4, 5-9 are cnn folds 0-4.
 DEFAULT_MODELS: tuple[str, ...] = ("mlp", "cnn")
+# numpy's legacy seeding (np.random.seed, which keras.utils.set_random_seed calls) and scikit-learn's
+# random_state take 0 to 2**32 - 1; SeedSequence refuses negative numbers.
+MAX_SEED = 2**32 - 1
+MIN_IMAGES_PER_FOLD = 10  # fewer makes a fold's score a handful of coin flips
+# ASCII digits only: str.isdigit() accepts '²' (which int() rejects) and int() turns '٣' into 3 silently.
+_TASK_ID = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -33,12 +40,20 @@ class Protocol:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name, label in (("seed", "--seed"), ("split_seed", "split_seed")):
+            if not 0 <= getattr(self, name) <= MAX_SEED:
+                raise UsageError(f"{label} must be 0 to {MAX_SEED}, got {getattr(self, name)}")
         if self.n_folds < 2:
             raise UsageError(f"n_folds must be at least 2, got {self.n_folds}")
-        if self.limit is not None and self.limit < 10 * self.n_folds:
-            raise UsageError(f"--limit must be at least {10 * self.n_folds} images, got {self.limit}")
+        if self.limit is not None and self.limit < self.min_images:
+            raise UsageError(f"--limit must be at least {self.min_images} images, got {self.limit}")
         if self.precision not in ("float32", "mixed_float16"):
             raise UsageError(f"unknown precision {self.precision!r} (float32 or mixed_float16)")
+
+    @property
+    def min_images(self) -> int:
+        """The fewest training images cross-validation accepts."""
+        return MIN_IMAGES_PER_FOLD * self.n_folds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +84,17 @@ class Pair(NamedTuple):
 def all_pairs(n_folds: int = Protocol.n_folds) -> list[Pair]:
     """The pairs in task-id order: all folds of the first model, then of the second."""
     return [Pair(model, fold) for model in DEFAULT_MODELS for fold in range(n_folds)]
+
+
+def parse_task_id(text: str, source: str = "task id") -> int:
+    """A task id as Slurm writes it (ASCII digits, surrounding blanks allowed); anything else is a usage error.
+
+    `source` names where the text came from in the error, e.g. "$SLURM_ARRAY_TASK_ID".
+    """
+    stripped = text.strip(" \t\n")
+    if not _TASK_ID.fullmatch(stripped):
+        raise UsageError(f"{source} {text!r} is not a task id (the digits 0-9 only)")
+    return int(stripped)
 
 
 def pair_for_task(task_id: int, n_folds: int = Protocol.n_folds) -> Pair:
