@@ -476,8 +476,8 @@ def test_a_custom_dataset_too_small_for_the_protocol_is_refused(
 
 
 @pytest.fixture(scope="module")
-def dataset_arrays(mnist_dir: Path) -> dict[str, np.ndarray]:
-    ds = data.load(mnist_dir)
+def dataset_arrays(mnist_full: Path) -> dict[str, np.ndarray]:
+    ds = data.load(mnist_full)
     return {
         data.TRAIN_IMAGES: ds.x_train,
         data.TRAIN_LABELS: ds.y_train,

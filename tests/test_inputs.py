@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import cli
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support import cli
 
 from job.cli import one_line
 from job.errors import JobError, UsageError
@@ -32,12 +32,12 @@ def error_lines(stderr: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def dataset(mnist_dir: Path) -> data.Dataset:
-    return data.load(mnist_dir)
+def dataset(mnist_full: Path) -> data.Dataset:
+    return data.load(mnist_full)
 
 
 @pytest.fixture(scope="module")
-def model_file(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_file(mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A final MLP (2,000 images, 1 epoch: about 85% on the test set), saved by the real `final` command."""
     results = tmp_path_factory.mktemp("results")
     done = cli(
@@ -53,7 +53,7 @@ def model_file(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         "--results",
         str(results),
         "--data-dir",
-        str(mnist_dir),
+        str(mnist_full),
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return results / "t" / "final" / "mlp.keras"
