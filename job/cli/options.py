@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from job.pair.protocol import Protocol
+
+if TYPE_CHECKING:
+    from job.pair.session import Inputs
 
 
 def add_results_args(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +65,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept an MNIST-like IDX dataset that is not the original MNIST (structure is still validated)",
     )
+
+
+def inputs_from_args(args: argparse.Namespace) -> Inputs:
+    """The typed part of add_data_args and add_device_args that a training takes."""
+    from job.pair.session import Inputs
+
+    return Inputs(data_dir=args.data_dir, custom_data=args.custom_data, allow_cpu=args.allow_cpu)
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:

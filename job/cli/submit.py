@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from job.launch import task as launch
-    from job.results import store as results
+    from job.results.layout import RunLayout
 
     protocol = protocol_from_args(args)
     if args.image is not None and not Path(args.image).is_file():
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         return collect(args, protocol) if wait else 0
 
     binds = image_binds(args) if args.image else ()
-    logs = (args.logs or results.run_dir(args.results, args.run) / "logs").absolute()
+    logs = (args.logs or RunLayout(args.results, args.run).logs).absolute()
     tasks = [
         launch.JobTask(name, job_args, args.image, sys.executable, os.getcwd(), binds) for name, job_args in chosen
     ]

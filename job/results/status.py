@@ -8,6 +8,7 @@ from typing import NamedTuple
 from job.pair.checkpoint import Checkpoint
 from job.pair.protocol import Pair, Protocol, all_pairs
 from job.results import store as results
+from job.results.layout import RunLayout
 
 
 class PairStatus(NamedTuple):
@@ -26,16 +27,17 @@ def status(results_dir: Path, run: str, protocol: Protocol) -> list[PairStatus]:
 
 
 def _status_of(task_id: int, pair: Pair, results_dir: Path, run: str, protocol: Protocol) -> PairStatus:
-    path = results.pair_path(results_dir, run, pair)
+    layout = RunLayout(results_dir, run)
+    path = layout.pair_result(pair)
     if path.exists():
         try:
-            result = results.read_result(path)
+            result = results.check_pair(path, layout)
         except results.ResultError as error:
             return PairStatus(task_id, pair, "corrupt", str(error), path)
-        if result["config_id"] != protocol.config_id:
-            return PairStatus(task_id, pair, "other config", f"config {result['config_id']}", path)
-        return PairStatus(task_id, pair, "done", f"{result['score']['accuracy'] * 100:.3f}%", path)
-    epochs_done = Checkpoint(results.checkpoint_dir(results_dir, run, pair)).epochs_done()
+        if result.config_id != protocol.config_id:
+            return PairStatus(task_id, pair, "other config", f"config {result.config_id}", path)
+        return PairStatus(task_id, pair, "done", f"{result.score.accuracy * 100:.3f}%", path)
+    epochs_done = Checkpoint(layout.pair_checkpoint(pair)).epochs_done()
     if epochs_done is None:
         return PairStatus(task_id, pair, "missing", "", path)
     return PairStatus(task_id, pair, "in progress", f"checkpoint after epoch {epochs_done}", path)
