@@ -642,3 +642,49 @@ def test_unusable_final_result_is_skipped_in_one_line(
     assert found["models"]["mlp"]["final"] is None and "Final models" not in out
     assert [s["file"] for s in found["skipped"]] == ["final/mlp.json"]
     assert not any(name.startswith(("confusion", "misclassified")) for name in found["figures"])
+
+
+# --- issue 13, class 2: non-finite numbers never reach the summary; the outputs are written as one unit ----------
+
+
+def _refuse(constant: str) -> None:
+    raise AssertionError(f"{constant} in the summary")
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+@pytest.mark.parametrize("where", ['"accuracy": ', '"val_loss": [\n   ', '"fit_seconds": '])
+def test_a_result_with_a_non_finite_number_is_skipped_in_one_line(
+    collect: Callable, results_dir: Path, literal: str, where: str
+) -> None:
+    path = run_dir(results_dir) / "cnn" / "fold-2.json"
+    text = path.read_text()
+    start = text.index(where) + len(where)
+    end = min(text.index(c, start) for c in ",\n}" if c in text[start:])
+    path.write_text(text[:start] + literal + text[end:])
+    code, out, err = collect("--allow-partial", "--json")
+    assert code == 0, err
+    (line,) = stderr_lines(err)
+    assert line.startswith(f"skipped {path}: ")
+    found = json.loads(out, parse_constant=_refuse)  # valid JSON, which Python's json.loads does not insist on
+    assert found["missing"] == [{"model": "cnn", "fold": 2, "task_id": 7, "reason": "unusable"}]
+    assert found == read(run_dir(results_dir) / "summary.json")
+
+
+def test_a_failure_while_publishing_never_leaves_new_figures_beside_an_old_summary(
+    collect: Callable, results_dir: Path
+) -> None:
+    folder = run_dir(results_dir)
+    assert collect()[0] == 0
+    old = {name: (folder / name).read_bytes() for name in ("learning-curves-mlp.png", "summary.md")}
+    # A real fault at the last step: the box plot's place is taken by a folder, so its rename fails.
+    (folder / "boxplot.png").unlink()
+    (folder / "boxplot.png").mkdir()
+    code, _, err = collect()
+    assert code == 1
+    (line,) = stderr_lines(err)
+    assert line.startswith("mnist-cv collect: error: ") and "boxplot.png" in line
+    assert not (folder / "summary.json").exists(), "a summary.json beside figures it does not describe"
+    assert (folder / "summary.md").read_bytes() == old["summary.md"]
+    assert not [p for p in folder.rglob(".*")], "a temp file was left behind"
+    (folder / "boxplot.png").rmdir()
+    assert collect()[0] == 0 and (folder / "summary.json").exists()
