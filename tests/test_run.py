@@ -282,3 +282,13 @@ def test_a_misplaced_or_edited_result_is_redone_by_run_and_not_done_for_pairs(
         assert done.returncode == 0 and "already done" not in done.stdout, done.stderr
     assert cli("pairs", *QUICK, "--results", str(out), "--missing").stdout.strip() == "0,3-9"
     assert Protocol(epochs=2, limit=2000).config_id == mlp_run[1]["config_id"]
+
+
+def test_final_shares_runs_skeleton_and_keeps_its_checkpoint_when_asked(mnist_dir: Path, tmp_path: Path) -> None:
+    args = ("final", "--model", "mlp", "--epochs", "1", "--limit", "1000", "--data-dir", str(mnist_dir))
+    done = cli(*args, "--results", str(tmp_path), "--keep-checkpoint")
+    assert done.returncode == 0, done.stderr
+    final = tmp_path / "default" / "final"
+    assert (final / "mlp.ckpt" / "state.json").is_file() and (final / "mlp.json").is_file()
+    again = cli(*args, "--results", str(tmp_path))
+    assert again.returncode == 0 and "already done" in last_line(again.stdout)

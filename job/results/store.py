@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from job.errors import JobError
 from job.pair.protocol import Pair
-from job.results.contract import PairResult, ResultError, check_schema
+from job.results.contract import FinalResult, PairResult, ResultError, check_schema
 from job.results.layout import RunLayout
 
 # Evaluation after the last epoch and that epoch's validation are the same Keras evaluate() on the same weights
@@ -107,7 +107,7 @@ def check_pair(path: Path, layout: RunLayout) -> PairResult:
     return result
 
 
-def check_history(result: Any, where: str) -> None:
+def check_history(result: PairResult | FinalResult, where: str) -> None:
     """A history of `epochs` values per metric, whose last validation numbers are the result's score."""
     history, epochs = result.history, result.config.epochs
     for name, values in vars(history).items():
