@@ -5,13 +5,16 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from support import cli, last_line
 
-from job.pair.protocol import Pair
+from job.pair.protocol import Pair, Protocol
 from job.results import store as results
+from job.results.contract import PairResult
 
 QUICK = ("--epochs", "2", "--limit", "2000")
 
@@ -28,7 +31,7 @@ def mlp_run(mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 def test_a_pair_writes_a_valid_result(mlp_run: tuple[Path, dict], mnist_full: Path) -> None:
     out, result = mlp_run
-    results.validate(result)
+    PairResult.from_json(result)
     assert (result["model"], result["fold"], result["task_id"]) == ("mlp", 1, 1)
     assert result["config"]["epochs"] == 2 and result["config"]["limit"] == 2000
     assert all(len(values) == 2 for values in result["history"].values())
@@ -153,3 +156,139 @@ def test_pairs_lists_done_and_missing(mlp_run: tuple[Path, dict]) -> None:
     assert listing.returncode == 0 and "1/10 done" in listing.stdout
     missing = cli("pairs", *QUICK, "--results", str(out), "--missing")
     assert missing.stdout.strip() == "0,2-9"
+
+
+# --- issue 13, class 1: a stop is decided by the stop flag, not by counting optimizer steps ------------------------
+
+
+@pytest.mark.parametrize(("model", "batch_size", "limit"), [("mlp", 1, 2000), ("mlp", 3, 2000), ("cnn", 1, 1000)])
+def test_mixed_precision_with_skipped_steps_finishes_with_a_result(
+    model: str, batch_size: int, limit: int, mnist_full: Path, tmp_path: Path
+) -> None:
+    """fp16 overflows early in a run make the LossScaleOptimizer skip steps; no signal came, so no stop."""
+    done = cli(
+        "run", "--model", model, "--fold", "0", "--mixed-precision", "--batch-size", str(batch_size),
+        "--limit", str(limit), "--epochs", "1", "--data-dir", str(mnist_full), "--results", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = results.read_result(results.pair_path(tmp_path, "default", Pair(model, 0)))
+    assert result["config"]["precision"] == "mixed_float16" and result["resume"]["count"] == 0
+
+
+# --- issue 13, class 2: a diverged training stops at that epoch with one line, its checkpoint kept --------------
+
+DIVERGE = ("--epochs", "2", "--limit", "1000")
+# Writes a real checkpoint after epoch 1 of DIVERGE's config whose weights were set to non-finite numbers.
+_POISONED_CHECKPOINT = """
+import sys
+import numpy as np
+from job.pair import models, runtime
+from job.pair.checkpoint import Checkpoint, TrainState
+from job.pair.protocol import Protocol
+
+folder, name, how = sys.argv[1:]
+runtime.configure(deterministic=True, precision="float32", allow_cpu=True)
+model = models.build(name, steps_per_execution=50)
+model.optimizer.build(model.trainable_variables)
+weights = model.get_weights()
+if how == "nan everywhere":
+    weights = [np.full_like(w, np.nan) for w in weights]
+elif how == "inf in the output bias":
+    weights[-1] = np.full_like(weights[-1], np.inf)
+else:  # nan in the output bias
+    weights[-1] = np.full_like(weights[-1], np.nan)
+model.set_weights(weights)
+history = {"loss": [0.9], "accuracy": [0.7], "val_loss": [0.8], "val_accuracy": [0.75]}
+state = TrainState(Protocol(epochs=2, limit=1000).config_id, 1, history, [1.0], [], "2026-01-01T00:00:00+00:00")
+Checkpoint(folder).save(model, state)
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "how"),
+    [("mlp", "nan everywhere"), ("mlp", "inf in the output bias"), ("cnn", "nan in the output bias")],
+)
+def test_a_diverged_training_stops_with_one_line_and_keeps_its_checkpoint(
+    model: str, how: str, mnist_full: Path, tmp_path: Path
+) -> None:
+    checkpoint = results.checkpoint_dir(tmp_path, "default", Pair(model, 0))
+    made = subprocess.run(
+        [sys.executable, "-c", _POISONED_CHECKPOINT, str(checkpoint), model, how], capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    state_before = json.loads((checkpoint / "state.json").read_text())
+
+    done = cli(
+        "run", "--model", model, "--fold", "0", *DIVERGE, "--data-dir", str(mnist_full), "--results", str(tmp_path)
+    )
+    assert done.returncode == 1, done.stderr
+    line = last_line(done.stderr)
+    assert line.startswith("mnist-cv run: error: training diverged in epoch 2 (loss nan"), done.stderr
+    assert f"the checkpoint after epoch 1 in {checkpoint} holds the history before it" in line
+    assert "Traceback" not in done.stderr
+    assert not results.pair_path(tmp_path, "default", Pair(model, 0)).exists()
+    assert json.loads((checkpoint / "state.json").read_text()) == state_before  # kept for a look, not overwritten
+
+
+# --- issue 13, class 4: run names are names, not paths ----------------------------------------------------------
+
+BAD_RUN_NAMES = ["../escape", "a/b", "/tmp/absolute", "", "..", "tab\there", ".hidden"]
+
+
+@pytest.mark.parametrize("name", BAD_RUN_NAMES)
+@pytest.mark.parametrize("command", [["run", "--task-id", "0"], ["final", "--model", "mlp"], ["pairs"], ["collect"]])
+def test_a_run_name_that_is_not_a_plain_name_is_a_usage_error(command: list[str], name: str, tmp_path: Path) -> None:
+    results_dir = tmp_path / "results"
+    (results_dir / "default").mkdir(parents=True)
+    done = cli(*command, "--results", str(results_dir), "--run", name)
+    assert done.returncode == 2, done.stderr
+    assert "run name must be a plain name" in last_line(done.stderr) and "Traceback" not in done.stderr
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert written == [Path("results"), Path("results/default")]
+
+
+# --- --limit beyond the data: one training, one config id --------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["run", "--task-id", "0"], ["final", "--model", "mlp"]])
+@pytest.mark.parametrize("limit", [60_001, 10**9])
+def test_a_limit_beyond_the_data_is_refused_naming_its_size(
+    command: list[str], limit: int, mnist_full: Path, tmp_path: Path
+) -> None:
+    done = cli(
+        *command, "--limit", str(limit), "--epochs", "1", "--data-dir", str(mnist_full), "--results", str(tmp_path)
+    )
+    assert done.returncode == 2, done.stderr
+    assert last_line(done.stderr).endswith(f"--limit {limit} is beyond the 60000 training images of {mnist_full}")
+    assert not list(tmp_path.rglob("*.json"))
+
+
+# --- issue 13, class 3: a result that is not what its path claims is not done, for run and pairs alike ----------
+
+
+def test_a_misplaced_or_edited_result_is_redone_by_run_and_not_done_for_pairs(
+    mlp_run: tuple[Path, dict], mnist_full: Path, tmp_path: Path
+) -> None:
+    out = Path(shutil.copytree(mlp_run[0], tmp_path / "results"))
+    fold1 = results.pair_path(out, "default", Pair("mlp", 1))
+    shutil.copy(fold1, results.pair_path(out, "default", Pair("mlp", 2)))  # a copy under another fold's name
+    edited = json.loads(fold1.read_text())
+    edited["score"]["accuracy"] = min(1.0, edited["score"]["accuracy"] + 0.05)  # a score edited by hand
+    fold1.write_text(json.dumps(edited))
+    listing = cli("pairs", *QUICK, "--results", str(out), "--missing")
+    assert listing.returncode == 0 and listing.stdout.strip() == "0-9", listing.stderr
+    for task in ("1", "2"):
+        done = cli("run", "--task-id", task, *QUICK, "--data-dir", str(mnist_full), "--results", str(out))
+        assert done.returncode == 0 and "already done" not in done.stdout, done.stderr
+    assert cli("pairs", *QUICK, "--results", str(out), "--missing").stdout.strip() == "0,3-9"
+    assert Protocol(epochs=2, limit=2000).config_id == mlp_run[1]["config_id"]
+
+
+def test_final_shares_runs_skeleton_and_keeps_its_checkpoint_when_asked(mnist_full: Path, tmp_path: Path) -> None:
+    args = ("final", "--model", "mlp", "--epochs", "1", "--limit", "1000", "--data-dir", str(mnist_full))
+    done = cli(*args, "--results", str(tmp_path), "--keep-checkpoint")
+    assert done.returncode == 0, done.stderr
+    final = tmp_path / "default" / "final"
+    assert (final / "mlp.ckpt" / "state.json").is_file() and (final / "mlp.json").is_file()
+    again = cli(*args, "--results", str(tmp_path))
+    assert again.returncode == 0 and "already done" in last_line(again.stdout)

@@ -32,6 +32,7 @@ from job.pair import final
 from job.pair.protocol import Pair, all_pairs
 from job.pair.train import Preempted
 from job.results import store as results
+from job.results.layout import RunLayout
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 QUICK = ("--epochs", "1", "--limit", "1000", "--custom-data")
@@ -253,8 +254,9 @@ def test_the_final_model_is_submitted_the_same_way(mnist_mini: Path, tmp_path: P
     assert done.returncode == 0, done.stdout + done.stderr
     assert "submitted 1 final model" in done.stdout and "  mlp/final  job " in done.stdout
     assert "[1/1] mlp/final: test accuracy" in done.stdout
-    result = final.read_result(final.paths(out, "default", "mlp").result)
-    assert result["config"]["epochs"] == 1 and result["data"]["n_train"] == 1000
+    layout = RunLayout(out, "default")
+    result = final.check_final(layout.final_result("mlp"), layout)
+    assert result.config.epochs == 1 and result.data.n_train == 1000
 
 
 def test_the_debug_executor_runs_in_this_process_and_reports_a_failed_pair(tmp_path: Path) -> None:

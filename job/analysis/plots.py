@@ -7,11 +7,13 @@ never needs a display (cluster nodes have none) nor keeps figures alive in pyplo
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from job.results.contract import FinalResult, Misclassified, PairResult
 
 DPI = 100
 LEARNING_CURVES_SIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels at DPI
@@ -24,19 +26,19 @@ HELD_OUT_COLOR = "tab:orange"
 PANELS = (("loss", "Cross-entropy loss"), ("accuracy", "Classification accuracy"))  # the tutorial's titles
 
 
-def learning_curves(model: str, results: list[dict[str, Any]], config_id: str) -> Figure:
+def learning_curves(model: str, results: Sequence[PairResult], config_id: str) -> Figure:
     """Loss and accuracy per epoch, train and held-out fold, one line per fold (as the tutorial's diagnostics)."""
     fig = Figure(figsize=LEARNING_CURVES_SIZE, dpi=DPI, layout="constrained")
-    folds = sorted(results, key=lambda r: r["fold"])
+    folds = sorted(results, key=lambda r: r.fold)
     for ax, (metric, label) in zip(fig.subplots(1, 2), PANELS, strict=True):
         for i, result in enumerate(folds):
-            history = result["history"]
-            epochs = range(1, len(history[metric]) + 1)
+            train, held_out = getattr(result.history, metric), getattr(result.history, f"val_{metric}")
+            epochs = range(1, len(train) + 1)
             # Only the first fold's lines are labelled, so the legend has one entry per colour.
-            ax.plot(epochs, history[metric], color=TRAIN_COLOR, marker=".", label="train" if i == 0 else None)
+            ax.plot(epochs, train, color=TRAIN_COLOR, marker=".", label="train" if i == 0 else None)
             ax.plot(
                 epochs,
-                history[f"val_{metric}"],
+                held_out,
                 color=HELD_OUT_COLOR,
                 marker=".",
                 label="held-out fold" if i == 0 else None,
@@ -68,10 +70,10 @@ def boxplot(accuracies: dict[str, list[float]]) -> Figure:
     return fig
 
 
-def confusion_matrix(model: str, result: dict[str, Any]) -> Figure:
+def confusion_matrix(model: str, result: FinalResult) -> Figure:
     """A final model's test-set confusion matrix: a heat map with the count in every cell, true digit down."""
-    test = result["test"]
-    matrix = np.array(test["confusion_matrix"])  # [true][predicted]
+    test = result.test
+    matrix = np.array(test.confusion_matrix)  # [true][predicted]
     fig = Figure(figsize=CONFUSION_SIZE, dpi=DPI, layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
@@ -86,26 +88,26 @@ def confusion_matrix(model: str, result: dict[str, Any]) -> Figure:
     ax.set_ylabel("true digit")
     fig.colorbar(image, ax=ax, label="test images")
     ax.set_title(
-        f"{model} final model: test accuracy {100 * result['score']['accuracy']:.2f}%\n"
-        f"({test['n_correct']} of {test['n_images']} test images, config {result['config_id']})"
+        f"{model} final model: test accuracy {100 * result.score.accuracy:.2f}%\n"
+        f"({test.n_correct} of {test.n_images} test images, config {result.config_id})"
     )
     return fig
 
 
-def misclassified(model: str, mistakes: list[dict[str, Any]], images: np.ndarray) -> Figure:
+def misclassified(model: str, mistakes: Sequence[Misclassified], images: np.ndarray) -> Figure:
     """The most confident of a final model's mistakes (up to GRID_SIDE**2), as the test digits they were made on.
 
     `mistakes` are the result's test.misclassified entries, `images` the uint8 test images their indices point into.
     """
     # The most confident mistakes say the most: a badly written digit, a wrong label, or a blind spot of the model.
-    shown = sorted(mistakes, key=lambda m: -m["probability"])[: GRID_SIDE**2]
+    shown = sorted(mistakes, key=lambda m: -m.probability)[: GRID_SIDE**2]
     fig = Figure(figsize=GRID_SIZE, dpi=DPI, layout="constrained")
     axes = fig.subplots(GRID_SIDE, GRID_SIDE)
     for ax in axes.flat:
         ax.set_axis_off()  # cells beyond the last mistake stay blank
     for ax, mistake in zip(axes.flat, shown, strict=False):
-        ax.imshow(images[mistake["index"]], cmap="gray", vmin=0, vmax=255)  # as stored: light digit on dark
-        title = f"true {mistake['label']} / pred {mistake['predicted']} ({mistake['probability']:.2f})"
+        ax.imshow(images[mistake.index], cmap="gray", vmin=0, vmax=255)  # as stored: light digit on dark
+        title = f"true {mistake.label} / pred {mistake.predicted} ({mistake.probability:.2f})"
         ax.set_title(title, fontsize=9)
     fig.suptitle(
         f"{model} final model: the {len(shown)} most confident of its {len(mistakes)} misclassified test digits\n"

@@ -6,11 +6,11 @@ Both renderings come from the same rows, so the terminal and the file never disa
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from job.results.contract import ModelStats, Summary
 
 HEADERS = ("model", "n", "mean ± std %", "min %", "max %", "fit s (mean)", "missing / failed")
 FINAL_HEADERS = ("model", "CV mean ± std %", "final test %", "test loss", "misclassified", "trained on", "config")
@@ -22,98 +22,98 @@ def _percent(fraction: float | None) -> str:
     return NONE if fraction is None else f"{100 * fraction:.3f}"
 
 
-def _estimate(stats: dict[str, Any]) -> str:
-    return NONE if stats["n"] == 0 else f"{_percent(stats['mean'])} ± {_percent(stats['std'])}"
+def _estimate(stats: ModelStats) -> str:
+    return NONE if stats.n == 0 else f"{_percent(stats.mean)} ± {_percent(stats.std)}"
 
 
-def rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+def rows(summary: Summary) -> list[tuple[str, ...]]:
     """One row of cells per model, in the order of HEADERS."""
     table = []
-    for model, stats in summary["models"].items():
-        gaps = [m for m in summary["missing"] if m["model"] == model]
+    for model, stats in summary.models.items():
+        gaps = [m for m in summary.missing if m.model == model]
         table.append(
             (
                 model,
-                f"{stats['n']}",
+                f"{stats.n}",
                 _estimate(stats),
-                _percent(stats["min"]),
-                _percent(stats["max"]),
-                NONE if stats["mean_fit_seconds"] is None else f"{stats['mean_fit_seconds']:.1f}",
-                ", ".join(f"fold {m['fold']} ({m['reason']})" for m in gaps) or "none",
+                _percent(stats.min),
+                _percent(stats.max),
+                NONE if stats.mean_fit_seconds is None else f"{stats.mean_fit_seconds:.1f}",
+                ", ".join(f"fold {m.fold} ({m.reason})" for m in gaps) or "none",
             )
         )
     return table
 
 
-def title(summary: dict[str, Any]) -> str:
-    config = summary["config"]
+def title(summary: Summary) -> str:
+    config = summary.config
     return (
-        f"{summary['run']}: {config['n_folds']}-fold cross-validation, {config['epochs']} epochs, "
-        f"config {summary['config_id']}, data {summary['data']['name']}"
+        f"{summary.run}: {config.n_folds}-fold cross-validation, {config.epochs} epochs, "
+        f"config {summary.config_id}, data {summary.data.name}"
     )
 
 
-def tutorial_lines(summary: dict[str, Any]) -> list[str]:
+def tutorial_lines(summary: Summary) -> list[str]:
     """The tutorial's own summary line per model, `Accuracy: mean=98.677 std=0.107, n=5`."""
     return [
-        f"{model}: Accuracy: mean={_percent(stats['mean'])} std={_percent(stats['std'])}, n={stats['n']}"
-        for model, stats in summary["models"].items()
-        if stats["n"]
+        f"{model}: Accuracy: mean={_percent(stats.mean)} std={_percent(stats.std)}, n={stats.n}"
+        for model, stats in summary.models.items()
+        if stats.n
     ]
 
 
-def comparison_line(summary: dict[str, Any]) -> str:
-    c = summary["comparison"]
-    pair = f"{c['candidate']} - {c['baseline']}"
-    if c["mean_difference"] is None:
+def comparison_line(summary: Summary) -> str:
+    c = summary.comparison
+    pair = f"{c.candidate} - {c.baseline}"
+    if c.mean_difference is None:
         line = f"{pair}: no fold has both models"
     else:
-        line = f"{pair}: {100 * c['mean_difference']:+.3f} points of accuracy, mean over {c['k']} paired folds"
-    if c["t"] is not None:
-        p_value = "n/a" if c["p_value"] is None else f"{c['p_value']:.3g}"
-        line += f"; {c['test']}: t={c['t']:.3f}, df={c['df']}, p={p_value}"
-    if c["notes"]:
-        line += f" ({'; '.join(c['notes'])})"
+        line = f"{pair}: {100 * c.mean_difference:+.3f} points of accuracy, mean over {c.k} paired folds"
+    if c.t is not None:
+        p_value = "n/a" if c.p_value is None else f"{c.p_value:.3g}"
+        line += f"; {c.test}: t={c.t:.3f}, df={c.df}, p={p_value}"
+    if c.notes:
+        line += f" ({'; '.join(c.notes)})"
     return line
 
 
-def final_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+def final_rows(summary: Summary) -> list[tuple[str, ...]]:
     """One row of cells per model with a final result, in the order of FINAL_HEADERS."""
     table = []
-    for model, stats in summary["models"].items():
-        final = stats["final"]
+    for model, stats in summary.models.items():
+        final = stats.final
         if final is None:
             continue
-        same = "same as CV" if final["same_config"] else f"not CV's {summary['config_id']}"
+        same = "same as CV" if final.same_config else f"not CV's {summary.config_id}"
         table.append(
             (
                 model,
                 _estimate(stats),
-                _percent(final["accuracy"]),
-                f"{final['loss']:.4f}",
-                f"{final['n_misclassified']} of {final['n_test']}",
-                f"{final['n_train']} images",
-                f"{final['config_id']} ({same})",
+                _percent(final.accuracy),
+                f"{final.loss:.4f}",
+                f"{final.n_misclassified} of {final.n_test}",
+                f"{final.n_train} images",
+                f"{final.config_id} ({same})",
             )
         )
     return table
 
 
-def footer(summary: dict[str, Any]) -> list[str]:
+def footer(summary: Summary) -> list[str]:
     """The lines under the table: what std means, the tutorial's lines, the comparison, and what is missing."""
-    lines = [f"std: {summary['std_definition']}", *tutorial_lines(summary), comparison_line(summary)]
-    if not summary["complete"]:
-        lines.append(f"{len(summary['missing'])} of {summary['n_expected']} pairs missing: n above is what exists")
+    lines = [f"std: {summary.std_definition}", *tutorial_lines(summary), comparison_line(summary)]
+    if not summary.complete:
+        lines.append(f"{len(summary.missing)} of {summary.n_expected} pairs missing: n above is what exists")
     return lines
 
 
-def final_notes(summary: dict[str, Any]) -> list[str]:
+def final_notes(summary: Summary) -> list[str]:
     """What to know about the final models: another config than CV's, a figure that could not be drawn."""
     return [
         f"{model} final: {note}"
-        for model, stats in summary["models"].items()
-        if stats["final"] is not None
-        for note in stats["final"]["notes"]
+        for model, stats in summary.models.items()
+        if stats.final is not None
+        for note in stats.final.notes
     ]
 
 
@@ -135,7 +135,7 @@ def _markdown_table(headers: tuple[str, ...], cells: list[tuple[str, ...]]) -> l
     return [header, "|" + "---|" * len(headers), *body]
 
 
-def print_report(summary: dict[str, Any], console: Console) -> None:
+def print_report(summary: Summary, console: Console) -> None:
     console.print(_rich_table(title(summary), HEADERS, rows(summary)))
     _print_lines(footer(summary), console)
     finals = final_rows(summary)
@@ -150,11 +150,11 @@ def _print_lines(lines: list[str], console: Console) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def markdown(summary: Summary) -> str:
     """summary.md: the title, the same tables and footer, and the figures (images beside the file)."""
     lines = [f"# {title(summary)}", "", *_markdown_table(HEADERS, rows(summary))]
     lines += ["", *(f"- {line}" for line in footer(summary))]
-    lines += [f"- skipped {s['file']}: {s['reason']}" for s in summary["skipped"]]
+    lines += [f"- skipped {s.file}: {s.reason}" for s in summary.skipped]
     finals = final_rows(summary)
     if finals:
         lines += ["", f"## {FINAL_TITLE}", "", *_markdown_table(FINAL_HEADERS, finals)]
@@ -162,5 +162,5 @@ def markdown(summary: dict[str, Any]) -> str:
             lines += ["", *(f"- {line}" for line in notes)]
     lines.append("")
     # PDFs do not render inline, so they are linked; PNG and SVG are shown.
-    lines += [f"{'' if name.endswith('.pdf') else '!'}[{name}]({name})" for name in summary["figures"]]
+    lines += [f"{'' if name.endswith('.pdf') else '!'}[{name}]({name})" for name in summary.figures]
     return "\n".join(lines) + "\n"

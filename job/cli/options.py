@@ -8,10 +8,13 @@ import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from job import settings
 from job.pair.protocol import Protocol
+
+if TYPE_CHECKING:
+    from job.pair.session import Inputs
 
 
 @dataclass(frozen=True)
@@ -130,3 +133,10 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
         precision="mixed_float16" if args.mixed_precision else None,
         jit=True if args.xla else None,
     )
+
+
+def inputs_from_args(args: argparse.Namespace) -> Inputs:
+    """The typed part of the data and device options that a training takes."""
+    from job.pair.session import Inputs
+
+    return Inputs(data_dir=args.data_dir, custom_data=args.custom_data, allow_cpu=args.allow_cpu)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 from job.cli.options import (
@@ -12,10 +11,11 @@ from job.cli.options import (
     add_device_args,
     add_protocol_args,
     add_results_args,
+    inputs_from_args,
     protocol_from_args,
 )
 from job.errors import UsageError
-from job.pair.protocol import DEFAULT_MODELS, Pair, Protocol, check_fold, pair_for_task, task_for_pair
+from job.pair.protocol import DEFAULT_MODELS, Pair, Protocol, check_fold, pair_for_task
 
 
 def add_parser(subparsers: Any) -> None:
@@ -65,44 +65,10 @@ def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job.results import store as results
+    from job.pair.job import Options, PairJob, execute
+    from job.results.layout import RunLayout
 
     protocol = protocol_from_args(args)
-    pair = resolve_pair(args, protocol)
-    path = results.pair_path(args.results, args.run, pair)
-    if not args.force and results.completed(path, protocol.config_id):
-        print(f"{pair}: already done with config {protocol.config_id} ({path}); --force to retrain")
-        return 0
-    results.ensure_writable(path.parent)
-    return train_and_write(args, protocol, pair, path)
-
-
-def train_and_write(args: argparse.Namespace, protocol: Protocol, pair: Pair, path: Path) -> int:
-    from job.pair import session
-    from job.pair.checkpoint import Checkpoint
-    from job.results import atomic
-    from job.results import store as results
-
-    checkpoint = Checkpoint(results.checkpoint_dir(args.results, args.run, pair))
-    with session.training(args, protocol, pair.model, str(pair)) as trained:
-        from job.pair.train import fit_pair
-
-        outcome = fit_pair(pair, protocol, trained.dataset, checkpoint, **trained.fit_options)
-    result = {
-        "schema_version": results.SCHEMA_VERSION,
-        "model": pair.model,
-        "fold": pair.fold,
-        "task_id": task_for_pair(pair, protocol.n_folds),
-        **trained.stamp(protocol, outcome),
-    }
-    results.validate(result)
-    atomic.write_json(path, result)
-    if not args.keep_checkpoint:
-        checkpoint.remove()
-    score = result["score"]
-    print(
-        f"{pair}: held-out accuracy {score['accuracy'] * 100:.3f}% (loss {score['loss']:.4f}) "
-        f"in {result['timings']['fit_seconds']:.1f}s -> {path}",
-        flush=True,
-    )
+    job = PairJob(RunLayout(args.results, args.run), protocol, resolve_pair(args, protocol))
+    print(execute(job, inputs_from_args(args), Options(args.force, args.keep_checkpoint)), flush=True)
     return 0

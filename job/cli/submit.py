@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
     from job.launch import snapshot
     from job.launch import task as launch
-    from job.results import store as results
+    from job.results.layout import RunLayout
 
     protocol = protocol_from_args(args)
     params = executor_parameters(args)  # first: a batch script it cannot read is an error before anything else
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing to submit: the pairs asked for are done with config {protocol.config_id}")
         return collect(args, protocol) if wait and not args.dry_run else 0
 
-    logs = (args.logs or results.run_dir(args.results, args.run) / "logs").absolute()
+    logs = (args.logs or RunLayout(args.results, args.run).logs).absolute()
     image = str(Path(args.image).absolute()) if args.image else None  # the task starts in another folder
     code = None if args.live_code else snapshot.plan(allow_dirty=args.allow_dirty)
     workdir = os.getcwd() if code is None else str(snapshot.code_dir(args.results, args.run) / code.name)

@@ -11,7 +11,6 @@ MODEL.ckpt/ (the checkpoint, while training).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,43 +22,37 @@ from job.pair.data import Dataset
 from job.pair.models import N_CLASSES
 from job.pair.protocol import Protocol
 from job.results import atomic
-from job.results import store as results
+from job.results.contract import FinalData, FinalResult, Misclassified, Outcome, ResultError, TestScore
+from job.results.layout import RunLayout
+from job.results.store import check_history, load_json
 
 # The final training's random stream (weights and shuffling); a pair's stream is its fold, 0 to n_folds - 1.
 FINAL_STREAM = 1_000_000
 
 
-@dataclass(frozen=True)
-class FinalPaths:
-    model_file: Path
-    result: Path
-    checkpoint: Path
-
-
-def paths(results_dir: Path, run: str, model_name: str) -> FinalPaths:
-    folder = results.run_dir(results_dir, run) / "final"
-    return FinalPaths(folder / f"{model_name}.keras", folder / f"{model_name}.json", folder / f"{model_name}.ckpt")
-
-
-def read_result(path: Path) -> dict[str, Any]:
-    """A valid final result, for the model its file name says, whose model file is the very one it names."""
-    result = results.load_json(path)
-    results.validate(result, str(path), "final")
-    if result["model"] != path.stem:
-        raise results.ResultError(f"{path}: holds the final {result['model']}, not the model its name says")
-    test = result["test"]
-    if any(m["index"] >= test["n_images"] for m in test["misclassified"]):
-        raise results.ResultError(f"{path}: a misclassified index beyond its {test['n_images']} test images")
-    model_file = path.parent / result["model_file"]["name"]
-    if not model_file.is_file() or sha256_file(model_file) != result["model_file"]["sha256"]:
-        raise results.ResultError(f"{model_file}: missing or not the model {path.name} names")
+def check_final(path: Path, layout: RunLayout) -> FinalResult:
+    """The result in `path` if it is a valid final result for the model its name says, naming its very model file."""
+    result = FinalResult.from_json(load_json(path), str(path))
+    if result.model != layout.final_model_of(path):
+        raise ResultError(f"{path}: holds the final {result.model}, not the model its name says")
+    if result.config_id != result.config.config_id:
+        raise ResultError(f"{path}: config_id {result.config_id} is not its config's ({result.config.config_id})")
+    check_history(result, str(path))
+    test = result.test
+    if any(m.index >= test.n_images for m in test.misclassified):
+        raise ResultError(f"{path}: a misclassified index beyond its {test.n_images} test images")
+    model_file = layout.final_model(result.model)
+    if result.model_file.name != model_file.name:
+        raise ResultError(f"{path}: names the model file {result.model_file.name!r}, not {model_file.name}")
+    if not model_file.is_file() or sha256_file(model_file) != result.model_file.sha256:
+        raise ResultError(f"{model_file}: missing or not the model {path.name} names")
     return result
 
 
 def train(
     model_name: str, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, **fit_options: Any
-) -> tuple[Any, dict[str, Any]]:
-    """Train on the (limited) training images, score on all test images; the model and the result's sections."""
+) -> tuple[Any, Outcome, TestScore, FinalData]:
+    """Train on the (limited) training images, score on all test images: the model and the result's sections."""
     from job.pair.train import fit  # deferred: the done-check of `final` needs no scikit-learn
 
     x_train, y_train = dataset.x_train[: protocol.limit], dataset.y_train[: protocol.limit]
@@ -70,34 +63,27 @@ def train(
     model, outcome = fit(
         model_name, protocol, images, labels, train_ix, test_ix, checkpoint, stream=FINAL_STREAM, **fit_options
     )
-    outcome["test"] = evaluate(model, dataset.x_test, dataset.y_test)
-    outcome["data"] = {**dataset.provenance(), "n_train": len(x_train), "n_test": len(dataset.x_test)}
-    return model, outcome
+    test = evaluate(model, dataset.x_test, dataset.y_test)
+    return model, outcome, test, FinalData(**dataset.provenance(), n_train=len(x_train), n_test=len(dataset.x_test))
 
 
-def evaluate(model: Any, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def evaluate(model: Any, images: np.ndarray, labels: np.ndarray) -> TestScore:
     """Per-class accuracy, confusion matrix and the misclassified images of uint8 `images`."""
     probs = predict.probabilities(model, images.astype(np.float32) / 255)
     predicted = probs.argmax(axis=1)
     confusion = np.bincount(labels.astype(np.int64) * N_CLASSES + predicted, minlength=N_CLASSES**2)
     confusion = confusion.reshape(N_CLASSES, N_CLASSES)
     wrong = np.flatnonzero(predicted != labels)
-    return {
-        "n_images": len(labels),
-        "n_correct": int(np.trace(confusion)),
+    return TestScore(
+        n_images=len(labels),
+        n_correct=int(np.trace(confusion)),
         # None for a digit with no test image (possible only in --custom-data sets)
-        "per_class_accuracy": [float(confusion[d, d] / n) if n else None for d, n in enumerate(confusion.sum(axis=1))],
-        "confusion_matrix": confusion.tolist(),  # [true digit][predicted digit]
-        "misclassified": [
-            {
-                "index": int(i),
-                "label": int(labels[i]),
-                "predicted": int(predicted[i]),
-                "probability": float(probs[i, predicted[i]]),
-            }
-            for i in wrong
-        ],
-    }
+        per_class_accuracy=tuple(float(confusion[d, d] / n) if n else None for d, n in enumerate(confusion.sum(1))),
+        confusion_matrix=tuple(tuple(int(c) for c in row) for row in confusion),
+        misclassified=tuple(
+            Misclassified(int(i), int(labels[i]), int(predicted[i]), float(probs[i, predicted[i]])) for i in wrong
+        ),
+    )
 
 
 def save_model(model: Any, path: Path) -> str:

@@ -1,16 +1,17 @@
-"""What every training command does around train.fit: load the data, set up TensorFlow, catch stop signals,
-show progress, and stamp the result with its config and provenance."""
+"""What every training does around train.fit: load the data, set up TensorFlow, catch stop signals, show progress,
+and gather the provenance a result records."""
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from job.errors import UsageError
 from job.pair import data, provenance, runtime
 from job.pair.protocol import Protocol
 
@@ -37,27 +38,40 @@ class StopFlag:
         print(f"received {signal.Signals(signum).name}: stopping at the next safe point", file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """Where a training reads its data and what it may run on: the command line's part besides the protocol."""
+
+    data_dir: Path | None = None
+    custom_data: bool = False
+    allow_cpu: bool = False
+
+
 @dataclass
 class Session:
     dataset: data.Dataset
     runtime_info: dict[str, Any]
     fit_options: dict[str, Any]  # callbacks and stop_requested, for train.fit
 
-    def stamp(self, protocol: Protocol, sections: dict[str, Any]) -> dict[str, Any]:
-        """A result: its own sections between the config in front and the provenance at the end."""
-        config = {"config": protocol.to_dict(), "config_id": protocol.config_id}
-        return {**config, **sections, "environment": provenance.environment(self.runtime_info)}
+    def environment(self) -> dict[str, Any]:
+        """The provenance a result records: interpreter, packages, host, devices, Slurm, git, container."""
+        return provenance.environment(self.runtime_info)
 
 
 @contextmanager
-def training(args: argparse.Namespace, protocol: Protocol, model_name: str, label: str) -> Iterator[Session]:
+def training(inputs: Inputs, protocol: Protocol, model_name: str, label: str) -> Iterator[Session]:
     from job.pair import models
 
-    dataset = data.load(args.data_dir, custom=args.custom_data)
+    dataset = data.load(inputs.data_dir, custom=inputs.custom_data)
+    if protocol.limit is not None and protocol.limit > len(dataset.x_train):
+        # Refused rather than cut to the data: one training has one config id.
+        raise UsageError(
+            f"--limit {protocol.limit} is beyond the {len(dataset.x_train)} training images of {dataset.source}"
+        )
     runtime_info = runtime.configure(
         deterministic=not protocol.jit,
         precision=protocol.precision,
-        allow_cpu=args.allow_cpu,
+        allow_cpu=inputs.allow_cpu,
         max_threads=models.max_threads(model_name),
     )
     from job.pair.progress import EpochProgress  # imports Keras: after runtime.configure

@@ -7,6 +7,7 @@ the batches an uninterrupted run feeds.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -19,12 +20,17 @@ from job.pair import folds, models, runtime
 from job.pair.checkpoint import Checkpoint, CorruptCheckpoint, TrainState
 from job.pair.data import Dataset
 from job.pair.protocol import Pair, Protocol
+from job.results.contract import History, Outcome, PairData, Resume, Score, Timings
 
 # Batches per compiled call: the same sequence of updates with a fraction of the Python overhead per step.
 STEPS_PER_EXECUTION = 50
 # Evaluation never updates weights, so its batch changes nothing but speed (and summation order). 4x the
 # training batch: at 1000 the CNN's activations (~0.2 GB) outgrow the caches and the peak RSS (`mnist-cv bench`).
 EVAL_BATCH_SIZE = 128
+
+
+class Diverged(JobError):
+    """An epoch's loss or accuracy is not a finite number: no result can be written, and more epochs cannot help."""
 
 
 class Preempted(JobError):
@@ -103,11 +109,12 @@ def fit(
     callbacks: list[Any],
     stop_requested: Callable[[], bool] = lambda: False,
     log: Callable[[str], None] = print,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, Outcome]:
     """Train `model_name` on images[train_ix], validating on images[held_out_ix] after every epoch.
 
     `stream` tells apart the random streams of different trainings under one seed (a pair uses its fold).
     Returns the trained model and the result's history, score, timings and resume sections.
+    Raises Preempted when the stop flag ends an epoch early, Diverged when an epoch's numbers are not finite.
     """
     import keras
 
@@ -128,17 +135,21 @@ def fit(
         state.resumed_from.append(state.epochs_done)
         log(f"resuming from the checkpoint after epoch {state.epochs_done}")
 
-    def stop_if_requested(batch: int, logs: dict | None) -> None:
-        if stop_requested():
-            model.stop_training = True  # Keras ends the epoch after this compiled call
+    stopped_mid_epoch = False
 
-    stopper = keras.callbacks.LambdaCallback(on_train_batch_end=stop_if_requested)
+    def watch_batch(batch: int, logs: dict | None) -> None:
+        nonlocal stopped_mid_epoch
+        if stop_requested():
+            stopped_mid_epoch = True  # the stop flag, not a step count, says so: fp16 overflow skips steps
+            model.stop_training = True  # Keras ends the epoch after this compiled call
+        elif logs and not math.isfinite(float(logs.get("loss", 0.0))):
+            model.stop_training = True  # diverged: the rest of the epoch cannot bring it back
+
+    watcher = keras.callbacks.LambdaCallback(on_train_batch_end=watch_batch)
     batches = Batches(images, labels)
     held_out = batches.of(held_out_ix, EVAL_BATCH_SIZE)
-    steps_per_epoch = -(-len(train_ix) // protocol.batch_size)
     for epoch in range(state.epochs_done, protocol.epochs):
         started = time.perf_counter()
-        steps_before = int(model.optimizer.iterations)
         logs = model.fit(
             batches.of(epoch_order(train_ix, protocol.seed, stream, epoch), protocol.batch_size),
             validation_data=held_out,
@@ -146,13 +157,15 @@ def fit(
             epochs=epoch + 1,
             shuffle=False,  # epoch_order already shuffled, reproducibly
             verbose=0,
-            callbacks=[*callbacks, stopper],
+            callbacks=[*callbacks, watcher],
         ).history
-        if int(model.optimizer.iterations) - steps_before < steps_per_epoch:
-            # Stopped mid-epoch: keep the last epoch-end checkpoint, not these weights.
+        if stopped_mid_epoch:
+            # Keep the last epoch-end checkpoint, not these weights.
             raise Preempted(f"stopped by a signal during epoch {epoch + 1}; rerun to resume from epoch {epoch}")
-        for key, values in state.history.items():
-            values.append(float(logs[key][-1]))
+        epoch_values = {key: float(logs[key][-1]) for key in state.history}
+        check_finite(epoch_values, epoch, checkpoint)
+        for key, value in epoch_values.items():
+            state.history[key].append(value)
         state.epoch_seconds.append(round(time.perf_counter() - started, 3))
         state.epochs_done = epoch + 1
         checkpoint.save(model, state)
@@ -160,32 +173,44 @@ def fit(
             raise Preempted(f"stopped by a signal after epoch {epoch + 1}; rerun to resume from there")
 
     score = model.evaluate(held_out, verbose=0, return_dict=True)
-    return model, {
-        "history": state.history,
-        "score": {"accuracy": float(score["accuracy"]), "loss": float(score["loss"])},
-        "timings": {
-            "start_utc": state.start_utc,
-            "end_utc": _utc_now(),
-            "fit_seconds": round(sum(state.epoch_seconds), 3),
-            "epoch_seconds": state.epoch_seconds,
-        },
-        "resume": {"count": len(state.resumed_from), "from_epochs": state.resumed_from},
-    }
+    outcome = Outcome(
+        history=History(**{key: tuple(values) for key, values in state.history.items()}),
+        score=Score(accuracy=float(score["accuracy"]), loss=float(score["loss"])),
+        timings=Timings(
+            start_utc=state.start_utc or _utc_now(),
+            end_utc=_utc_now(),
+            fit_seconds=round(sum(state.epoch_seconds), 3),
+            epoch_seconds=tuple(state.epoch_seconds),
+        ),
+        resume=Resume(count=len(state.resumed_from), from_epochs=tuple(state.resumed_from)),
+    )
+    return model, outcome
+
+
+def check_finite(values: dict[str, float], epoch: int, checkpoint: Checkpoint) -> None:
+    """Raise Diverged when an epoch's loss or accuracy is not a finite number."""
+    bad = {key: value for key, value in values.items() if not math.isfinite(value)}
+    if bad:
+        kept = f"the checkpoint after epoch {epoch} in {checkpoint.folder} holds" if epoch else "no checkpoint holds"
+        raise Diverged(
+            f"training diverged in epoch {epoch + 1} ({', '.join(f'{k} {v}' for k, v in bad.items())}); "
+            f"{kept} the history before it; a rerun diverges the same way: change the protocol"
+        )
 
 
 def fit_pair(
     pair: Pair, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, **fit_options: Any
-) -> dict[str, Any]:
+) -> tuple[Outcome, PairData]:
     """Train and score one (model, fold) pair on its fold of the (limited) training images."""
     images, labels = dataset.x_train[: protocol.limit], dataset.y_train[: protocol.limit]
     train_ix, val_ix = folds.split(len(images), pair.fold, protocol)
     _, outcome = fit(
         pair.model, protocol, images, labels, train_ix, val_ix, checkpoint, stream=pair.fold, **fit_options
     )
-    outcome["data"] = {
+    data = PairData(
         **dataset.provenance(),
-        "n_train": len(train_ix),
-        "n_val": len(val_ix),
-        "val_indices_sha256": folds.indices_sha256(val_ix),
-    }
-    return outcome
+        n_train=len(train_ix),
+        n_val=len(val_ix),
+        val_indices_sha256=folds.indices_sha256(val_ix),
+    )
+    return outcome, data

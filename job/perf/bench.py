@@ -295,9 +295,10 @@ def _ours(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
     )
     with tempfile.TemporaryDirectory(prefix="mnist-cv-bench-") as folder:
         checkpoint = Checkpoint(Path(folder) / "checkpoint")
-        outcome = fit_pair(Pair(spec.model, spec.fold), protocol, dataset, checkpoint, callbacks=[clock.callback()])
+        pair = Pair(spec.model, spec.fold)
+        trained, data = fit_pair(pair, protocol, dataset, checkpoint, callbacks=[clock.callback()])
     extra = {"device": info["device_used"], "threads": info["threads"]["intra_op"]}
-    return Outcome(outcome["score"]["accuracy"], outcome["data"]["n_train"], outcome["data"]["n_val"], extra)
+    return Outcome(trained.score.accuracy, data.n_train, data.n_val, extra)
 
 
 RUNNERS: dict[str, Callable[[Spec, Any, EpochClock], Outcome]] = {"baseline": _baseline, "ours": _ours}

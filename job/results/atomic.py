@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from job.errors import JobError
+
 
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
@@ -39,7 +41,12 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
+    """Write `obj` as JSON; a NaN or infinity in it is refused (JobError) and nothing is written."""
+    try:
+        text = json.dumps(obj, indent=1, allow_nan=False)
+    except ValueError as error:
+        raise JobError(f"{path}: not written, {error}") from None
+    write_bytes(path, (text + "\n").encode())
 
 
 def _umask() -> int:

@@ -19,6 +19,7 @@ from job.launch.scheduler import TaskState
 from job.pair.checkpoint import Checkpoint
 from job.pair.protocol import Pair, Protocol, all_pairs
 from job.results import store
+from job.results.layout import RunLayout
 from job.results.lease import Holder, gone_because, lease_path, read_holder
 from job.results.submissions import Submission, read_submissions
 
@@ -115,18 +116,19 @@ def _status_of(
     submitted: list[Submission],
     states: dict[str, TaskState],
 ) -> PairStatus:
-    path = store.pair_path(results_dir, run, pair)
+    layout = RunLayout(results_dir, run)
+    path = layout.pair_result(pair)
     base = {"task_id": task_id, "pair": pair, "path": path}
     if path.exists():
         try:
-            result = store.read_result(path)
+            result = store.check_pair(path, layout)
         except store.ResultError as error:
             return PairStatus(state=PairState.CORRUPT, detail=str(error), **base)
-        if result["config_id"] != protocol.config_id:
-            return PairStatus(state=PairState.OTHER_CONFIG, detail=f"config {result['config_id']}", **base)
-        accuracy = result["score"]["accuracy"]
+        if result.config_id != protocol.config_id:
+            return PairStatus(state=PairState.OTHER_CONFIG, detail=f"config {result.config_id}", **base)
+        accuracy = result.score.accuracy
         return PairStatus(state=PairState.DONE, detail=f"{accuracy * 100:.3f}%", accuracy=accuracy, **base)
-    epochs = Checkpoint(store.checkpoint_dir(results_dir, run, pair)).epochs_done()
+    epochs = Checkpoint(layout.pair_checkpoint(pair)).epochs_done()
     stale = ""
     if holder is not None:
         gone = gone_because(holder, states.get)  # the one query's answers; empty without Slurm: alive then

@@ -1,40 +1,39 @@
-"""Where results live, how they are written (atomically) and read back (validated).
+"""Reading results back: the one check that a file is a valid result for the pair its path names, and the scan of
+a run folder. Writing is atomic (job/results/atomic.py); paths come from job/results/layout.py.
 
-Imports no TensorFlow: collect, pairs and the launchers read results through this module alone.
+Imports no TensorFlow: collect, pairs, status and the launchers read results through this module alone.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from job.errors import JobError
 from job.pair.protocol import Pair
+from job.results.contract import FinalResult, PairResult, ResultError, check_schema
+from job.results.layout import RunLayout
 
-SCHEMA_VERSION = 1
-
-
-class ResultError(JobError):
-    """A result file that cannot be used: unreadable, truncated, not JSON, or not of the schema."""
-
-
-def run_dir(results: Path, run: str) -> Path:
-    return Path(results) / run
-
-
-def pair_path(results: Path, run: str, pair: Pair) -> Path:
-    return run_dir(results, run) / pair.model / f"fold-{pair.fold}.json"
+# Evaluation after the last epoch and that epoch's validation are the same Keras evaluate() on the same weights
+# and batches, so they agree exactly on the CPU; on a GPU a reduction may sum in another order. A float32 mean of
+# fewer than 2**24 values moves by a few ulps (about 1e-6 relative) from the order; the smallest honest change of an
+# accuracy is one image in 60,000 (1.7e-5), so these tolerances accept the order and refuse any edit of the score.
+ACCURACY_TOLERANCE = 1e-6
+LOSS_RELATIVE_TOLERANCE = 1e-5
 
 
-def checkpoint_dir(results: Path, run: str, pair: Pair) -> Path:
-    """The pair's resumable state, kept beside its (future) result."""
-    return run_dir(results, run) / pair.model / f"fold-{pair.fold}.ckpt"
+# The paths of one pair, for callers that name a results folder and a run (the layout decides them).
+def pair_path(results_dir: Path, run: str, pair: Pair) -> Path:
+    return RunLayout(results_dir, run).pair_result(pair)
+
+
+def checkpoint_dir(results_dir: Path, run: str, pair: Pair) -> Path:
+    return RunLayout(results_dir, run).pair_checkpoint(pair)
 
 
 def ensure_writable(folder: Path) -> None:
@@ -47,77 +46,122 @@ def ensure_writable(folder: Path) -> None:
         raise JobError(f"cannot write to {folder}: {error.strerror or error}") from None
 
 
-@cache
-def schema(name: str = "result") -> dict[str, Any]:
-    """A JSON schema shipped with the package: "result" (a pair) or "final" (a final model)."""
-    return json.loads(resources.files("job.results").joinpath(f"{name}.schema.json").read_text())
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
-def validate(result: Any, where: str = "result", schema_name: str = "result") -> None:
-    """Raise ResultError naming the first schema violation and where it is."""
-    import jsonschema  # deferred: only readers of results pay for it
-
-    errors = sorted(
-        jsonschema.Draft202012Validator(schema(schema_name)).iter_errors(result), key=lambda e: list(e.path)
-    )
-    if errors:
-        location = "/".join(str(p) for p in errors[0].absolute_path) or "top level"
-        raise ResultError(f"{where}: not a valid {schema_name} ({location}: {errors[0].message})")
-    epochs = result["config"]["epochs"]
-    for key, values in result["history"].items():
-        if len(values) != epochs:
-            raise ResultError(f"{where}: history {key} has {len(values)} epochs, config says {epochs}")
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as infinity
+        raise ValueError(f"{text} is not a finite number")
+    return value
 
 
 def load_json(path: Path) -> Any:
-    """A result file's JSON, or ResultError saying in one line why it cannot be read."""
+    """A file's JSON with finite numbers only, or ResultError saying in one line why it cannot be read."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(), parse_constant=_refuse_constant, parse_float=_finite_float)
     except FileNotFoundError:
         raise ResultError(f"{path}: missing") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ResultError(f"{path}: unreadable ({error})") from None
     except json.JSONDecodeError as error:
         raise ResultError(f"{path}: corrupt or truncated JSON ({error.msg}: line {error.lineno})") from None
+    except ValueError as error:
+        raise ResultError(f"{path}: {error}") from None
 
 
 def read_result(path: Path) -> dict[str, Any]:
+    """A pair result's JSON, schema-valid and finite (what tests and tools look into field by field)."""
     result = load_json(path)
-    validate(result, str(path))
+    check_schema(result, PairResult.SCHEMA, str(path))
     return result
 
 
-def completed(path: Path, config_id: str, read: Callable[[Path], dict[str, Any]] = read_result) -> bool:
-    """True when a valid result of this config is there; raises when one of another config would be overwritten."""
+def check_pair(path: Path, layout: RunLayout) -> PairResult:
+    """The result in `path` if it is a valid result for the pair its path names; ResultError saying why not.
+
+    Valid: schema-valid JSON with finite numbers; model and fold those of the path and the fold one of its config;
+    config_id the hash of its config; the held-out indices those of that fold of the (limited) training images;
+    a history as long as its epochs, whose last validation numbers are the score.
+    """
+    from job.pair import folds  # deferred: scikit-learn, needed only here and to train
+
+    pair = layout.pair_of(path)
+    if pair is None:
+        raise ResultError(f"{path}: not a pair result's path (RUN/MODEL/fold-K.json)")
+    result = PairResult.from_json(load_json(path), str(path))
+    config = result.config
+    if (result.model, result.fold) != pair:
+        raise ResultError(f"{path}: holds {Pair(result.model, result.fold)}, not the pair its path names")
+    if result.fold >= config.n_folds:
+        raise ResultError(f"{path}: fold {result.fold} of a {config.n_folds}-fold config")
+    if result.config_id != config.config_id:
+        raise ResultError(f"{path}: config_id {result.config_id} is not its config's ({config.config_id})")
+    _, held_out = folds.split(result.data.n_train + result.data.n_val, result.fold, config)
+    if folds.indices_sha256(held_out) != result.data.val_indices_sha256:
+        raise ResultError(f"{path}: its held-out images are not fold {result.fold} of its config")
+    if config.limit is not None and result.data.n_train + result.data.n_val != config.limit:
+        raise ResultError(f"{path}: {result.data.n_train + result.data.n_val} images, its config says {config.limit}")
+    check_history(result, str(path))
+    return result
+
+
+def check_history(result: PairResult | FinalResult, where: str) -> None:
+    """A history of `epochs` values per metric, whose last validation numbers are the result's score."""
+    history, epochs = result.history, result.config.epochs
+    for name, values in vars(history).items():
+        if len(values) != epochs:
+            raise ResultError(f"{where}: history {name} has {len(values)} epochs, config says {epochs}")
+    score = result.score
+    if abs(history.val_accuracy[-1] - score.accuracy) > ACCURACY_TOLERANCE or not math.isclose(
+        history.val_loss[-1], score.loss, rel_tol=LOSS_RELATIVE_TOLERANCE, abs_tol=1e-9
+    ):
+        raise ResultError(
+            f"{where}: score (accuracy {score.accuracy}, loss {score.loss}) is not its last epoch's validation "
+            f"(accuracy {history.val_accuracy[-1]}, loss {history.val_loss[-1]})"
+        )
+
+
+def completed(path: Path, config_id: str, read: Callable[[Path], Any]) -> bool:
+    """True when a valid result of this config is there; raises when one of another config would be overwritten.
+
+    `read` is the validity check of the kind of result (check_pair with its layout, or the final result's).
+    An invalid file is not done: it is redone, and the new result replaces it atomically.
+    """
     if not path.exists():
         return False
     try:
         result = read(path)
     except ResultError:
-        return False  # a torn or corrupt file is redone; the new result replaces it atomically
-    if result["config_id"] != config_id:
+        return False
+    if result.config_id != config_id:
         raise JobError(
-            f"{path} holds config {result['config_id']}, not {config_id}: use another --run, or --force to replace it"
+            f"{path} holds config {result.config_id}, not {config_id}: use another --run, or --force to replace it"
         )
     return True
+
+
+class Record(NamedTuple):
+    """A valid result and the file it was read from."""
+
+    path: Path
+    result: PairResult
 
 
 @dataclass
 class Scan:
     """What a run folder holds: the valid results, and the files that could not be used (path -> reason)."""
 
-    results: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     problems: dict[Path, str] = field(default_factory=dict)
 
 
-def scan(results: Path, run: str) -> Scan:
+def scan(layout: RunLayout) -> Scan:
     found = Scan()
-    for path in sorted(run_dir(results, run).glob("*/fold-*.json")):
+    for path in layout.pair_results():
         try:
-            result = read_result(path)
+            found.records.append(Record(path, check_pair(path, layout)))
         except ResultError as error:
             found.problems[path] = str(error)
-            continue
-        result["_path"] = str(path)
-        found.results.append(result)
     return found

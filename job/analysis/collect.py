@@ -1,0 +1,213 @@
+"""collect: read a run's valid results, build its summary once, and publish summary.json, summary.md and the
+figures as one unit.
+
+One unit: everything is computed and the summary validated (schema, finite numbers) before any file is touched;
+every figure is then drawn to a temp file beside its target. Only when all are drawn is the old summary.json
+removed, the figures renamed into place, and summary.md and summary.json written, summary.json last. A failure
+before that leaves the old outputs as they were; a failure during the renames leaves no summary.json. So a
+summary.json on disk always sits beside its own figures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from job.analysis import report, summary
+from job.analysis.summary import FinalRecord
+from job.errors import JobError
+from job.pair.protocol import Pair
+from job.results import atomic, store
+from job.results.contract import Skipped, Summary
+from job.results.layout import RunLayout
+from job.results.status import array_spec
+
+
+@dataclass(frozen=True)
+class Request:
+    results_dir: Path
+    run: str
+    config_id: str | None = None  # the config to summarise when the run holds several
+    fmt: str = "png"
+    data_dir: Path | None = None  # where the final models' test images are, for the misclassified grids
+    allow_partial: bool = False
+    json: bool = False  # print the summary as JSON on stdout, and nothing else there
+
+
+# A figure to draw: its path, and how to draw it (called only when the summary is published).
+Figure = tuple[Path, Callable[[], Any]]
+
+
+def collect(request: Request) -> int:
+    layout = RunLayout(request.results_dir, request.run)
+    if not layout.folder.is_dir():
+        raise JobError(f"no run folder {layout.folder}")
+    scan = store.scan(layout)
+    finals, bad_finals = _read_finals(layout)
+    problems = {**scan.problems, **bad_finals}
+    for reason in problems.values():
+        print(f"skipped {' '.join(reason.split())}", file=sys.stderr)  # one line, whatever the message holds
+    if not scan.records:
+        raise JobError(f"no usable result in {layout.folder}")
+
+    chosen = summary.select(scan.records, request.config_id)
+    others = [r for r in scan.records if r.result.config_id != chosen[0].result.config_id]
+    skipped = [Skipped(layout.relative(path), reason.removeprefix(f"{path}: ")) for path, reason in problems.items()]
+    skipped += [Skipped(summary.file_name(r.path), f"config {r.result.config_id}") for r in others]
+    unusable = _unusable(layout, problems, {r.path: r.result.config_id for r in others})
+
+    # A first summary says whether it is complete; the published one also names its figures and notes.
+    found = summary.summarise(
+        chosen, layout=layout, unusable=unusable, skipped=skipped, finals=finals, final_notes={}, figures=()
+    )
+    publish = found.complete or request.allow_partial
+    figures: list[Figure] = []
+    stale: list[Path] = []
+    if publish:
+        figures, stale, notes = _plan_figures(layout, chosen, finals, found, request)
+        found = summary.summarise(
+            chosen, layout=layout, unusable=unusable, skipped=skipped, finals=finals, final_notes=notes,
+            figures=[path.name for path, _ in figures],
+        )  # fmt: skip
+    text = _checked_json(found)
+
+    console = Console()
+    if request.json:
+        print(text)
+    else:
+        report.print_report(found, console)
+    if not publish:
+        missing = found.missing
+        names = ", ".join(str(Pair(m.model, m.fold)) for m in missing)
+        raise JobError(
+            f"{len(missing)} of {found.n_expected} pairs missing ({names}; task ids "
+            f"{array_spec([m.task_id for m in missing if m.task_id is not None])}): run them, or pass --allow-partial"
+        )
+    store.ensure_writable(layout.folder)
+    _publish(layout, figures, stale, request.fmt, found, text)
+    if not request.json:
+        written = ", ".join([layout.summary_json.name, layout.summary_md.name, *found.figures])
+        console.print(f"wrote {written} in {layout.folder}", markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def _checked_json(found: Summary) -> str:
+    """summary.json's text, once the summary passes its own schema: what is printed is what a reader accepts."""
+    data = found.to_json()
+    Summary.from_json(data, "the summary")
+    try:
+        return json.dumps(data, indent=1, allow_nan=False)
+    except ValueError as error:
+        raise JobError(f"the summary holds a number JSON cannot: {error}") from None
+
+
+def _read_finals(layout: RunLayout) -> tuple[dict[str, FinalRecord], dict[Path, str]]:
+    """The valid final results in RUN/final/ by model, and the others with why."""
+    from job.pair.final import check_final  # imports no TensorFlow: Keras is loaded only to train or predict
+
+    finals, problems = {}, {}
+    for path in layout.final_results():
+        try:
+            finals[layout.final_model_of(path)] = FinalRecord(path, check_final(path, layout))
+        except JobError as error:
+            problems[path] = str(error)
+    return finals, problems
+
+
+def _unusable(layout: RunLayout, problems: dict[Path, str], others: dict[Path, str]) -> dict[Pair, str]:
+    """Why a pair has no usable result: a damaged file, a result of another config (path -> its config id), or
+    training in progress."""
+    reasons = [(path, "unusable") for path in problems]
+    reasons += [(path, f"config {config_id}") for path, config_id in others.items()]
+    # Last, so it wins: a checkpoint is what is happening now, which says more than an old file does.
+    reasons += [(path, "in progress") for path in layout.pair_checkpoints()]
+    return {pair: reason for path, reason in reasons if (pair := layout.pair_of(path)) is not None}
+
+
+def _plan_figures(
+    layout: RunLayout,
+    chosen: list[store.Record],
+    finals: dict[str, FinalRecord],
+    found: Summary,
+    request: Request,
+) -> tuple[list[Figure], list[Path], dict[str, list[str]]]:
+    """The figures to draw, the old figures to remove (a grid that cannot be drawn now), and notes per final model."""
+    from job.analysis import plots
+
+    fmt = request.fmt
+    figures: list[Figure] = []
+    for model, stats in found.models.items():
+        if stats.n:
+            results = [r.result for r in chosen if r.result.model == model]
+            draw = lambda m=model, rs=results: plots.learning_curves(m, rs, found.config_id)  # noqa: E731
+            figures.append((layout.learning_curves(model, fmt), draw))
+    accuracies = {model: [f.accuracy for f in stats.folds] for model, stats in found.models.items()}
+    figures.append((layout.boxplot(fmt), lambda: plots.boxplot(accuracies)))
+
+    stale: list[Path] = []
+    notes: dict[str, list[str]] = {}
+    load = cache(_load_test_images)  # final models of one run share their data, which is read once
+    for model, final in finals.items():
+        figures.append((layout.confusion(model, fmt), lambda m=model, r=final.result: plots.confusion_matrix(m, r)))
+        grid = layout.misclassified(model, fmt)
+        try:
+            images = _test_images(final, request.data_dir, load)
+        except JobError as error:
+            stale.append(grid)  # an older grid may be of another model or data than this summary's
+            notes[model] = [f"no {grid.name}: {' '.join(str(error).split())}"]
+            continue
+        mistakes = final.result.test.misclassified
+        figures.append((grid, lambda m=model, x=mistakes, i=images: plots.misclassified(m, x, i)))
+    return figures, stale, notes
+
+
+def _load_test_images(source: Path) -> tuple[str, Any]:
+    """(sha256, images) of the test images in `source`."""
+    from job.pair import data
+
+    # custom=True: whatever the data, the test-image hash recorded in the final result decides.
+    dataset = data.load(source, custom=True)
+    return dataset.sha256[data.TEST_IMAGES], dataset.x_test
+
+
+def _test_images(final: FinalRecord, data_dir: Path | None, load: Callable[[Path], tuple[str, Any]]) -> Any:
+    """The test images a final model was scored on, or a JobError saying why they are not at hand."""
+    from job.pair.data import TEST_IMAGES
+
+    result = final.result
+    if not result.test.misclassified:
+        raise JobError("every test digit was classified right")
+    source = Path(data_dir or result.data.source)
+    found, images = load(source)
+    recorded = result.data.sha256.get(TEST_IMAGES)
+    if found != recorded:
+        raise JobError(
+            f"the test images in {source} are not those the model was scored on "
+            f"(sha256 {found[:12]}..., recorded {str(recorded)[:12]}...)"
+        )
+    return images
+
+
+def _publish(layout: RunLayout, figures: list[Figure], stale: list[Path], fmt: str, found: Summary, text: str) -> None:
+    """Write the outputs as one unit (see the module's docstring)."""
+    with ExitStack() as renames:  # each figure's temp file is renamed over its target when the stack closes
+        for path, draw in _staged(figures, renames):
+            draw().savefig(path, format=fmt)
+        layout.summary_json.unlink(missing_ok=True)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    atomic.write_bytes(layout.summary_md, report.markdown(found).encode())
+    atomic.write_bytes(layout.summary_json, (text + "\n").encode())
+
+
+def _staged(figures: list[Figure], renames: ExitStack) -> Iterator[tuple[Path, Callable[[], Any]]]:
+    for path, draw in figures:
+        yield renames.enter_context(atomic.replacing(path)), draw

@@ -1,0 +1,191 @@
+"""The one training skeleton of `run` and `final`: done-check, lease, session, typed result, validate, atomic write,
+checkpoint removal. A pair and a final model differ only in what they train and write (PairJob, FinalJob)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job.pair.checkpoint import Checkpoint
+from job.pair.protocol import Pair, Protocol, task_for_pair
+from job.pair.session import Inputs, Session
+from job.results import atomic, store
+from job.results.contract import FinalResult, ModelFile, PairResult
+from job.results.layout import RunLayout
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to treat what is already there."""
+
+    force: bool = False  # retrain even when a valid result of this config exists
+    keep_checkpoint: bool = False  # keep the per-epoch checkpoint after the result is written
+
+
+class Job(ABC):
+    """One training: what it is called, where its files go, how to train it and how to check its result."""
+
+    layout: RunLayout
+    protocol: Protocol
+
+    @property
+    @abstractmethod
+    def model_name(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def label(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def result_path(self) -> Path: ...
+
+    @property
+    @abstractmethod
+    def checkpoint_path(self) -> Path: ...
+
+    @abstractmethod
+    def check(self, path: Path) -> Any:
+        """The validity check of this kind of result (raises ResultError)."""
+
+    @abstractmethod
+    def train(self, session: Session, checkpoint: Checkpoint) -> Any:
+        """Train and return the typed result (a final model also writes its model file here)."""
+
+    @abstractmethod
+    def report(self, result: Any) -> str:
+        """The one line printed when the result is written."""
+
+
+@dataclass(frozen=True)
+class PairJob(Job):
+    layout: RunLayout
+    protocol: Protocol
+    pair: Pair
+
+    @property
+    def model_name(self) -> str:
+        return self.pair.model
+
+    @property
+    def label(self) -> str:
+        return str(self.pair)
+
+    @property
+    def result_path(self) -> Path:
+        return self.layout.pair_result(self.pair)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.layout.pair_checkpoint(self.pair)
+
+    def check(self, path: Path) -> PairResult:
+        return store.check_pair(path, self.layout)
+
+    def train(self, session: Session, checkpoint: Checkpoint) -> PairResult:
+        from job.pair.train import fit_pair
+
+        outcome, data = fit_pair(self.pair, self.protocol, session.dataset, checkpoint, **session.fit_options)
+        return PairResult.build(
+            model=self.pair.model,
+            fold=self.pair.fold,
+            task_id=task_for_pair(self.pair, self.protocol.n_folds),
+            protocol=self.protocol,
+            outcome=outcome,
+            data=data,
+            environment=session.environment(),
+        )
+
+    def report(self, result: PairResult) -> str:
+        return (
+            f"{self.label}: held-out accuracy {result.score.accuracy * 100:.3f}% (loss {result.score.loss:.4f}) "
+            f"in {result.timings.fit_seconds:.1f}s -> {self.result_path}"
+        )
+
+
+@dataclass(frozen=True)
+class FinalJob(Job):
+    layout: RunLayout
+    protocol: Protocol
+    model: str
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/final"
+
+    @property
+    def result_path(self) -> Path:
+        return self.layout.final_result(self.model)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.layout.final_checkpoint(self.model)
+
+    def check(self, path: Path) -> FinalResult:
+        from job.pair.final import check_final
+
+        return check_final(path, self.layout)
+
+    def train(self, session: Session, checkpoint: Checkpoint) -> FinalResult:
+        from job.pair import final
+
+        model, outcome, test, data = final.train(
+            self.model, self.protocol, session.dataset, checkpoint, **session.fit_options
+        )
+        model_file = self.layout.final_model(self.model)
+        # Before the result: a result on disk always names a complete model file.
+        saved = ModelFile(name=model_file.name, sha256=final.save_model(model, model_file))
+        return FinalResult.build(
+            model=self.model,
+            protocol=self.protocol,
+            model_file=saved,
+            outcome=outcome,
+            test=test,
+            data=data,
+            environment=session.environment(),
+        )
+
+    def report(self, result: FinalResult) -> str:
+        score, test = result.score, result.test
+        return (
+            f"{self.label}: test accuracy {score.accuracy * 100:.3f}% (loss {score.loss:.4f}), "
+            f"{test.n_images - test.n_correct} of {test.n_images} test images misclassified, "
+            f"in {result.timings.fit_seconds:.1f}s -> {self.layout.final_model(self.model)}"
+        )
+
+
+def lease(job: Job) -> AbstractContextManager[Any]:
+    """LEASE HOOK: the place a lease on `job.result_path` will wrap the training (job/results/lease.py, issue 12).
+
+    Until then a no-op: two tasks of one pair both train, and the second atomic write replaces the first.
+    """
+    return nullcontext()
+
+
+def execute(job: Job, inputs: Inputs, options: Options = Options()) -> str:
+    """Train `job` unless it is done with its config; return the line to print. Raises JobError (one line)."""
+    from job.pair import session
+
+    config_id = job.protocol.config_id
+    if not options.force and store.completed(job.result_path, config_id, read=job.check):
+        return f"{job.label}: already done with config {config_id} ({job.result_path}); --force to retrain"
+    store.ensure_writable(job.result_path.parent)
+    with lease(job):
+        checkpoint = Checkpoint(job.checkpoint_path)
+        with session.training(inputs, job.protocol, job.model_name, job.label) as trained:
+            result = job.train(trained, checkpoint)
+        # The in-memory result passes the readers' checks before it is written: the schema, finite numbers, and
+        # a history consistent with the score.
+        type(result).from_json(result.to_json(), job.label)
+        store.check_history(result, job.label)
+        atomic.write_json(job.result_path, result.to_json())
+        if not options.keep_checkpoint:
+            checkpoint.remove()
+    return job.report(result)

@@ -1,0 +1,391 @@
+"""The typed result contract: a pair's result, a final model's result and collect's summary.
+
+Each is a frozen dataclass with one builder (`build`), `to_json()` and `from_json()`. from_json validates the JSON
+against the type's schema (job/results/*.schema.json) before it builds anything, so a typed result is always a
+valid one; tests/test_contract.py checks every schema against its dataclass, field by field.
+
+schema_version 1 is the current version of all three; a future version must keep reading version 1 files.
+Imports no TensorFlow (collect, pairs and the launchers use it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, TypeVar
+
+from job.errors import JobError
+from job.pair.protocol import Protocol
+
+SCHEMA_VERSION = 1
+READABLE_VERSIONS = (1,)
+
+
+class ResultError(JobError):
+    """A result file that cannot be used: unreadable, truncated, not JSON, not of the schema, or not what it claims."""
+
+
+# --- the pieces ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class History:
+    """Per-epoch metrics, one value per epoch (the validation ones on the held-out images)."""
+
+    loss: tuple[float, ...]
+    accuracy: tuple[float, ...]
+    val_loss: tuple[float, ...]
+    val_accuracy: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Score:
+    accuracy: float
+    loss: float
+
+
+@dataclass(frozen=True)
+class Timings:
+    start_utc: str
+    end_utc: str
+    fit_seconds: float
+    epoch_seconds: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Resume:
+    count: int
+    from_epochs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a training returns: the sections every result has besides its config, data and provenance."""
+
+    history: History
+    score: Score
+    timings: Timings
+    resume: Resume
+
+
+@dataclass(frozen=True)
+class PairData:
+    name: str
+    source: str
+    sha256: Mapping[str, str]
+    n_train: int
+    n_val: int
+    val_indices_sha256: str
+
+
+@dataclass(frozen=True)
+class FinalData:
+    name: str
+    source: str
+    sha256: Mapping[str, str]
+    n_train: int
+    n_test: int
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Misclassified:
+    index: int
+    label: int
+    predicted: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class TestScore:
+    n_images: int
+    n_correct: int
+    per_class_accuracy: tuple[float | None, ...]
+    confusion_matrix: tuple[tuple[int, ...], ...]  # [true digit][predicted digit]
+    misclassified: tuple[Misclassified, ...]
+
+
+# --- the results --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One (model, fold) pair of the cross-validation (RESULTS/RUN/MODEL/fold-K.json)."""
+
+    schema_version: int
+    model: str
+    fold: int
+    task_id: int | None
+    config: Protocol
+    config_id: str
+    history: History
+    score: Score
+    data: PairData
+    environment: Mapping[str, Any]  # provenance, kept as recorded
+    timings: Timings
+    resume: Resume
+
+    SCHEMA = "result"
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        model: str,
+        fold: int,
+        task_id: int | None,
+        protocol: Protocol,
+        outcome: Outcome,
+        data: PairData,
+        environment: Mapping[str, Any],
+    ) -> PairResult:
+        return cls(
+            SCHEMA_VERSION, model, fold, task_id, protocol, protocol.config_id, outcome.history, outcome.score,
+            data, environment, outcome.timings, outcome.resume,
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "result") -> PairResult:
+        return _from_json(cls, data, where)
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    """A model trained on all training images and scored on the test images (RESULTS/RUN/final/MODEL.json)."""
+
+    schema_version: int
+    model: str
+    config: Protocol
+    config_id: str
+    model_file: ModelFile
+    history: History
+    score: Score
+    test: TestScore
+    data: FinalData
+    environment: Mapping[str, Any]
+    timings: Timings
+    resume: Resume
+
+    SCHEMA = "final"
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        model: str,
+        protocol: Protocol,
+        model_file: ModelFile,
+        outcome: Outcome,
+        test: TestScore,
+        data: FinalData,
+        environment: Mapping[str, Any],
+    ) -> FinalResult:
+        return cls(
+            SCHEMA_VERSION, model, protocol, protocol.config_id, model_file, outcome.history, outcome.score, test,
+            data, environment, outcome.timings, outcome.resume,
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "final result") -> FinalResult:
+        return _from_json(cls, data, where)
+
+
+# --- the summary --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SummaryData:
+    name: str
+    sha256: Mapping[str, str | None]
+
+
+@dataclass(frozen=True)
+class MissingPair:
+    model: str
+    fold: int
+    task_id: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FoldScore:
+    fold: int
+    accuracy: float
+    loss: float
+    fit_seconds: float
+    file: str
+
+
+@dataclass(frozen=True)
+class FinalStats:
+    file: str
+    accuracy: float
+    loss: float
+    n_train: int
+    n_test: int
+    n_misclassified: int
+    config_id: str
+    same_config: bool
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    n: int
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    mean_fit_seconds: float | None
+    folds: tuple[FoldScore, ...]
+    missing_folds: tuple[int, ...]
+    final: FinalStats | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline: str
+    candidate: str
+    test: str
+    folds: tuple[int, ...]
+    k: int
+    differences: tuple[float, ...]
+    mean_difference: float | None
+    test_train_ratio: float | None
+    t: float | None
+    df: int | None
+    p_value: float | None
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """collect's summary of a run (RESULTS/RUN/summary.json): built once, with the figures drawn beside it."""
+
+    schema_version: int
+    run: str
+    config_id: str
+    config: Protocol
+    data: SummaryData
+    metric: str
+    std_definition: str
+    complete: bool
+    n_expected: int
+    n_found: int
+    missing: tuple[MissingPair, ...]
+    skipped: tuple[Skipped, ...]
+    models: Mapping[str, ModelStats]
+    comparison: Comparison
+    figures: tuple[str, ...]
+
+    SCHEMA = "summary"
+
+    @classmethod
+    def build(cls, **sections: Any) -> Summary:
+        return cls(schema_version=SCHEMA_VERSION, **sections)
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "summary") -> Summary:
+        return _from_json(cls, data, where)
+
+
+# --- JSON <-> dataclasses -----------------------------------------------------------------------------------------
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    """A JSON schema shipped with the package: "result" (a pair), "final" (a final model) or "summary"."""
+    return json.loads(resources.files("job.results").joinpath(f"{name}.schema.json").read_text())
+
+
+def check_schema(data: Any, name: str, where: str) -> None:
+    """Raise ResultError naming the first schema violation, or a number that is not finite, and where it is."""
+    import jsonschema  # deferred: only readers of results pay for it
+
+    errors = sorted(jsonschema.Draft202012Validator(schema(name)).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        location = "/".join(str(p) for p in errors[0].absolute_path) or "top level"
+        raise ResultError(f"{where}: not a valid {name} ({location}: {errors[0].message})")
+    if (bad := _non_finite(data)) is not None:
+        raise ResultError(f"{where}: {bad or 'top level'} is not a finite number")
+
+
+def _non_finite(value: Any, at: str = "") -> str | None:
+    """The location of the first NaN or infinity in a JSON value, or None (a schema's "number" accepts both)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return at
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        if (found := _non_finite(child, f"{at}/{key}" if at else str(key))) is not None:
+            return found
+    return None
+
+
+_T = TypeVar("_T")
+
+
+def _from_json(cls: type[_T], data: Any, where: str) -> _T:
+    check_schema(data, cls.SCHEMA, where)  # type: ignore[attr-defined]
+    if data["schema_version"] not in READABLE_VERSIONS:
+        raise ResultError(f"{where}: schema_version {data['schema_version']} is newer than this code reads")
+    try:
+        return _build(cls, data)
+    except JobError as error:  # a Protocol the schema lets through but the code refuses
+        raise ResultError(f"{where}: {error}") from None
+
+
+def _build(hint: Any, value: Any) -> Any:
+    """A value of type `hint` from its JSON: dataclasses by field, tuples and mappings item by item."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        (hint,) = [a for a in args if a is not type(None)]
+        return _build(hint, value)
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return hint(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(hint)})
+    if origin is tuple:
+        return tuple(_build(args[0], item) for item in value)
+    if origin is Mapping:
+        return {key: _build(args[1], item) for key, item in value.items()}
+    if hint is float:
+        return float(value)  # JSON writes 1.0 as 1 in other tools
+    return value
+
+
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_to_json(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _to_json(item) for key, item in value.items()}
+    return value
