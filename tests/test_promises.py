@@ -400,9 +400,15 @@ def test_an_unanticipated_error_is_one_line_that_says_it_is_a_bug(
         assert "ValueError" in text.splitlines()[-1]
 
 
-@pytest.mark.xfail(strict=True, reason="needs job/cli/run.py (helper A's) to parse the variable with parse_task_id")
 def test_a_task_id_from_the_environment_that_is_not_ascii_digits_is_a_usage_error(tmp_path: Path) -> None:
     """$SLURM_ARRAY_TASK_ID with a digit str.isdigit() accepts but int() refuses."""
     done = cli("run", "--results", str(tmp_path), env={"SLURM_ARRAY_TASK_ID": "²"}, timeout=60)
     assert done.returncode == 2
     assert len(our_lines(done.stderr)) == 1 and "'²' is not a task id" in done.stderr, done.stderr
+
+
+def test_a_task_id_argument_that_is_not_ascii_digits_is_a_usage_error(tmp_path: Path) -> None:
+    """int() reads '٣' (Arabic-Indic three) as 3: the pair would silently be task 3."""
+    done = cli("run", "--task-id", "٣", "--results", str(tmp_path), timeout=60)
+    assert done.returncode == 2
+    assert len(our_lines(done.stderr)) == 1 and "'٣' is not a task id" in done.stderr, done.stderr

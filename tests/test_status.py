@@ -190,7 +190,7 @@ def test_pairs_missing_prints_nothing_and_exits_1_when_every_pair_is_queued(tmp_
 def test_status_without_slurm_reads_leases_and_names_are_printed_as_text(tmp_path: Path) -> None:
     from job.results.lease import Lease
 
-    run = "x[red]y[/red]"
+    run = "x[red]y[bold]z"  # rich markup, but a plain name (no slash)
     with Lease.acquire(lease_path(tmp_path, run, Pair("mlp", 3)), CONFIG.config_id):
         states = [s.state for s in status(tmp_path, run, CONFIG, slurm=False)]
         assert states == [PairState.MISSING] * 3 + [PairState.RUNNING] + [PairState.MISSING] * 6
@@ -208,7 +208,7 @@ def test_a_task_of_sbatch_array_sh_records_itself_once_with_its_log(tmp_path: Pa
     results = tmp_path / "results"
     record = (
         "import sys; from job.results.submissions import record_running_task as r; "
-        "r(sys.argv[1], 'default', 'cfg'); r(sys.argv[1], 'default', 'cfg')"
+        "r(sys.argv[1], 'default', 'cfg', 7); r(sys.argv[1], 'default', 'cfg', 7); r(sys.argv[1], 'default', 'cfg', 3)"
     )
     options = ["--array=7", "--mem=200M", "-J", JOB_NAME, f"--output={tmp_path}/%x_%A_%a.out"]
     job = submit(

@@ -15,7 +15,7 @@ from job.cli.options import (
     protocol_from_args,
 )
 from job.errors import UsageError
-from job.pair.protocol import DEFAULT_MODELS, Pair, Protocol, check_fold, pair_for_task
+from job.pair.protocol import DEFAULT_MODELS, Pair, Protocol, check_fold, pair_for_task, parse_task_id
 
 
 def add_parser(subparsers: Any) -> None:
@@ -30,7 +30,7 @@ def add_parser(subparsers: Any) -> None:
     which.add_argument("--fold", type=int, help="held-out fold, 0-4")
     which.add_argument(
         "--task-id",
-        type=int,
+        type=task_id_arg,
         help="array index 0-9 -> (mlp, 0..4), (cnn, 0..4); default $SLURM_ARRAY_TASK_ID",
     )
     add_results_args(p)
@@ -40,6 +40,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the per-epoch checkpoint after success")
     add_device_args(p)
     p.set_defaults(handler=run)
+
+
+def task_id_arg(text: str) -> int:
+    """--task-id as parse_task_id reads it (int() would take '٣' for 3), as argparse reports a bad value."""
+    try:
+        return parse_task_id(text, "--task-id")
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
@@ -58,9 +66,7 @@ def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
         env = os.environ.get("SLURM_ARRAY_TASK_ID", "").strip()
         if not env:
             raise UsageError("no pair given: pass --model and --fold, or --task-id (or set $SLURM_ARRAY_TASK_ID)")
-        if not env.isdigit():
-            raise UsageError(f"$SLURM_ARRAY_TASK_ID is not a task id: {env!r}")
-        task_id = int(env)
+        task_id = parse_task_id(env, "$SLURM_ARRAY_TASK_ID")
     return pair_for_task(task_id, protocol.n_folds)
 
 

@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     code = None if args.live_code else snapshot.plan(allow_dirty=args.allow_dirty)
     workdir = os.getcwd() if code is None else str(snapshot.code_dir(args.results, args.run) / code.name)
     version = None if code is None else (code.commit, code.dirty)
-    tasks = [launch.JobTask(name, job_args, image, sys.executable, workdir, version) for name, job_args in chosen]
+    tasks = [launch.JobTask(name, job_args, image, sys.executable, workdir, version) for name, job_args, _ in chosen]
     what = "final model" if args.final else "pair" if len(tasks) == 1 else "pairs"
     if args.dry_run:
         print_plan(args, protocol, what, tasks, params, logs, code)
@@ -201,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
     if code is not None:
         snapshot.freeze(code, snapshot.code_dir(args.results, args.run))
     jobs = submit(args, params, logs, tasks)
+    if args.executor == "slurm" and not args.final:
+        record(args, protocol, params, logs, [task_id for _, _, task_id in chosen], jobs)
     print(f"submitted {len(jobs)} {what} of config {protocol.config_id} ({args.executor}):")
     for task, job in zip(tasks, jobs, strict=True):
         print(f"  {task.name}  job {job.job_id}")
@@ -221,26 +223,30 @@ def run(args: argparse.Namespace) -> int:
     return collect(args, protocol)
 
 
-def jobs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[tuple[str, tuple[str, ...]]]:
-    """(name, `job` arguments) of each job to submit: the final model if asked for, else the pairs not done."""
+def jobs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[tuple[str, tuple[str, ...], int | None]]:
+    """(name, `job` arguments, pair task id) of each job to submit: the final model (no task id) if asked for, else
+    the pairs to run."""
     from job.launch.argv import final_args, pair_args
     from job.pair import models
 
     forwarded = run_args(args)
     if args.final is not None:
         model = models.check_name(args.final)
-        return [(f"{model}/final", final_args(model, forwarded))]  # `job final` itself skips a done model
-    return [(str(s.pair), pair_args(s.task_id, forwarded)) for s in pairs_to_submit(args, protocol)]
+        return [(f"{model}/final", final_args(model, forwarded), None)]  # `job final` itself skips a done model
+    return [(str(s.pair), pair_args(s.task_id, forwarded), s.task_id) for s in pairs_to_submit(args, protocol)]
 
 
 def pairs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[Any]:
-    """The pairs asked for (--task-ids, default all) that are not done (unless --all), as pair_status sees them."""
+    """The pairs asked for (--task-ids, default all) that are neither queued nor running nor (unless --all) done,
+    as job.results.status sees them."""
     from job.results.status import status
 
     chosen = [
         s
         for s in status(args.results, args.run, protocol)
-        if (args.task_ids is None or s.task_id in args.task_ids) and (args.all or s.state != "done")
+        # Queued and running pairs are never submitted again, --all or not: that is a second training of one pair.
+        if (args.task_ids is None or s.task_id in args.task_ids)
+        and (s.state.needs_run or (args.all and s.state == "done"))
     ]
     clashes = [f"{s.pair} ({s.detail})" for s in chosen if s.state == "other config"]
     if clashes:  # `job run` would refuse them one by one, after queueing
@@ -304,18 +310,29 @@ def collect(args: argparse.Namespace, protocol: Protocol) -> int:
 
 
 def run_collect(results: Path, run: str, config_id: str) -> int:
-    """`mnist-cv collect --results RESULTS --run RUN --config ID` with its other options at their defaults: the one
-    place that calls into collect (to become a call of its library function)."""
-    from job.cli import collect
+    """collect of this config, its other options at their defaults."""
+    from job.analysis.collect import Request, collect
 
-    return collect.run(
-        argparse.Namespace(
-            results=results,
-            run=run,
-            config=config_id,
-            data_dir=settings().data,
-            allow_partial=False,
-            format=collect.FORMATS[0],
-            json=False,
-        )
+    return collect(Request(results, run, config_id, data_dir=settings().data))
+
+
+def record(
+    args: argparse.Namespace,
+    protocol: Protocol,
+    params: dict[str, Any],
+    logs: Path,
+    task_ids: list[int],
+    jobs: list[Any],
+) -> None:
+    """Write down which array task runs which pair, so `status` and `pairs --missing` know them from now on."""
+    from job.results.submissions import record_submission
+
+    record_submission(
+        args.results,
+        args.run,
+        array_job_id=jobs[0].job_id.split("_")[0],
+        tasks={int(job.job_id.split("_")[1]): task_id for job, task_id in zip(jobs, task_ids, strict=True)},
+        config_id=protocol.config_id,
+        log=str(logs / "%A_%a_0_log.err"),  # submitit's %j_%t_log.err: where `run` says why it failed
+        job_name=params["name"],
     )

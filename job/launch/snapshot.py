@@ -28,7 +28,9 @@ SOURCE = Path(__file__).resolve().parents[2]  # the checkout holding this packag
 
 def code_dir(results: Path, run: str) -> Path:
     """Where a run's snapshots go: RESULTS/RUN/code/."""
-    return results.absolute() / run / "code"
+    from job.results.layout import RunLayout
+
+    return RunLayout(results, run).code
 
 
 @dataclass(frozen=True)

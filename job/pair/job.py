@@ -4,7 +4,6 @@ checkpoint removal. A pair and a final model differ only in what they train and 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,10 @@ class Job(ABC):
     @abstractmethod
     def checkpoint_path(self) -> Path: ...
 
+    @property
+    @abstractmethod
+    def lease_path(self) -> Path: ...
+
     @abstractmethod
     def check(self, path: Path) -> Any:
         """The validity check of this kind of result (raises ResultError)."""
@@ -58,6 +61,9 @@ class Job(ABC):
     @abstractmethod
     def report(self, result: Any) -> str:
         """The one line printed when the result is written."""
+
+    def record_task(self) -> None:  # noqa: B027 - a hook: only a pair is a task of slurm/array.sh
+        """Say which Slurm task trains this (see PairJob); nothing by default."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,10 @@ class PairJob(Job):
     def checkpoint_path(self) -> Path:
         return self.layout.pair_checkpoint(self.pair)
 
+    @property
+    def lease_path(self) -> Path:
+        return self.layout.pair_lease(self.pair)
+
     def check(self, path: Path) -> PairResult:
         return store.check_pair(path, self.layout)
 
@@ -98,6 +108,12 @@ class PairJob(Job):
             data=data,
             environment=session.environment(),
         )
+
+    def record_task(self) -> None:
+        from job.results.submissions import record_running_task
+
+        task_id = task_for_pair(self.pair, self.protocol.n_folds)
+        record_running_task(self.layout.results_dir, self.layout.run, self.protocol.config_id, task_id)
 
     def report(self, result: PairResult) -> str:
         return (
@@ -127,6 +143,10 @@ class FinalJob(Job):
     @property
     def checkpoint_path(self) -> Path:
         return self.layout.final_checkpoint(self.model)
+
+    @property
+    def lease_path(self) -> Path:
+        return self.layout.final_lease(self.model)
 
     def check(self, path: Path) -> FinalResult:
         from job.pair.final import check_final
@@ -161,23 +181,22 @@ class FinalJob(Job):
         )
 
 
-def lease(job: Job) -> AbstractContextManager[Any]:
-    """LEASE HOOK: the place a lease on `job.result_path` will wrap the training (job/results/lease.py, issue 12).
-
-    Until then a no-op: two tasks of one pair both train, and the second atomic write replaces the first.
-    """
-    return nullcontext()
-
-
 def execute(job: Job, inputs: Inputs, options: Options = Options()) -> str:
-    """Train `job` unless it is done with its config; return the line to print. Raises JobError (one line)."""
+    """Train `job` unless it is done with its config; return the line to print. Raises JobError (one line), or
+    LeaseHeld (exit 75) while another live process trains the same pair."""
     from job.pair import session
+    from job.results.lease import Lease
 
     config_id = job.protocol.config_id
-    if not options.force and store.completed(job.result_path, config_id, read=job.check):
-        return f"{job.label}: already done with config {config_id} ({job.result_path}); --force to retrain"
+    if done := _done(job, options):
+        return done
     store.ensure_writable(job.result_path.parent)
-    with lease(job):
+    # A task of `sbatch slurm/array.sh` says where it runs (its submitter records nothing); before the lease, so
+    # that a refused task can be found with its log too.
+    job.record_task()
+    with Lease.acquire(job.lease_path, config_id) as lease:
+        if done := _done(job, options):  # the holder we waited behind may have just finished it
+            return done
         checkpoint = Checkpoint(job.checkpoint_path)
         with session.training(inputs, job.protocol, job.model_name, job.label) as trained:
             result = job.train(trained, checkpoint)
@@ -185,7 +204,19 @@ def execute(job: Job, inputs: Inputs, options: Options = Options()) -> str:
         # a history consistent with the score.
         type(result).from_json(result.to_json(), job.label)
         store.check_history(result, job.label)
+        # Checked again at the moment of writing: the lease may have been judged gone and taken over, or a result
+        # of another config written meanwhile (by a --force run); either way this result must not replace it.
+        lease.ensure_ours()
+        _done(job, options)
         atomic.write_json(job.result_path, result.to_json())
         if not options.keep_checkpoint:
             checkpoint.remove()
     return job.report(result)
+
+
+def _done(job: Job, options: Options) -> str | None:
+    """The line to print when a valid result of this config is there; raises when one of another config is."""
+    config_id = job.protocol.config_id
+    if options.force or not store.completed(job.result_path, config_id, read=job.check):
+        return None
+    return f"{job.label}: already done with config {config_id} ({job.result_path}); --force to retrain"

@@ -4,6 +4,8 @@ RESULTS/RUN/
   MODEL/fold-K.json      a pair's result          MODEL/fold-K.ckpt/    its checkpoint while training
   final/MODEL.json       a final model's result   final/MODEL.keras     the model it names
   final/MODEL.ckpt/      its checkpoint           logs/                 the Slurm tasks' logs
+  MODEL/fold-K.lease     who trains the pair now  submissions.jsonl     the arrays submitted for this run
+  code/COMMIT/           the code snapshot the submitted tasks run
   summary.json, summary.md, and the figures collect draws (FIGURE-NAME.FORMAT)
 """
 
@@ -18,11 +20,13 @@ from job.pair.protocol import Pair
 
 FINAL = "final"
 LOGS = "logs"
+CODE = "code"
+SUBMISSIONS = "submissions.jsonl"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 _PAIR_FILE = re.compile(r"fold-(\d+)\.(json|ckpt)")
 # Names that would be special or hidden in the run folder; a model or run can never be called this.
-_RESERVED = {".", "..", FINAL, LOGS}
+_RESERVED = {".", "..", FINAL, LOGS, CODE}
 
 
 def check_name(name: str, what: str = "run name") -> str:
@@ -60,6 +64,9 @@ class RunLayout:
     def pair_checkpoint(self, pair: Pair) -> Path:
         return self.folder / check_name(pair.model, "model name") / f"fold-{pair.fold}.ckpt"
 
+    def pair_lease(self, pair: Pair) -> Path:
+        return self.pair_result(pair).with_suffix(".lease")
+
     def pair_results(self) -> list[Path]:
         """Every file that looks like a pair's result, whatever it holds."""
         return sorted(p for p in self.folder.glob("*/fold-*.json") if self.pair_of(p) is not None)
@@ -89,6 +96,9 @@ class RunLayout:
     def final_checkpoint(self, model: str) -> Path:
         return self.final_folder / f"{check_name(model, 'model name')}.ckpt"
 
+    def final_lease(self, model: str) -> Path:
+        return self.final_folder / f"{check_name(model, 'model name')}.lease"
+
     def final_results(self) -> list[Path]:
         """The final results present (temp files of a write in progress start with a dot and are left out)."""
         return sorted(p for p in self.final_folder.glob("*.json") if not p.name.startswith("."))
@@ -97,11 +107,21 @@ class RunLayout:
         """The model a final/MODEL.json names."""
         return Path(path).stem
 
-    # --- logs and collect's outputs
+    # --- the launchers' records
     @property
     def logs(self) -> Path:
         return self.folder / LOGS
 
+    @property
+    def submissions(self) -> Path:
+        return self.folder / SUBMISSIONS
+
+    @property
+    def code(self) -> Path:
+        """Where the submitted code snapshots go, absolute: tasks start in them."""
+        return self.folder.absolute() / CODE
+
+    # --- collect's outputs
     @property
     def summary_json(self) -> Path:
         return self.folder / SUMMARY_JSON

@@ -36,7 +36,7 @@ from job.errors import JobError
 from job.launch import scheduler
 from job.launch.scheduler import TaskState
 from job.pair.protocol import Pair
-from job.results import store
+from job.results.layout import RunLayout
 
 ATTEMPTS = 5  # acquire rounds: each lost race re-reads the lease; five lost races in a row cannot be bad luck
 
@@ -54,7 +54,7 @@ class LeaseLost(LeaseHeld):
 
 def lease_path(results: Path, run: str, pair: Pair) -> Path:
     """Beside the result: RESULTS/RUN/MODEL/fold-K.lease."""
-    return store.pair_path(results, run, pair).with_suffix(".lease")
+    return RunLayout(results, run).pair_lease(pair)
 
 
 @dataclass(frozen=True)

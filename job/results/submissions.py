@@ -14,9 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from job.launch import scheduler
-from job.results import store
-
-FILE_NAME = "submissions.jsonl"
+from job.results.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class Submission:
 
 
 def submissions_path(results: Path, run: str) -> Path:
-    return store.run_dir(results, run) / FILE_NAME
+    return RunLayout(results, run).submissions
 
 
 def record_submission(
@@ -83,11 +81,15 @@ def record_submission(
         os.close(fd)
 
 
-def record_running_task(results: Path, run: str, config_id: str) -> None:
+def record_running_task(results: Path, run: str, config_id: str, task_id: int | None) -> None:
     """Record the array task this process runs in, unless its submitter did: `sbatch slurm/array.sh` records nothing
-    at submission, so each of its tasks records itself (index = pair task id) with the log Slurm writes."""
+    at submission, so each of its tasks records itself (index = pair task id) with the log Slurm writes.
+
+    Only a task whose array index is its pair's task id (`task_id`) is such a task: a `submit` array maps its own
+    indices to pairs and records them itself, and a final model is no pair.
+    """
     array_job, index = os.environ.get("SLURM_ARRAY_JOB_ID", ""), os.environ.get("SLURM_ARRAY_TASK_ID", "")
-    if not (array_job.isdigit() and index.isdigit()):
+    if not (array_job.isdigit() and index.isdigit()) or task_id is None or int(index) != task_id:
         return
     if any(s.array_job_id == array_job and s.array_index == int(index) for s in read_submissions(results, run)):
         return
