@@ -227,14 +227,14 @@ def test_a_full_disk_exits_1_with_one_line_keeps_the_checkpoint_and_a_rerun_resu
         assert result_of(results)["resume"] == {"count": 1, "from_epochs": [1]}
 
 
-@pytest.mark.parametrize("inodes", [6, 7], ids=["weights-write-fails", "state-write-fails"])
+@pytest.mark.parametrize("inodes", [7, 8], ids=["weights-write-fails", "state-write-fails"])
 def test_a_checkpoint_write_that_fails_anyway_is_one_line_and_keeps_the_last_checkpoint(
     inodes: int, mnist_full: Path, tmp_path: Path
 ) -> None:
     """Room in bytes but not in files (tmpfs nr_inodes): the free-space check passes and the write itself fails.
 
-    6 inodes: the folders, epoch 1's weights and state.json; epoch 2's temp weights file finds none. 7: it gets the
-    last one, and state.json's temp file finds none.
+    7 inodes: the folders, the pair's lease, epoch 1's weights and state.json; epoch 2's temp weights file finds
+    none. 8: it gets the last one, and state.json's temp file finds none.
     """
     with tmpfs(tmp_path / "disk", "3m", f"nr_inodes={inodes}") as results:
         failed = cli(*train_args(results, mnist_full))

@@ -80,7 +80,7 @@ def test_the_task_id_comes_from_slurm_when_not_given(mnist_mini: Path, tmp_path:
         (["--task-id", "1", "--model", "mlp", "--fold", "1"], "either --task-id or --model"),
         (["--model", "mlp"], "--model needs --fold"),
         ([], "no pair given"),
-        (["--task-id", "x"], "invalid int value"),
+        (["--task-id", "x"], "'x' is not a task id"),
         (["--task-id", "1", "--epochs", "0"], "--epochs must be at least 1"),
     ],
 )
