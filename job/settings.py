@@ -94,15 +94,15 @@ IMAGE_SHA256 = Variable(
 )
 TEST_DATA = Variable(
     "MNIST_CV_TEST_DATA",
-    "`../shared/data/mnist`",
-    "the real MNIST the tests read",
-    "tests/conftest.py",
+    "unset: `MNIST_CV_DATA`, the download cache, a download",
+    "folder with the full MNIST for the tests that need all of it (the others use tests/data/mnist-mini)",
+    "tests/support/mnist.py",
 )
 SLURM = Variable(
     "MNIST_CV_SLURM",
     "unset: start a local cluster if root, skip otherwise",
     "`0`: skip the Slurm tests; `1`: a cluster that cannot start is an error",
-    "tests/slurm/cluster.py",
+    "tests/support/cluster.py",
 )
 REQUIRE_FULL_DATA = Variable(
     "MNIST_CV_REQUIRE_FULL_DATA",
