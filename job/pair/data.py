@@ -1,7 +1,7 @@
 """MNIST: find it, download it if need be, and check every byte before a model sees it.
 
-A dataset is read from (in this order) the ``data_dir`` argument, ``$MNIST_CV_DATA``, the Keras cache
-``$KERAS_HOME/datasets/mnist.npz``, or a download of the four IDX ``.gz`` files into a local cache.
+A dataset is read from (in this order) the ``data_dir`` argument, the data folder setting (job/settings.py), the
+Keras cache ``$KERAS_HOME/datasets/mnist.npz``, or a download of the four IDX ``.gz`` files into a local cache.
 Whatever the source, each file's uncompressed content is hashed once and its IDX structure validated;
 the original MNIST must match the published hashes unless ``custom=True``.
 """
@@ -29,7 +29,7 @@ from job.errors import JobError
 from job.pair.checkpoint import sha256_file
 from job.pair.protocol import MIN_IMAGES_PER_FOLD, Protocol
 from job.results import atomic
-from job.settings import settings
+from job.settings import DATA, settings
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -61,7 +61,7 @@ _IMAGE_SIDE = 28
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
 _NPZ_KEYS = {"x_train": TRAIN_IMAGES, "y_train": TRAIN_LABELS, "x_test": TEST_IMAGES, "y_test": TEST_LABELS}
-_NO_DATA_HINT = "set MNIST_CV_DATA or pass --data-dir to a folder holding the MNIST files"
+_NO_DATA_HINT = f"set {DATA.name} or pass --data-dir to a folder holding the MNIST files"
 _CUSTOM_HINT = "not the original MNIST; pass --custom-data to load a different IDX dataset"
 
 
@@ -134,7 +134,7 @@ def fetch(to: str | os.PathLike, *, mirror: str | None = None) -> Path:
 
 
 def _local_source(data_dir: str | os.PathLike | None) -> Path | None:
-    """The argument, else $MNIST_CV_DATA, else the Keras cache if it exists; None means download."""
+    """The argument, else the data folder setting, else the Keras cache if it exists; None means download."""
     chosen = data_dir or settings().data
     if chosen:
         return Path(chosen).expanduser()
