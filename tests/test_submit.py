@@ -8,6 +8,7 @@ for none, so that they never wait for one.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import submitit
@@ -46,6 +48,13 @@ def submit_args(*argv: str) -> object:
 
 
 # --- the command line of a pair ----------------------------------------------------------------------------------
+
+
+def executor_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """What submit gives submitit's update_parameters() for these parsed arguments."""
+    from job.launch import submission
+
+    return submission.executor_parameters(submit.request_from_args(args))
 
 
 def test_without_an_image_a_pair_runs_the_cli_in_the_given_python() -> None:
@@ -109,7 +118,7 @@ def test_resources_map_to_submitits_parameters_and_sbatch_options(tmp_path: Path
         "--cpus-per-task", "3", "--mem-gb", "5", "--array-parallelism", "4",
         "--slurm-additional", "constraint=a100", "--slurm-additional", "exclusive",
     )  # fmt: skip
-    params = submit.executor_parameters(args)
+    params = executor_parameters(args)
     assert params == {
         "name": "mnist-cv-pairs",
         "timeout_min": 30,
@@ -129,13 +138,13 @@ def test_resources_map_to_submitits_parameters_and_sbatch_options(tmp_path: Path
                    "--account=proj", "--qos=high", "--constraint=a100", "--exclusive", "--requeue"):  # fmt: skip
         assert f"#SBATCH {option}\n" in sbatch
     # No GPU asked: no GPU option at all (Slurm refuses a zero count on some versions).
-    assert "gpus_per_node" not in submit.executor_parameters(submit_args("--gpus-per-task", "0"))
+    assert "gpus_per_node" not in executor_parameters(submit_args("--gpus-per-task", "0"))
     # The defaults are slurm/array.sh's: one GPU, 4 CPUs, 16 GB, an hour; with --final, slurm/final.sh's.
-    defaults = submit.executor_parameters(submit_args())
+    defaults = executor_parameters(submit_args())
     assert (defaults["gpus_per_node"], defaults["cpus_per_task"], defaults["mem_gb"], defaults["timeout_min"]) == (
         1, 4, 16, 60,
     )  # fmt: skip
-    final_defaults = submit.executor_parameters(submit_args("--final", "mlp"))
+    final_defaults = executor_parameters(submit_args("--final", "mlp"))
     assert (final_defaults["name"], final_defaults["timeout_min"]) == ("mnist-cv-final", 120)
 
 

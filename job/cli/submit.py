@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from job.cli.options import FORWARDED, add_data_args, add_protocol_args, add_results_args, forward, protocol_from_args
-from job.errors import JobError
-from job.pair.protocol import Protocol, all_pairs
+from job.launch import submission
+from job.pair.protocol import all_pairs
 from job.settings import IMAGE, settings
-
-EXECUTORS = ("slurm", "local", "debug")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -27,7 +25,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--executor",
-        choices=EXECUTORS,
+        choices=submission.EXECUTORS,
         default="slurm",
         help="slurm (default); local: every pair at once as processes here; debug: one after another in this "
         "process (implies --wait)",
@@ -146,193 +144,37 @@ def run_args(args: argparse.Namespace) -> list[str]:
     return forward(args, FORWARDED)
 
 
-def executor_parameters(args: argparse.Namespace) -> dict[str, Any]:
-    """submitit's update_parameters(): the batch script's #SBATCH request, with the options given over it (the
-    local and debug executors ignore the slurm_ ones)."""
-    from job.launch import resources
+def request_from_args(args: argparse.Namespace) -> submission.Request:
+    from job.results.layout import RunLayout
 
-    asked = resources.final() if args.final else resources.pairs()
-    gpus = asked.gpus if args.gpus_per_task is None else args.gpus_per_task
-    params: dict[str, Any] = {
-        "name": asked.job_name,
-        "timeout_min": asked.time_min if args.time is None else args.time,
-        "cpus_per_task": asked.cpus if args.cpus_per_task is None else args.cpus_per_task,
-        "mem_gb": asked.mem_gb if args.mem_gb is None else args.mem_gb,
-        # Where requeueing is off by default, submitit's `scontrol requeue` would be refused.
-        "slurm_additional_parameters": {"requeue": asked.requeue, **dict(args.slurm_additional)},
-    }
-    if gpus:
-        # A pair is a one-task job, so per node is per task; Slurm refuses --gpus-per-task without --ntasks.
-        params["gpus_per_node"] = gpus
-    for name in ("partition", "account", "qos", "array_parallelism"):
-        if getattr(args, name) is not None:
-            params[f"slurm_{name}"] = getattr(args, name)
-    return params
+    resources = submission.Resources(
+        partition=args.partition,
+        account=args.account,
+        qos=args.qos,
+        time=args.time,
+        gpus_per_task=args.gpus_per_task,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        array_parallelism=args.array_parallelism,
+        slurm_additional=tuple(args.slurm_additional),
+    )
+    return submission.Request(
+        executor=args.executor,
+        layout=RunLayout(args.results, args.run),
+        protocol=protocol_from_args(args),
+        job_options=tuple(run_args(args)),
+        resources=resources,
+        task_ids=None if args.task_ids is None else frozenset(args.task_ids),
+        all=args.all,
+        final=args.final,
+        image=args.image,
+        logs=args.logs,
+        wait=args.wait,
+        dry_run=args.dry_run,
+        allow_dirty=args.allow_dirty,
+        live_code=args.live_code,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import sys
-
-    from job.launch import snapshot
-    from job.launch import task as launch
-    from job.results.layout import RunLayout
-
-    protocol = protocol_from_args(args)
-    params = executor_parameters(args)  # first: a batch script it cannot read is an error before anything else
-    if args.image is not None and not Path(args.image).is_file():
-        raise JobError(f"no image file {args.image}")
-    chosen = jobs_to_submit(args, protocol)
-    wait = args.wait or args.executor == "debug"  # the debug executor runs a job only when asked for its result
-    if not chosen:
-        print(f"nothing to submit: the pairs asked for are done with config {protocol.config_id}")
-        return collect(args, protocol) if wait and not args.dry_run else 0
-
-    logs = (args.logs or RunLayout(args.results, args.run).logs).absolute()
-    image = str(Path(args.image).absolute()) if args.image else None  # the task starts in another folder
-    code = None if args.live_code else snapshot.plan(allow_dirty=args.allow_dirty)
-    workdir = os.getcwd() if code is None else str(snapshot.code_dir(args.results, args.run) / code.name)
-    version = None if code is None else (code.commit, code.dirty)
-    tasks = [launch.JobTask(name, job_args, image, sys.executable, workdir, version) for name, job_args, _ in chosen]
-    what = "final model" if args.final else "pair" if len(tasks) == 1 else "pairs"
-    if args.dry_run:
-        print_plan(args, protocol, what, tasks, params, logs, code)
-        return 0
-    if code is not None:
-        snapshot.freeze(code, snapshot.code_dir(args.results, args.run))
-    jobs = submit(args, params, logs, tasks)
-    if args.executor == "slurm" and not args.final:
-        record(args, protocol, params, logs, [task_id for _, _, task_id in chosen], jobs)
-    print(f"submitted {len(jobs)} {what} of config {protocol.config_id} ({args.executor}):")
-    for task, job in zip(tasks, jobs, strict=True):
-        print(f"  {task.name}  job {job.job_id}")
-    print(f"code: {describe_code(code, workdir)}")
-    if args.executor != "debug":  # whose output comes here
-        print(f"logs: {logs}/JOB_0_log.out and .err (e.g. {jobs[0].paths.stdout.name})")
-    sys.stdout.flush()  # the job ids now, not when --wait ends: a pipe or a log file buffers them otherwise
-    if not wait:
-        return 0
-    from job.launch.follow import follow
-
-    failed = follow(jobs, [task.name for task in tasks], poll=args.executor != "debug")
-    if failed:
-        raise JobError(
-            f"{len(failed)} of {len(jobs)} {what} failed ({', '.join(failed)}); "
-            f"the same command resubmits only the {what} not done"
-        )
-    return collect(args, protocol)
-
-
-def jobs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[tuple[str, tuple[str, ...], int | None]]:
-    """(name, `job` arguments, pair task id) of each job to submit: the final model (no task id) if asked for, else
-    the pairs to run."""
-    from job.launch.argv import final_args, pair_args
-    from job.pair import models
-
-    forwarded = run_args(args)
-    if args.final is not None:
-        model = models.check_name(args.final)
-        return [(f"{model}/final", final_args(model, forwarded), None)]  # `job final` itself skips a done model
-    return [(str(s.pair), pair_args(s.task_id, forwarded), s.task_id) for s in pairs_to_submit(args, protocol)]
-
-
-def pairs_to_submit(args: argparse.Namespace, protocol: Protocol) -> list[Any]:
-    """The pairs asked for (--task-ids, default all) that are neither queued nor running nor (unless --all) done,
-    as job.results.status sees them."""
-    from job.results.status import status
-
-    chosen = [
-        s
-        for s in status(args.results, args.run, protocol)
-        # Queued and running pairs are never submitted again, --all or not: that is a second training of one pair.
-        if (args.task_ids is None or s.task_id in args.task_ids)
-        and (s.state.needs_run or (args.all and s.state == "done"))
-    ]
-    clashes = [f"{s.pair} ({s.detail})" for s in chosen if s.state == "other config"]
-    if clashes:  # `job run` would refuse them one by one, after queueing
-        raise JobError(
-            f"results of another config would be overwritten: {', '.join(clashes)}; use another --run "
-            f"(this one is config {protocol.config_id})"
-        )
-    return chosen
-
-
-def describe_code(code: Any, workdir: str) -> str:
-    if code is None:
-        return f"{workdir} as it is when each task starts (--live-code)"
-    changes = f", with uncommitted changes to {len(code.changed)} files" if code.dirty else ""
-    return f"{workdir} (commit {code.commit}{changes}), the working folder of every task"
-
-
-def print_plan(
-    args: argparse.Namespace,
-    protocol: Protocol,
-    what: str,
-    tasks: list[Any],
-    params: dict[str, Any],
-    logs: Path,
-    code: Any,
-) -> None:
-    """What `submit` would do, exactly, without doing it (--dry-run)."""
-    import shlex
-
-    print(f"would submit {len(tasks)} {what} of config {protocol.config_id} ({args.executor}), each task running:")
-    for task in tasks:
-        print(f"  {task.name}: {shlex.join(task.launch().with_env())}")
-    print("resources: " + ", ".join(f"{key}={value}" for key, value in params.items()))
-    print(f"code: {describe_code(code, tasks[0].workdir)}")
-    print(f"logs: {logs}/JOB_0_log.out and .err, JOB being the array's job id _ task index once submitted")
-
-
-def submit(args: argparse.Namespace, params: dict[str, Any], logs: Path, tasks: list[Any]) -> list[Any]:
-    """The tasks as one array (one job each on the local and debug executors)."""
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=logs, cluster=args.executor)
-    executor.update_parameters(**params)
-    try:
-        with executor.batch():
-            jobs = [executor.submit(task) for task in tasks]
-    except submitit.core.utils.FailedJobError as error:  # submitit has printed sbatch's error above
-        raise JobError(f"sbatch refused the array: {str(error).strip().splitlines()[-1]}") from None
-    return jobs
-
-
-def collect(args: argparse.Namespace, protocol: Protocol) -> int:
-    """Run collect on this config's results once all ten pairs are done."""
-    from job.results.status import array_spec, status
-
-    not_done = [s.task_id for s in status(args.results, args.run, protocol) if s.state != "done"]
-    if not_done:
-        print(f"collect: skipped, {len(not_done)} pairs not done (task ids {array_spec(not_done)})")
-        return 0
-    return run_collect(args.results, args.run, protocol.config_id)
-
-
-def run_collect(results: Path, run: str, config_id: str) -> int:
-    """collect of this config, its other options at their defaults."""
-    from job.analysis.collect import Request, collect
-
-    return collect(Request(results, run, config_id, data_dir=settings().data))
-
-
-def record(
-    args: argparse.Namespace,
-    protocol: Protocol,
-    params: dict[str, Any],
-    logs: Path,
-    task_ids: list[int],
-    jobs: list[Any],
-) -> None:
-    """Write down which array task runs which pair, so `status` and `pairs --missing` know them from now on."""
-    from job.results.submissions import record_submission
-
-    record_submission(
-        args.results,
-        args.run,
-        array_job_id=jobs[0].job_id.split("_")[0],
-        tasks={int(job.job_id.split("_")[1]): task_id for job, task_id in zip(jobs, task_ids, strict=True)},
-        config_id=protocol.config_id,
-        log=str(logs / "%A_%a_0_log.err"),  # submitit's %j_%t_log.err: where `run` says why it failed
-        job_name=params["name"],
-    )
+    return submission.submit(request_from_args(args))

@@ -1,0 +1,232 @@
+"""What `mnist-cv submit` does: choose the jobs (the pairs to run, or a final model), freeze the code, submit them as
+one array through submitit, record the array for `status`, and with wait follow it and run collect."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job.errors import JobError
+from job.pair.protocol import Protocol
+from job.results.layout import RunLayout
+from job.settings import settings
+
+EXECUTORS = ("slurm", "local", "debug")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each task asks of Slurm beyond the batch script's #SBATCH defaults (None: the script's)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: int | None = None  # minutes
+    gpus_per_task: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    array_parallelism: int | None = None
+    slurm_additional: tuple[tuple[str, str | bool], ...] = ()
+
+
+@dataclass(frozen=True)
+class Request:
+    executor: str  # one of EXECUTORS
+    layout: RunLayout
+    protocol: Protocol
+    job_options: tuple[str, ...]  # passed on to every `job run` / `job final` as given
+    resources: Resources = Resources()
+    task_ids: frozenset[int] | None = None  # None: every pair
+    all: bool = False  # done pairs too
+    final: str | None = None  # a final model's training instead of the pairs
+    image: str | None = None
+    logs: Path | None = None
+    wait: bool = False
+    dry_run: bool = False
+    allow_dirty: bool = False
+    live_code: bool = False
+
+
+def executor_parameters(request: Request) -> dict[str, Any]:
+    """submitit's update_parameters(): the batch script's #SBATCH request, with the options given over it (the
+    local and debug executors ignore the slurm_ ones)."""
+    from job.launch import resources
+
+    asked = resources.final() if request.final else resources.pairs()
+    given = request.resources
+    gpus = asked.gpus if given.gpus_per_task is None else given.gpus_per_task
+    params: dict[str, Any] = {
+        "name": asked.job_name,
+        "timeout_min": asked.time_min if given.time is None else given.time,
+        "cpus_per_task": asked.cpus if given.cpus_per_task is None else given.cpus_per_task,
+        "mem_gb": asked.mem_gb if given.mem_gb is None else given.mem_gb,
+        # Where requeueing is off by default, submitit's `scontrol requeue` would be refused.
+        "slurm_additional_parameters": {"requeue": asked.requeue, **dict(given.slurm_additional)},
+    }
+    if gpus:
+        # A pair is a one-task job, so per node is per task; Slurm refuses --gpus-per-task without --ntasks.
+        params["gpus_per_node"] = gpus
+    for name in ("partition", "account", "qos", "array_parallelism"):
+        if getattr(given, name) is not None:
+            params[f"slurm_{name}"] = getattr(given, name)
+    return params
+
+
+def submit(request: Request) -> int:
+    """Submit what `request` asks for (or print the plan, with dry_run); with wait, follow it and run collect.
+    The exit status: 0, or JobError (one line) naming the jobs that failed."""
+    from job.launch import snapshot
+    from job.launch import task as launch
+
+    protocol, layout = request.protocol, request.layout
+    params = executor_parameters(request)  # first: a batch script it cannot read is an error before anything else
+    if request.image is not None and not Path(request.image).is_file():
+        raise JobError(f"no image file {request.image}")
+    chosen = jobs_to_submit(request)
+    wait = request.wait or request.executor == "debug"  # the debug executor runs a job only when asked for its result
+    if not chosen:
+        print(f"nothing to submit: the pairs asked for are done with config {protocol.config_id}")
+        return collect(request) if wait and not request.dry_run else 0
+
+    logs = (request.logs or layout.logs).absolute()
+    image = str(Path(request.image).absolute()) if request.image else None  # the task starts in another folder
+    code = None if request.live_code else snapshot.plan(allow_dirty=request.allow_dirty)
+    workdir = os.getcwd() if code is None else str(layout.code / code.name)
+    version = None if code is None else (code.commit, code.dirty)
+    tasks = [launch.JobTask(name, job_args, image, sys.executable, workdir, version) for name, job_args, _ in chosen]
+    what = "final model" if request.final else "pair" if len(tasks) == 1 else "pairs"
+    if request.dry_run:
+        print_plan(request, what, tasks, params, logs, code)
+        return 0
+    if code is not None:
+        snapshot.freeze(code, layout.code)
+    jobs = submit_array(request.executor, params, logs, tasks)
+    if request.executor == "slurm" and not request.final:
+        record(request, params, logs, [task_id for _, _, task_id in chosen], jobs)
+    print(f"submitted {len(jobs)} {what} of config {protocol.config_id} ({request.executor}):")
+    for task, job in zip(tasks, jobs, strict=True):
+        print(f"  {task.name}  job {job.job_id}")
+    print(f"code: {describe_code(code, workdir)}")
+    if request.executor != "debug":  # whose output comes here
+        print(f"logs: {logs}/JOB_0_log.out and .err (e.g. {jobs[0].paths.stdout.name})")
+    sys.stdout.flush()  # the job ids now, not when --wait ends: a pipe or a log file buffers them otherwise
+    if not wait:
+        return 0
+    from job.launch.follow import follow
+
+    failed = follow(jobs, [task.name for task in tasks], poll=request.executor != "debug")
+    if failed:
+        raise JobError(
+            f"{len(failed)} of {len(jobs)} {what} failed ({', '.join(failed)}); "
+            f"the same command resubmits only the {what} not done"
+        )
+    return collect(request)
+
+
+def jobs_to_submit(request: Request) -> list[tuple[str, tuple[str, ...], int | None]]:
+    """(name, `job` arguments, pair task id) of each job to submit: the final model (no task id) if asked for, else
+    the pairs to run."""
+    from job.launch.argv import final_args, pair_args
+    from job.pair import models
+
+    forwarded = request.job_options
+    if request.final is not None:
+        model = models.check_name(request.final)
+        return [(f"{model}/final", final_args(model, forwarded), None)]  # `job final` itself skips a done model
+    return [(str(s.pair), pair_args(s.task_id, forwarded), s.task_id) for s in pairs_to_submit(request)]
+
+
+def pairs_to_submit(request: Request) -> list[Any]:
+    """The pairs asked for (--task-ids, default all) that are neither queued nor running nor (unless --all) done,
+    as job.results.status sees them."""
+    from job.results.status import status
+
+    chosen = [
+        s
+        for s in status(request.layout.results_dir, request.layout.run, request.protocol)
+        # Queued and running pairs are never submitted again, --all or not: that is a second training of one pair.
+        if (request.task_ids is None or s.task_id in request.task_ids)
+        and (s.state.needs_run or (request.all and s.state == "done"))
+    ]
+    clashes = [f"{s.pair} ({s.detail})" for s in chosen if s.state == "other config"]
+    if clashes:  # `job run` would refuse them one by one, after queueing
+        raise JobError(
+            f"results of another config would be overwritten: {', '.join(clashes)}; use another --run "
+            f"(this one is config {request.protocol.config_id})"
+        )
+    return chosen
+
+
+def describe_code(code: Any, workdir: str) -> str:
+    if code is None:
+        return f"{workdir} as it is when each task starts (--live-code)"
+    changes = f", with uncommitted changes to {len(code.changed)} files" if code.dirty else ""
+    return f"{workdir} (commit {code.commit}{changes}), the working folder of every task"
+
+
+def print_plan(
+    request: Request,
+    what: str,
+    tasks: list[Any],
+    params: dict[str, Any],
+    logs: Path,
+    code: Any,
+) -> None:
+    """What `submit` would do, exactly, without doing it (--dry-run)."""
+    import shlex
+
+    print(
+        f"would submit {len(tasks)} {what} of config {request.protocol.config_id} ({request.executor}), "
+        "each task running:"
+    )
+    for task in tasks:
+        print(f"  {task.name}: {shlex.join(task.launch().with_env())}")
+    print("resources: " + ", ".join(f"{key}={value}" for key, value in params.items()))
+    print(f"code: {describe_code(code, tasks[0].workdir)}")
+    print(f"logs: {logs}/JOB_0_log.out and .err, JOB being the array's job id _ task index once submitted")
+
+
+def submit_array(executor_name: str, params: dict[str, Any], logs: Path, tasks: list[Any]) -> list[Any]:
+    """The tasks as one array (one job each on the local and debug executors)."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=logs, cluster=executor_name)
+    executor.update_parameters(**params)
+    try:
+        with executor.batch():
+            jobs = [executor.submit(task) for task in tasks]
+    except submitit.core.utils.FailedJobError as error:  # submitit has printed sbatch's error above
+        raise JobError(f"sbatch refused the array: {str(error).strip().splitlines()[-1]}") from None
+    return jobs
+
+
+def collect(request: Request) -> int:
+    """Run collect on this config's results once all ten pairs are done."""
+    from job.results.status import array_spec, status
+
+    layout, config_id = request.layout, request.protocol.config_id
+    not_done = [s.task_id for s in status(layout.results_dir, layout.run, request.protocol) if s.state != "done"]
+    if not_done:
+        print(f"collect: skipped, {len(not_done)} pairs not done (task ids {array_spec(not_done)})")
+        return 0
+    from job.analysis import collect as collecting
+
+    return collecting.collect(collecting.Request(layout.results_dir, layout.run, config_id, data_dir=settings().data))
+
+
+def record(request: Request, params: dict[str, Any], logs: Path, task_ids: list[int], jobs: list[Any]) -> None:
+    """Write down which array task runs which pair, so `status` and `pairs --missing` know them from now on."""
+    from job.results.submissions import record_submission
+
+    record_submission(
+        request.layout.results_dir,
+        request.layout.run,
+        array_job_id=jobs[0].job_id.split("_")[0],
+        tasks={int(job.job_id.split("_")[1]): task_id for job, task_id in zip(jobs, task_ids, strict=True)},
+        config_id=request.protocol.config_id,
+        log=str(logs / "%A_%a_0_log.err"),  # submitit's %j_%t_log.err: where `run` says why it failed
+        job_name=params["name"],
+    )
