@@ -18,7 +18,7 @@ from support.cluster import ensure_cluster
 
 from job.cli import build_parser, submit
 from job.launch import argv as launch_argv
-from job.launch import resources
+from job.launch import resources, submission
 from job.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +135,8 @@ def test_the_batch_scripts_sbatch_lines_are_the_resources() -> None:
 @pytest.mark.parametrize("final", [False, True])
 def test_submit_defaults_are_the_scripts(final: bool) -> None:
     asked = resources.final() if final else resources.pairs()
-    params = submit.executor_parameters(build_parser().parse_args(["submit", *(["--final", "mlp"] if final else [])]))
+    args = build_parser().parse_args(["submit", *(["--final", "mlp"] if final else [])])
+    params = submission.executor_parameters(submit.request_from_args(args))
     assert params == {
         "name": asked.job_name,
         "timeout_min": asked.time_min,
