@@ -1,14 +1,19 @@
-"""Bench: the tutorial's training code against ours on the same (model, fold) pair, each run in its own process.
+"""Bench: the tutorial's training code against ours on the same (model, fold) pair, and both against the machine.
 
-The parent (`mnist-cv bench`) imports no TensorFlow: it starts `python -m job.perf.bench --worker VARIANT SPEC` for
-each run, alternating the variants, and reads the one JSON line each worker prints. A fresh process per run
-keeps one variant's graphs, caches and allocator high-water mark out of the other's figures.
+The parent (`mnist-cv bench`) imports no TensorFlow: it starts `python -m job.perf.bench --worker KIND SPEC` for
+each measurement, alternating the kinds, and reads the one JSON line each worker prints. A fresh process per
+run keeps one variant's graphs, caches and allocator high-water mark out of the other's figures.
 
 - baseline: the tutorial's code: float32 copies of every image, one-hot labels, categorical cross-entropy,
   `model.fit` on numpy arrays at batch 32 with `validation_data` (validated at batch 32), then `evaluate`.
-- ours: `job.pair.train.fit_pair`, the production path itself (with a throwaway checkpoint folder).
+- ours: `job.pair.train.fit_pair`, the production path itself (with a throwaway checkpoint folder); it also
+  times its start-up, phase by phase (job.perf.startup).
+- bare: the same model and batches in a bare compiled loop on tensors in memory (job.perf.bare).
+- floor: the model's GEMMs timed with the job's threads (job.perf.floor): the arithmetic floor of an epoch.
+- import: a bare `python -c "import tensorflow"`, the yardstick of ours' start-up.
 
-Both draw their initial weights from the same seed; each worker reports a fingerprint of its initial weights.
+Training variants draw their initial weights from the same seed; each reports a fingerprint of them.
+With `load` > 0, that many busy loops (job.perf.load) run beside every measurement.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from typing import Any
 
 from job.errors import JobError
 from job.pair.protocol import Pair, Protocol
+from job.perf import load, startup
 
-VARIANTS = ("baseline", "ours")
+VARIANTS = ("baseline", "ours", "bare")  # the training runs; ours/baseline is the headline ratio
+MEASURES = (*VARIANTS, "floor", "import")  # everything a repeat measures, in its (alternating) order
 NOISE_SIGMAS = 3
 
 # (key, column label, higher is better): the per-run figures the summary compares (legend: `bench --help`).
@@ -99,34 +106,60 @@ def accuracy_check(baseline: Sequence[float], ours: Sequence[float], n_val: int)
 # ---- the parent: run the workers, summarise
 
 
-def bench(spec: Spec, repeats: int, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run both variants `repeats` times, ABBA-ordered so that drifting machine load hits both alike."""
-    runs = []
+def bench(spec: Spec, repeats: int, n_load: int = 0, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure everything `repeats` times, ABBA-ordered so that drifting machine load hits all alike."""
+    measured: dict[str, list[dict[str, Any]]] = {kind: [] for kind in MEASURES}
+    sequence = 0
     for repeat in range(repeats):
-        order = VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]
-        for variant in order:
-            run = _spawn(variant, spec)
-            progress(f"repeat {repeat + 1}/{repeats} {variant}: {run['wall_s']:.1f}s, accuracy {run['accuracy']:.4f}")
-            runs.append({"repeat": repeat, **run})
-    return report(spec, runs)
+        for kind in MEASURES if repeat % 2 == 0 else MEASURES[::-1]:
+            with load.busy(n_load):
+                # The machine's other work skews the timings: keep it on record.
+                run = {"seq": sequence, "repeat": repeat, "load": n_load, "load_1min": os.getloadavg()[0]}
+                run.update(MEASURE[kind](spec))
+            sequence += 1
+            progress(f"repeat {repeat + 1}/{repeats} {kind}: {_progress_line(kind, run)}")
+            measured[kind].append(run)
+    return report(spec, measured)
 
 
-def _spawn(variant: str, spec: Spec) -> dict[str, Any]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, "-m", "job.perf.bench", "--worker", variant, json.dumps(asdict(spec))]
+def _progress_line(kind: str, run: dict[str, Any]) -> str:
+    if kind == "floor":
+        return f"floor {run['floor_samples_per_s']:,.0f} samples/s at {run['gemm_gflops']['tensorflow']:.1f} GFLOP/s"
+    if kind == "import":
+        return f"import tensorflow {run['import_s']:.2f}s"
+    return f"{run['wall_s']:.1f}s, accuracy {run['accuracy']:.4f}"
+
+
+def _spawn(kind: str, spec: Spec) -> dict[str, Any]:
+    env = startup.spawn_env({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    command = [sys.executable, "-m", "job.perf.bench", "--worker", kind, json.dumps(asdict(spec))]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise JobError(f"the {variant} worker failed (exit {done.returncode}): {last}")
-    return _derived(json.loads(lines[-1]))
+        raise JobError(f"the {kind} worker failed (exit {done.returncode}): {last}")
+    return json.loads(lines[-1])
 
 
-def _derived(run: dict[str, Any]) -> dict[str, Any]:
+def _training(kind: str) -> Callable[[Spec], dict[str, Any]]:
+    return lambda spec: _derived(_spawn(kind, spec), spec)
+
+
+MEASURE: dict[str, Callable[[Spec], dict[str, Any]]] = {
+    **{variant: _training(variant) for variant in VARIANTS},
+    "floor": lambda spec: _spawn("floor", spec),
+    "import": lambda spec: startup.bare_import({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}),
+}
+
+
+def _derived(run: dict[str, Any], spec: Spec) -> dict[str, Any]:
     """Add the compared figures. Steady state is epochs 2..N (the first one also traces the graphs)."""
     steady = _steady(run["train_seconds"])
+    step_s = steady / math.ceil(run["n_train"] / spec.protocol().batch_size)
+    marks = run.get("startup")
     return {
         **run,
+        **({"startup_phases": startup.phases(marks, step_s)} if marks else {}),
         "train_s_per_epoch": steady,
         "samples_per_s": run["n_train"] / steady,
         "train_cpu_s_per_epoch": _steady(run["train_cpu_seconds"]),
@@ -139,26 +172,31 @@ def _steady(per_epoch: list[float]) -> float:
     return statistics.fmean(per_epoch[1:]) if len(per_epoch) > 1 else per_epoch[0]
 
 
-def report(spec: Spec, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians per variant, the accuracy check, and ours/baseline ratios unless the check refuses them."""
-    by_variant = {v: [r for r in runs if r["variant"] == v] for v in VARIANTS}
-    summary = {v: _medians(by_variant[v]) for v in VARIANTS}
+def report(spec: Spec, measured: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians per variant, the accuracy check, ours/baseline ratios unless the check refuses them, each training
+    variant's throughput as a fraction of the floor and of the bare loop, and ours' start-up against the import."""
+    summary = {v: _medians(measured[v]) for v in VARIANTS}
     check = accuracy_check(
-        [r["accuracy"] for r in by_variant["baseline"]],
-        [r["accuracy"] for r in by_variant["ours"]],
-        runs[0]["n_val"],
+        [r["accuracy"] for r in measured["baseline"]],
+        [r["accuracy"] for r in measured["ours"]],
+        measured["ours"][0]["n_val"],
     )
-    ours_run = by_variant["ours"][0]
+    ours_run = measured["ours"][0]
+    runs = sorted((r for v in VARIANTS for r in measured[v]), key=lambda r: r["seq"])
     return {
         "spec": asdict(spec),
-        "repeats": len(by_variant["baseline"]),
+        "repeats": len(measured["baseline"]),
+        "load": ours_run["load"],
         "steady_epochs": f"2..{spec.epochs}" if spec.epochs > 1 else "1 (tracing included)",
         "machine": {"device": ours_run["device"], "threads": ours_run["threads"], "tensorflow": ours_run["tensorflow"]},
         "same_initial_weights": len({r["initial_weights_sha256"] for r in runs}) == 1,
         "runs": runs,
         "summary": summary,
         "accuracy_check": {**asdict(check), "difference": check.difference, "agree": check.agree},
-        "ratios": _ratios(by_variant) if check.agree else None,
+        "ratios": _ratios(measured) if check.agree else None,
+        "fractions": _fractions(measured),
+        "floor": _floor_summary(measured["floor"]),
+        "startup": _startup_summary(measured["ours"], measured["import"]),
     }
 
 
@@ -166,10 +204,74 @@ def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {key: statistics.median(r[key] for r in runs) for key in ("accuracy", *(k for k, _, _ in FIGURES))}
 
 
-def _ratios(by_variant: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
-    """ours/baseline per repeat (the two runs of a repeat ran back to back), then the median over repeats."""
-    pairs = list(zip(*(sorted(by_variant[v], key=lambda r: r["repeat"]) for v in VARIANTS), strict=True))
-    return {key: statistics.median(ours[key] / base[key] for base, ours in pairs) for key, _, _ in FIGURES}
+def _per_repeat(a: list[dict[str, Any]], b: list[dict[str, Any]], ratio: Callable[[Any, Any], float]) -> float:
+    """The median over repeats of ratio(a's run, b's run), the two of a repeat measured back to back."""
+    pairs = zip(*(sorted(runs, key=lambda r: r["repeat"]) for runs in (a, b)), strict=True)
+    return statistics.median(ratio(x, y) for x, y in pairs)
+
+
+def _ratios(measured: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """ours/baseline per repeat, then the median over repeats."""
+    return {
+        key: _per_repeat(measured["ours"], measured["baseline"], lambda ours, base, k=key: ours[k] / base[k])
+        for key, _, _ in FIGURES
+    }
+
+
+def _fractions(measured: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Each training variant's samples/s over the floor's (TensorFlow's and numpy's GEMMs) and the bare loop's."""
+
+    def over(key: str) -> Callable[[dict[str, Any], dict[str, Any]], float]:
+        return lambda run, ref: run["samples_per_s"] / ref[key]
+
+    return {
+        variant: {
+            "of_floor": _per_repeat(measured[variant], measured["floor"], over("floor_samples_per_s")),
+            "of_numpy_floor": _per_repeat(measured[variant], measured["floor"], over("numpy_floor_samples_per_s")),
+            "of_bare": _per_repeat(measured[variant], measured["bare"], over("samples_per_s")),
+        }
+        for variant in VARIANTS
+    }
+
+
+def _floor_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def median(pick: Callable[[dict[str, Any]], float]) -> float:
+        return statistics.median(pick(r) for r in runs)
+
+    libraries = ("tensorflow", "numpy")
+    return {
+        "runs": runs,
+        "threads": runs[0]["threads"],
+        "training_flops_per_sample": runs[0]["training_flops_per_sample"],
+        "peak_size": runs[0]["peak_size"],
+        "floor_samples_per_s": median(lambda r: r["floor_samples_per_s"]),
+        "numpy_floor_samples_per_s": median(lambda r: r["numpy_floor_samples_per_s"]),
+        "gemm_gflops": {lib: median(lambda r, lib=lib: r["gemm_gflops"][lib]) for lib in libraries},
+        "peak_gflops": {lib: median(lambda r, lib=lib: r["peak_gflops"][lib]) for lib in libraries},
+        "layers": [
+            {**layer, **{lib: median(lambda r, i=i, lib=lib: r["layers"][i][lib]) for lib in libraries}}
+            for i, layer in enumerate(runs[0]["layers"])
+        ],
+    }
+
+
+def _startup_summary(ours: list[dict[str, Any]], imports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ours' seconds to its first step against a bare TensorFlow import's, per repeat, then medians."""
+    if any(r.get("startup_phases") is None for r in ours):
+        return {"runs": [], "ratio": None}
+    per_repeat = [
+        {"repeat": o["repeat"], "ours_s": sum(o["startup_phases"].values()), "bare_import_s": i["import_s"]}
+        for o, i in zip(*(sorted(runs, key=lambda r: r["repeat"]) for runs in (ours, imports)), strict=True)
+    ]
+    anatomies = [r["data_anatomy"] for r in ours if r.get("data_anatomy")]
+    return {
+        "runs": per_repeat,
+        "ours_s": statistics.median(r["ours_s"] for r in per_repeat),
+        "bare_import_s": statistics.median(r["bare_import_s"] for r in per_repeat),
+        "ratio": statistics.median(r["ours_s"] / r["bare_import_s"] for r in per_repeat),
+        "phases": {phase: statistics.median(r["startup_phases"][phase] for r in ours) for phase, _ in startup.PHASES},
+        "data_anatomy": {k: statistics.median(a[k] for a in anatomies) for k in anatomies[0]} if anatomies else None,
+    }
 
 
 # ---- the workers
@@ -252,7 +354,7 @@ def _tutorial_arrays(dataset: Any, limit: int | None) -> tuple[Any, Any, Any, An
     return train_x.astype("float32") / 255.0, train_y, test_x.astype("float32") / 255.0, test_y
 
 
-def _baseline(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
+def _baseline(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> Outcome:
     """The tutorial's evaluate_model() for one fold."""
     import keras
 
@@ -280,8 +382,8 @@ def _baseline(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
     return Outcome(float(accuracy), len(train_ix), len(val_ix))
 
 
-def _ours(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
-    """The production path: thread and determinism set-up as `run` does it, then train.fit_pair."""
+def _ours(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> Outcome:
+    """The production path: thread and determinism set-up as `run` does it, then train.fit_pair (start-up marked)."""
     from job.pair import models, runtime
     from job.pair.checkpoint import Checkpoint
     from job.pair.train import fit_pair
@@ -293,35 +395,55 @@ def _ours(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
         allow_cpu=True,
         max_threads=models.max_threads(spec.model),
     )
+    marks.mark("configure")
     with tempfile.TemporaryDirectory(prefix="mnist-cv-bench-") as folder:
         checkpoint = Checkpoint(Path(folder) / "checkpoint")
-        outcome = fit_pair(Pair(spec.model, spec.fold), protocol, dataset, checkpoint, callbacks=[clock.callback()])
-    extra = {"device": info["device_used"], "threads": info["threads"]["intra_op"]}
+        callbacks = [clock.callback(), marks.callback()]
+        outcome = fit_pair(Pair(spec.model, spec.fold), protocol, dataset, checkpoint, callbacks=callbacks)
+    extra = {
+        "device": info["device_used"],
+        "threads": info["threads"]["intra_op"],
+        "startup": marks.to_dict(),
+        "data_anatomy": startup.data_anatomy(dataset.source),  # after training: not part of its timings
+    }
     return Outcome(outcome["score"]["accuracy"], outcome["data"]["n_train"], outcome["data"]["n_val"], extra)
 
 
-RUNNERS: dict[str, Callable[[Spec, Any, EpochClock], Outcome]] = {"baseline": _baseline, "ours": _ours}
+def _bare(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> Outcome:
+    from job.perf import bare
+
+    run = bare.train(spec, dataset, clock)
+    return Outcome(run["accuracy"], run["n_train"], run["n_val"], {"device": run["device"], "threads": run["threads"]})
 
 
-def run_worker(variant: str, spec: Spec) -> dict[str, Any]:
+RUNNERS: dict[str, Callable[[Spec, Any, EpochClock, startup.Marks], Outcome]] = {
+    "baseline": _baseline,
+    "ours": _ours,
+    "bare": _bare,
+}
+
+
+def run_worker(variant: str, spec: Spec, marks: startup.Marks) -> dict[str, Any]:
     """Train one variant once; the wall clock starts after the (shared) data loading."""
     from job.pair import data, runtime
 
     tf = runtime.import_tensorflow()
-    import keras  # noqa: F401 - its import footprint belongs with TensorFlow's, the same in both variants
+    marks.mark("tensorflow")
+    import keras  # noqa: F401 - its import footprint belongs with TensorFlow's, the same in every variant
+
+    marks.mark("keras")
 
     # ~0.7 GB of a worker's RSS is TensorFlow's shared libraries, mapped at import and shared with every
     # other process on the node; the peak above it is what this pair's data and training cost.
     rss_at_import = _peak_rss_mb()
-    load = os.getloadavg()[0]  # other work on the machine skews the timings: keep it on record
     dataset = data.load(spec.data_dir, custom=spec.custom_data)
+    marks.mark("data")
     clock = EpochClock()
     started = time.perf_counter()
-    outcome = RUNNERS[variant](spec, dataset, clock)
+    outcome = RUNNERS[variant](spec, dataset, clock, marks)
     wall = time.perf_counter() - started
     return {
         "variant": variant,
-        "load_1min": load,
         "accuracy": outcome.accuracy,
         "n_train": outcome.n_train,
         "n_val": outcome.n_val,
@@ -342,11 +464,19 @@ def _peak_rss_mb() -> float:
 
 
 def _worker_main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] != "--worker" or argv[1] not in RUNNERS:
-        print(f"usage: python -m job.perf.bench --worker {{{','.join(RUNNERS)}}} SPEC_JSON", file=sys.stderr)
+    marks = startup.Marks()
+    marks.mark("python")
+    if len(argv) != 3 or argv[0] != "--worker" or argv[1] not in (*RUNNERS, "floor"):
+        print(f"usage: python -m job.perf.bench --worker {{{','.join(RUNNERS)},floor}} SPEC_JSON", file=sys.stderr)
         return 2
+    spec = Spec(**json.loads(argv[2]))
     try:
-        result = run_worker(argv[1], Spec(**json.loads(argv[2])))
+        if argv[1] == "floor":
+            from job.perf import floor
+
+            result = floor.measure(spec.model, spec.protocol().batch_size)
+        else:
+            result = run_worker(argv[1], spec, marks)
     except JobError as error:  # one line, which the parent passes on
         print(error, file=sys.stderr)
         return error.exit_code
