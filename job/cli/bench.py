@@ -37,8 +37,9 @@ the machine's limit (fractions are per repeat, each against the reference measur
                 at the rate this CPU multiplies each layer's matrices, with the job's threads, best of 5
                 trials (TensorFlow; numpy's BLAS for reference): no loop can train faster without
                 doing less arithmetic
-  x floor       samples/s over the floor's samples/s (1.0 = every cycle spent in the layers' GEMMs)
-  x bare        samples/s over the bare loop's
+  x GEMM floor  samples/s over the floor's samples/s (1.0 = every cycle spent in the layers' GEMMs);
+                x numpy floor: the same against numpy's GEMMs
+  x bare loop   samples/s over the bare loop's
   start-up      from process start to ours' first training step (import, data load and verification,
                 model build, tracing; the first compiled call's other steps taken off at the steady step
                 time), beside `python -c "import tensorflow"` from start to imported, in the same repeat
@@ -72,7 +73,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3; 2+ to see the steady state)")
     p.add_argument("--limit", type=int, help="use only the first N training images (default: all 60,000)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each variant (default 3)")
-    p.add_argument("--load", type=int, default=0, help="busy loops running beside every measured run (default 0)")
+    p.add_argument(
+        "--load", type=int, default=0, metavar="N", help="busy loops running beside every measured run (default 0)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
     add_data_args(p)
     p.set_defaults(handler=run)

@@ -258,7 +258,7 @@ def _floor_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _startup_summary(ours: list[dict[str, Any]], imports: list[dict[str, Any]]) -> dict[str, Any]:
     """Ours' seconds to its first step against a bare TensorFlow import's, per repeat, then medians."""
     if any(r.get("startup_phases") is None for r in ours):
-        return {"runs": [], "ratio": None}
+        return {"runs": [], "imports": imports, "ratio": None}
     per_repeat = [
         {"repeat": o["repeat"], "ours_s": sum(o["startup_phases"].values()), "bare_import_s": i["import_s"]}
         for o, i in zip(*(sorted(runs, key=lambda r: r["repeat"]) for runs in (ours, imports)), strict=True)
@@ -266,6 +266,7 @@ def _startup_summary(ours: list[dict[str, Any]], imports: list[dict[str, Any]]) 
     anatomies = [r["data_anatomy"] for r in ours if r.get("data_anatomy")]
     return {
         "runs": per_repeat,
+        "imports": imports,
         "ours_s": statistics.median(r["ours_s"] for r in per_repeat),
         "bare_import_s": statistics.median(r["bare_import_s"] for r in per_repeat),
         "ratio": statistics.median(r["ours_s"] / r["bare_import_s"] for r in per_repeat),
