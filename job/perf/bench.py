@@ -107,7 +107,8 @@ def accuracy_check(baseline: Sequence[float], ours: Sequence[float], n_val: int)
 
 
 def bench(spec: Spec, repeats: int, n_load: int = 0, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure everything `repeats` times, ABBA-ordered so that drifting machine load hits all alike."""
+    """Measure everything `repeats` times, each repeat in the previous one's reverse order (ABC CBA) so that
+    drifting machine load hits all alike; `n_load` busy loops run beside every measurement."""
     measured: dict[str, list[dict[str, Any]]] = {kind: [] for kind in MEASURES}
     sequence = 0
     for repeat in range(repeats):
@@ -130,8 +131,12 @@ def _progress_line(kind: str, run: dict[str, Any]) -> str:
     return f"{run['wall_s']:.1f}s, accuracy {run['accuracy']:.4f}"
 
 
+def _worker_env() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
 def _spawn(kind: str, spec: Spec) -> dict[str, Any]:
-    env = startup.spawn_env({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    env = startup.spawn_env(_worker_env())
     command = [sys.executable, "-m", "job.perf.bench", "--worker", kind, json.dumps(asdict(spec))]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = done.stdout.strip().splitlines()
@@ -148,7 +153,7 @@ def _training(kind: str) -> Callable[[Spec], dict[str, Any]]:
 MEASURE: dict[str, Callable[[Spec], dict[str, Any]]] = {
     **{variant: _training(variant) for variant in VARIANTS},
     "floor": lambda spec: _spawn("floor", spec),
-    "import": lambda spec: startup.bare_import({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}),
+    "import": lambda spec: startup.bare_import(_worker_env()),
 }
 
 
