@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from job.pair import models
-from job.perf.flops import Gemm, forward_flops_per_sample, gemms, training_flops_per_sample
+from job.perf.flops import (
+    FORWARD,
+    INPUT_GRADIENT,
+    WEIGHT_GRADIENT,
+    Gemm,
+    forward_flops_per_sample,
+    gemms,
+    training_flops_per_sample,
+    training_gemms,
+)
 
 # mlp: 28*28 = 784 inputs -> Dense(128) -> Dense(10).
 MLP_FORWARD = 2 * 784 * 128 + 2 * 128 * 10  # 203,264
@@ -22,14 +31,15 @@ CNN_FORWARD = (
 def test_mlp_counts_as_by_hand() -> None:
     model = models.build("mlp")
     assert forward_flops_per_sample(model) == MLP_FORWARD == 203_264
-    assert training_flops_per_sample(model) == 3 * MLP_FORWARD
+    # Training: 3x the forward pass, less the first layer's input gradient (nothing needs the data's gradient).
+    assert training_flops_per_sample(model) == 3 * MLP_FORWARD - 2 * 784 * 128 == 409_088
     assert [(g.m, g.k, g.n) for g in gemms(model, batch=32)] == [(32, 784, 128), (32, 128, 10)]
 
 
 def test_cnn_counts_as_by_hand() -> None:
     model = models.build("cnn")
     assert forward_flops_per_sample(model) == CNN_FORWARD == 28_151_296
-    assert training_flops_per_sample(model) == 3 * CNN_FORWARD
+    assert training_flops_per_sample(model) == 3 * CNN_FORWARD - 2 * 3 * 3 * 1 * 32 * 28 * 28 == 84_002_304
     # A convolution is an im2col GEMM: one row per output pixel, one column per kernel weight of an input pixel.
     assert [(g.m, g.k, g.n) for g in gemms(model, batch=32)] == [
         (32 * 28 * 28, 9, 32),
@@ -37,6 +47,19 @@ def test_cnn_counts_as_by_hand() -> None:
         (32, 3136, 3136),
         (32, 3136, 128),
         (32, 128, 10),
+    ]
+
+
+def test_a_training_step_multiplies_each_layer_three_times_in_its_real_shapes() -> None:
+    model = models.build("mlp")
+    hidden, output = (layer.name for layer in model.layers if layer.weights)
+    steps = [(g.layer, g.role, g.m, g.k, g.n) for g in training_gemms(model, batch=32)]
+    assert steps == [
+        (hidden, FORWARD, 32, 784, 128),  # x @ W
+        (hidden, WEIGHT_GRADIENT, 784, 32, 128),  # x^T @ dy; no input gradient: the input is the data
+        (output, FORWARD, 32, 128, 10),
+        (output, WEIGHT_GRADIENT, 128, 32, 10),
+        (output, INPUT_GRADIENT, 32, 10, 128),  # dy @ W^T
     ]
 
 

@@ -33,12 +33,13 @@ median over repeats):
 the machine's limit (fractions are per repeat, each against the reference measured in the same repeat):
   bare          the same model, batches, loss and SGD in a bare compiled loop: a tf.function step over
                 tensors in memory, no tf.data, no callbacks, no metrics (job/perf/bare.py)
-  GEMM floor    training FLOPs per sample (3x the forward pass: Dense 2*in*out, Conv2D 2*k*k*cin*cout*H*W)
-                at the rate this CPU multiplies each layer's matrices, with the job's threads, best of 5
-                trials (TensorFlow; numpy's BLAS for reference): no loop can train faster without
-                doing less arithmetic
+  GEMM floor    the time of a training step's GEMMs, each timed in its own shape on this CPU with the
+                job's threads, best of 5 trials, in TensorFlow and in numpy, the faster one counting: per
+                layer the forward pass (Dense 2*in*out FLOPs per sample, Conv2D 2*k*k*cin*cout*H*W), the
+                weight gradient and the input gradient (as much again each; none for the first layer): no
+                loop can train faster without doing less arithmetic
   x GEMM floor  samples/s over the floor's samples/s (1.0 = every cycle spent in the layers' GEMMs);
-                x numpy floor: the same against numpy's GEMMs
+                x TF floor: the same against TensorFlow's GEMMs alone
   x bare loop   samples/s over the bare loop's
   start-up      from process start to ours' first training step (import, data load and verification,
                 model build, tracing; the first compiled call's other steps taken off at the steady step
@@ -175,7 +176,7 @@ def _summary_table(result: dict[str, Any]) -> Any:
         table.add_row(label, *(_fmt(summary[v][key]) for v in VARIANTS), ratio)
     table.add_row("accuracy", *(f"{summary[v]['accuracy']:.4f}" for v in VARIANTS), "")
     fractions = result["fractions"]
-    for key, label in (("of_floor", "x GEMM floor"), ("of_numpy_floor", "x numpy floor"), ("of_bare", "x bare loop")):
+    for key, label in (("of_floor", "x GEMM floor"), ("of_tf_floor", "x TF floor"), ("of_bare", "x bare loop")):
         table.add_row(label, *(f"{fractions[v][key]:.3f}" for v in VARIANTS), "")
     return table
 
@@ -188,20 +189,21 @@ def _floor_table(result: dict[str, Any]) -> Any:
     table = Table(
         title=f"GEMM floor, {floor['threads']} thread{'s' * (floor['threads'] != 1)}: "
         f"{floor['training_flops_per_sample'] / 1e6:,.2f} MFLOP per training sample",
-        caption=f"floor {floor['floor_samples_per_s']:,.0f} samples/s at {floor['gemm_gflops']['tensorflow']:.1f} "
-        f"GFLOP/s (numpy {floor['numpy_floor_samples_per_s']:,.0f} at {floor['gemm_gflops']['numpy']:.1f}); "
+        caption=f"floor {floor['floor_samples_per_s']:,.0f} samples/s at {floor['gemm_gflops']['best']:.1f} GFLOP/s "
+        f"(TensorFlow alone {floor['tf_floor_samples_per_s']:,.0f} at {floor['gemm_gflops']['tensorflow']:.1f}); "
         f"a {floor['peak_size']}^3 GEMM: {floor['peak_gflops']['tensorflow']:.1f} GFLOP/s "
         f"(numpy {floor['peak_gflops']['numpy']:.1f})",
     )
-    for column in ("layer", "GEMM m x k x n", "MFLOP", "TF GFLOP/s", "numpy GFLOP/s"):
+    for column in ("layer", "GEMM", "m x k x n", "MFLOP", "TF GFLOP/s", "numpy GFLOP/s"):
         table.add_column(column, justify="right")
-    for layer in floor["layers"]:
+    for gemm in floor["gemms"]:
         table.add_row(
-            layer["layer"],
-            f"{layer['m']} x {layer['k']} x {layer['n']}",
-            f"{layer['flops'] / 1e6:.2f}",
-            f"{layer['tensorflow'] / 1e9:.1f}",
-            f"{layer['numpy'] / 1e9:.1f}",
+            gemm["layer"],
+            gemm["role"],
+            f"{gemm['m']} x {gemm['k']} x {gemm['n']}",
+            f"{gemm['flops'] / 1e6:.2f}",
+            f"{gemm['tensorflow'] / 1e9:.1f}",
+            f"{gemm['numpy'] / 1e9:.1f}",
         )
     return table
 

@@ -224,7 +224,7 @@ def _ratios(measured: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
 
 
 def _fractions(measured: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    """Each training variant's samples/s over the floor's (TensorFlow's and numpy's GEMMs) and the bare loop's."""
+    """Each training variant's samples/s over the floor's (and the TensorFlow-only floor's) and the bare loop's."""
 
     def over(key: str) -> Callable[[dict[str, Any], dict[str, Any]], float]:
         return lambda run, ref: run["samples_per_s"] / ref[key]
@@ -232,7 +232,7 @@ def _fractions(measured: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str,
     return {
         variant: {
             "of_floor": _per_repeat(measured[variant], measured["floor"], over("floor_samples_per_s")),
-            "of_numpy_floor": _per_repeat(measured[variant], measured["floor"], over("numpy_floor_samples_per_s")),
+            "of_tf_floor": _per_repeat(measured[variant], measured["floor"], over("tf_floor_samples_per_s")),
             "of_bare": _per_repeat(measured[variant], measured["bare"], over("samples_per_s")),
         }
         for variant in VARIANTS
@@ -243,19 +243,19 @@ def _floor_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     def median(pick: Callable[[dict[str, Any]], float]) -> float:
         return statistics.median(pick(r) for r in runs)
 
-    libraries = ("tensorflow", "numpy")
+    libraries = ("tensorflow", "numpy", "best")
     return {
         "runs": runs,
         "threads": runs[0]["threads"],
         "training_flops_per_sample": runs[0]["training_flops_per_sample"],
         "peak_size": runs[0]["peak_size"],
         "floor_samples_per_s": median(lambda r: r["floor_samples_per_s"]),
-        "numpy_floor_samples_per_s": median(lambda r: r["numpy_floor_samples_per_s"]),
+        "tf_floor_samples_per_s": median(lambda r: r["tf_floor_samples_per_s"]),
         "gemm_gflops": {lib: median(lambda r, lib=lib: r["gemm_gflops"][lib]) for lib in libraries},
-        "peak_gflops": {lib: median(lambda r, lib=lib: r["peak_gflops"][lib]) for lib in libraries},
-        "layers": [
-            {**layer, **{lib: median(lambda r, i=i, lib=lib: r["layers"][i][lib]) for lib in libraries}}
-            for i, layer in enumerate(runs[0]["layers"])
+        "peak_gflops": {lib: median(lambda r, lib=lib: r["peak_gflops"][lib]) for lib in libraries[:2]},
+        "gemms": [
+            {**gemm, **{lib: median(lambda r, i=i, lib=lib: r["gemms"][i][lib]) for lib in libraries}}
+            for i, gemm in enumerate(runs[0]["gemms"])
         ],
     }
 

@@ -1,9 +1,10 @@
-"""The arithmetic a model needs: each layer as the matrix multiply it is, and the FLOPs of a training sample.
+"""The arithmetic a model needs: each layer as the matrix multiplies it is, and the FLOPs of a training sample.
 
 A Dense layer on a batch of B is a (B x in) @ (in x out) GEMM, 2*in*out FLOPs per sample; a Conv2D with a
 k x k kernel is, as im2col, a (B*H*W x k*k*cin) @ (k*k*cin x cout) GEMM, 2*k*k*cin*cout*H*W FLOPs per sample
-(H x W its output). Training costs about 3x the forward pass: the backward pass multiplies by the weights'
-transpose (the input gradient) and by the input's (the weight gradient), each as much work as the forward.
+(H x W its output). Training adds, per layer, the weight gradient (input transposed times output gradient)
+and the input gradient (output gradient times weights transposed), each as much work as the forward pass:
+3x the forward FLOPs, less the first layer's input gradient, which nothing needs (its input is the data).
 Layers without weights (pooling, flattening, activations) only move or compare numbers and are not counted;
 a layer with weights of a kind not known here is refused rather than silently counted as free.
 """
@@ -14,18 +15,19 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-# Forward + backward (input and weight gradients) in multiples of the forward pass.
-TRAINING_FACTOR = 3
+# What each GEMM of a training step computes.
+FORWARD, WEIGHT_GRADIENT, INPUT_GRADIENT = "forward", "weights", "inputs"
 
 
 @dataclass(frozen=True)
 class Gemm:
-    """One layer's forward pass as a matrix multiply (m x k) @ (k x n) on a batch."""
+    """One matrix multiply (m x k) @ (k x n) on a batch: `role` of layer `layer`."""
 
     layer: str
     m: int
     k: int
     n: int
+    role: str = FORWARD
 
     @property
     def flops(self) -> int:
@@ -51,9 +53,20 @@ def gemms(model: Any, batch: int) -> list[Gemm]:
     return found
 
 
+def training_gemms(model: Any, batch: int) -> list[Gemm]:
+    """Every GEMM of one training step, with the shape it really has: forward (m x k)(k x n), weight gradient
+    (k x m)(m x n), input gradient (m x n)(n x k), the last left out for the first layer."""
+    steps = []
+    for i, g in enumerate(gemms(model, batch)):
+        steps += [g, Gemm(g.layer, g.k, g.m, g.n, WEIGHT_GRADIENT)]
+        if i > 0:
+            steps.append(Gemm(g.layer, g.m, g.n, g.k, INPUT_GRADIENT))
+    return steps
+
+
 def forward_flops_per_sample(model: Any) -> int:
     return sum(g.flops for g in gemms(model, batch=1))
 
 
 def training_flops_per_sample(model: Any) -> int:
-    return TRAINING_FACTOR * forward_flops_per_sample(model)
+    return sum(g.flops for g in training_gemms(model, batch=1))
