@@ -125,7 +125,7 @@ def bench(spec: Spec, repeats: int, n_load: int = 0, progress: Callable[[str], N
 
 def _progress_line(kind: str, run: dict[str, Any]) -> str:
     if kind == "floor":
-        return f"floor {run['floor_samples_per_s']:,.0f} samples/s at {run['gemm_gflops']['tensorflow']:.1f} GFLOP/s"
+        return f"floor {run['floor_samples_per_s']:,.0f} samples/s at {run['gemm_gflops']['best']:.1f} GFLOP/s"
     if kind == "import":
         return f"import tensorflow {run['import_s']:.2f}s"
     return f"{run['wall_s']:.1f}s, accuracy {run['accuracy']:.4f}"
