@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from job.perf.bench import FIGURES, VARIANTS, accuracy_check
+from job.perf.report import FIGURES, VARIANTS, accuracy_check
 from job.perf.startup import PHASES
 
 

@@ -144,7 +144,7 @@ def _runs_table(result: dict[str, Any]) -> Any:
     """One column per run, in the order they ran (figures as rows, so that a few repeats fit 80 columns)."""
     from rich.table import Table
 
-    from job.perf.bench import FIGURES
+    from job.perf.report import FIGURES
 
     runs = result["runs"]
     table = Table(title=_title(result))
@@ -161,7 +161,7 @@ def _runs_table(result: dict[str, Any]) -> Any:
 def _summary_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    from job.perf.bench import FIGURES, VARIANTS
+    from job.perf.report import FIGURES, VARIANTS
 
     table = Table(title=f"median of {result['repeats']} repeats; steady state = epochs {result['steady_epochs']}")
     for column in ("figure", *VARIANTS, "ours/baseline"):
