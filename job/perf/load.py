@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# Each loop ends itself (SIGALRM's default action) after this long, so a bench that dies cannot leave it spinning.
+# Each loop ends itself (SIGALRM's default action) after this long, and is killed by the kernel if the bench dies
+# (prctl PR_SET_PDEATHSIG, then a check that the parent is still the one that started it): none is left spinning.
 BOUND_S = 3600
-_LOOP = "import signal; signal.alarm({bound})\nwhile True: pass"
+_PR_SET_PDEATHSIG = 1
+_LOOP = (
+    "import ctypes, os, signal\n"
+    "ctypes.CDLL(None).prctl({prctl}, signal.SIGKILL)\n"
+    "signal.alarm({bound})\n"
+    "if os.getppid() == {parent}:\n"
+    "    while True: pass\n"
+)
 
 
 @contextmanager
@@ -20,7 +29,8 @@ def busy(n: int, bound_s: int = BOUND_S) -> Iterator[list[subprocess.Popen]]:
     loops: list[subprocess.Popen] = []
     try:
         for _ in range(n):
-            loops.append(subprocess.Popen([sys.executable, "-c", _LOOP.format(bound=bound_s)]))
+            code = _LOOP.format(prctl=_PR_SET_PDEATHSIG, bound=bound_s, parent=os.getpid())
+            loops.append(subprocess.Popen([sys.executable, "-c", code]))
         yield loops
     finally:
         for loop in loops:
