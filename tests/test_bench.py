@@ -85,6 +85,7 @@ def test_a_tiny_bench_under_load_reports_every_figure(mnist_dir: Path) -> None:
     assert all(gemm["best"] == max(gemm["tensorflow"], gemm["numpy"]) > 0 for gemm in floor["gemms"])
     # Each GEMM counts at the faster library's rate, so the floor is at least as fast as TensorFlow's alone.
     assert floor["floor_samples_per_s"] >= floor["tf_floor_samples_per_s"] > 0
+    assert floor["epoch_s"] == pytest.approx(800 / floor["floor_samples_per_s"])
     assert all(rate > 0 for rate in (*floor["gemm_gflops"].values(), *floor["peak_gflops"].values()))
     for variant in VARIANTS:
         fractions = report["fractions"][variant]

@@ -189,7 +189,8 @@ def _floor_table(result: dict[str, Any]) -> Any:
     table = Table(
         title=f"GEMM floor, {floor['threads']} thread{'s' * (floor['threads'] != 1)}: "
         f"{floor['training_flops_per_sample'] / 1e6:,.2f} MFLOP per training sample",
-        caption=f"floor {floor['floor_samples_per_s']:,.0f} samples/s at {floor['gemm_gflops']['best']:.1f} GFLOP/s "
+        caption=f"floor {floor['floor_samples_per_s']:,.0f} samples/s ({floor['epoch_s']:.3f} s/epoch) "
+        f"at {floor['gemm_gflops']['best']:.1f} GFLOP/s "
         f"(TensorFlow alone {floor['tf_floor_samples_per_s']:,.0f} at {floor['gemm_gflops']['tensorflow']:.1f}); "
         f"a {floor['peak_size']}^3 GEMM: {floor['peak_gflops']['tensorflow']:.1f} GFLOP/s "
         f"(numpy {floor['peak_gflops']['numpy']:.1f})",

@@ -90,7 +90,7 @@ def report(spec: Spec, measured: dict[str, list[dict[str, Any]]]) -> dict[str, A
         "accuracy_check": {**asdict(check), "difference": check.difference, "agree": check.agree},
         "ratios": _ratios(measured) if check.agree else None,
         "fractions": _fractions(measured),
-        "floor": _floor_summary(measured["floor"]),
+        "floor": _floor_summary(measured["floor"], ours_run["n_train"]),
         "startup": _startup_summary(measured["ours"], measured["import"]),
     }
 
@@ -129,7 +129,7 @@ def _fractions(measured: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str,
     }
 
 
-def _floor_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _floor_summary(runs: list[dict[str, Any]], n_train: int) -> dict[str, Any]:
     def median(pick: Callable[[dict[str, Any]], float]) -> float:
         return statistics.median(pick(r) for r in runs)
 
@@ -140,6 +140,7 @@ def _floor_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "training_flops_per_sample": runs[0]["training_flops_per_sample"],
         "peak_size": runs[0]["peak_size"],
         "floor_samples_per_s": median(lambda r: r["floor_samples_per_s"]),
+        "epoch_s": n_train / median(lambda r: r["floor_samples_per_s"]),  # the arithmetic floor of an epoch
         "tf_floor_samples_per_s": median(lambda r: r["tf_floor_samples_per_s"]),
         "gemm_gflops": {lib: median(lambda r, lib=lib: r["gemm_gflops"][lib]) for lib in libraries},
         "peak_gflops": {lib: median(lambda r, lib=lib: r["peak_gflops"][lib]) for lib in libraries[:2]},
