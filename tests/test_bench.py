@@ -1,4 +1,4 @@
-"""`bench`: the report's structure on a tiny run (not timed), and the accuracy guard that withholds the ratios."""
+"""`bench`: the report's structure on a tiny run under load (not timed); the accuracy guard that withholds ratios."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from support import cli
 
-from job.perf.bench import FIGURES, VARIANTS, accuracy_check
+from job.perf.report import FIGURES, VARIANTS, accuracy_check
+from job.perf.startup import PHASES
 
 
 def test_accepts_a_difference_within_noise() -> None:
@@ -35,19 +36,34 @@ def test_needs_an_accuracy_per_variant() -> None:
         accuracy_check([], [0.9], n_val=100)
 
 
+def _busy_loops() -> set[int]:
+    """Pids of every running busy loop of job.perf.load."""
+    loops = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if "signal.alarm" in cmdline.read_bytes().decode(errors="replace"):
+                loops.add(int(cmdline.parent.name))
+        except OSError:
+            pass  # ended while we looked
+    return loops
+
+
 @pytest.mark.slow
-def test_a_tiny_bench_reports_every_figure(mnist_mini: Path) -> None:
+def test_a_tiny_bench_under_load_reports_every_figure(mnist_mini: Path) -> None:
+    loops_before = _busy_loops()
     done = cli(
-        "bench", "--model", "mlp", "--epochs", "1", "--limit", "1000", "--repeats", "1", "--json",
+        "bench", "--model", "mlp", "--epochs", "1", "--limit", "1000", "--repeats", "1", "--load", "1", "--json",
         "--data-dir", str(mnist_mini), "--custom-data",
     )  # fmt: skip
     report = json.loads(done.stdout)
 
-    assert {run["variant"] for run in report["runs"]} == set(VARIANTS)
+    assert report["load"] == 1 and _busy_loops() == loops_before  # the bench's loops are gone
+    assert [run["variant"] for run in report["runs"]] == list(VARIANTS)  # in the order they ran
     for run in report["runs"]:
         assert (run["n_train"], run["n_val"]) == (800, 200)
         assert len(run["train_seconds"]) == len(run["train_cpu_seconds"]) == len(run["validation_seconds"]) == 1
         assert 0 <= run["accuracy"] <= 1 and run["peak_rss_mb"] > run["rss_above_import_mb"] > 0
+        assert run["load"] == 1 and run["load_1min"] >= 0
     assert report["same_initial_weights"]
     figures = {key for key, _, _ in FIGURES}
     assert all(figures <= report["summary"][variant].keys() for variant in VARIANTS)
@@ -57,3 +73,38 @@ def test_a_tiny_bench_reports_every_figure(mnist_mini: Path) -> None:
     assert (report["ratios"] is not None) == check["agree"] == (done.returncode == 0)
     if check["agree"]:
         assert report["ratios"].keys() == figures
+
+    # The machine's limit: every training variant as a fraction of the GEMM floor and of the bare loop.
+    floor = report["floor"]
+    assert floor["training_flops_per_sample"] == 2 * (2 * 784 * 128) + 3 * (2 * 128 * 10)
+    roles = [(gemm["layer"], gemm["role"]) for gemm in floor["gemms"]]
+    assert roles == [
+        ("dense", "forward"),
+        ("dense", "weights"),
+        *(("dense_1", r) for r in ("forward", "weights", "inputs")),
+    ]
+    assert all(gemm["best"] == max(gemm["tensorflow"], gemm["numpy"]) > 0 for gemm in floor["gemms"])
+    # Each GEMM counts at the faster library's rate, so the floor is at least as fast as TensorFlow's alone.
+    assert floor["floor_samples_per_s"] >= floor["tf_floor_samples_per_s"] > 0
+    assert floor["epoch_s"] == pytest.approx(800 / floor["floor_samples_per_s"])
+    assert all(rate > 0 for rate in (*floor["gemm_gflops"].values(), *floor["peak_gflops"].values()))
+    for variant in VARIANTS:
+        fractions = report["fractions"][variant]
+        assert fractions.keys() == {"of_floor", "of_tf_floor", "of_bare"}
+        assert fractions["of_floor"] == pytest.approx(
+            report["summary"][variant]["samples_per_s"] / floor["floor_samples_per_s"]
+        )  # one repeat: the median is that repeat's
+    assert report["fractions"]["bare"]["of_bare"] == 1
+
+    # Start-up: ours from process start to the first step, by phase, beside a bare TensorFlow import.
+    started = report["startup"]
+    assert started["phases"].keys() == {phase for phase, _ in PHASES}
+    assert started["ours_s"] == pytest.approx(sum(started["phases"].values()))
+    assert started["bare_import_s"] > 0
+    assert started["ratio"] == pytest.approx(started["ours_s"] / started["bare_import_s"])
+    assert started["data_anatomy"].keys() == {"read_s", "gunzip_s", "sha256_s"}
+
+
+def test_refuses_a_negative_load() -> None:
+    done = cli("bench", "--load", "-1")
+    assert done.returncode == 2 and "--load" in done.stderr

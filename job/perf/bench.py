@@ -1,14 +1,19 @@
-"""Bench: the tutorial's training code against ours on the same (model, fold) pair, each run in its own process.
+"""Bench: the tutorial's training code against ours on the same (model, fold) pair, and both against the machine.
 
-The parent (`mnist-cv bench`) imports no TensorFlow: it starts `python -m job.perf.bench --worker VARIANT SPEC` for
-each run, alternating the variants, and reads the one JSON line each worker prints. A fresh process per run
-keeps one variant's graphs, caches and allocator high-water mark out of the other's figures.
+The parent (`mnist-cv bench`) imports no TensorFlow: it starts `python -m job.perf.bench --worker KIND SPEC` for
+each measurement, alternating the kinds, and reads the one JSON line each worker prints. A fresh process per
+run keeps one variant's graphs, caches and allocator high-water mark out of the other's figures.
 
 - baseline: the tutorial's code: float32 copies of every image, one-hot labels, categorical cross-entropy,
   `model.fit` on numpy arrays at batch 32 with `validation_data` (validated at batch 32), then `evaluate`.
-- ours: `job.pair.train.fit_pair`, the production path itself (with a throwaway checkpoint folder).
+- ours: `job.pair.train.fit_pair`, the production path itself (with a throwaway checkpoint folder); it also
+  times its start-up, phase by phase (job.perf.startup).
+- bare: the same model and batches in a bare compiled loop on tensors in memory (job.perf.bare).
+- floor: the model's GEMMs timed with the job's threads (job.perf.floor): the arithmetic floor of an epoch.
+- import: a bare `python -c "import tensorflow"`, the yardstick of ours' start-up.
 
-Both draw their initial weights from the same seed; each worker reports a fingerprint of its initial weights.
+Training variants draw their initial weights from the same seed; each reports a fingerprint of them.
+With `load` > 0, that many busy loops (job.perf.load) run beside every measurement.
 """
 
 from __future__ import annotations
@@ -23,28 +28,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from job.errors import JobError
 from job.pair.protocol import Pair, Protocol
+from job.perf import load, startup
+from job.perf.report import VARIANTS, report
 
-VARIANTS = ("baseline", "ours")
-NOISE_SIGMAS = 3
-
-# (key, column label, higher is better): the per-run figures the summary compares (legend: `bench --help`).
-FIGURES: tuple[tuple[str, str, bool], ...] = (
-    ("samples_per_s", "samples/s", True),
-    ("train_s_per_epoch", "s/epoch", False),
-    ("train_cpu_s_per_epoch", "CPU s/epoch", False),
-    ("first_epoch_train_s", "1st epoch s", False),
-    ("validation_s_per_epoch", "val s/epoch", False),
-    ("wall_s", "wall s", False),
-    ("peak_rss_mb", "RSS MB", False),
-    ("rss_above_import_mb", "RSS-imp MB", False),
-)
+MEASURES = (*VARIANTS, "floor", "import")  # everything a repeat measures, in its (alternating) order
 
 
 @dataclass(frozen=True)
@@ -62,71 +56,68 @@ class Spec:
         return Protocol().with_overrides(epochs=self.epochs, limit=self.limit)
 
 
-# ---- the accuracy guard
+# ---- the parent: run the workers
 
 
-@dataclass(frozen=True)
-class AccuracyCheck:
-    baseline: float  # median held-out accuracy over the repeats
-    ours: float
-    tolerance: float
-
-    @property
-    def difference(self) -> float:
-        return abs(self.ours - self.baseline)
-
-    @property
-    def agree(self) -> bool:
-        return self.difference <= self.tolerance
-
-
-def accuracy_check(baseline: Sequence[float], ours: Sequence[float], n_val: int) -> AccuracyCheck:
-    """Compare the median held-out accuracies against what noise alone could explain.
-
-    An accuracy on n_val images has binomial standard error sqrt(p(1-p)/n_val), so the difference of two has
-    sqrt(2 p(1-p)/n_val), p being their mean. The tolerance is NOISE_SIGMAS of that plus the widest range
-    either variant showed across its repeats (the run-to-run noise this very bench observed).
-    """
-    if n_val < 1 or not baseline or not ours:
-        raise ValueError("need at least one accuracy per variant and one held-out image")
-    mid_baseline, mid_ours = statistics.median(baseline), statistics.median(ours)
-    p = (mid_baseline + mid_ours) / 2
-    binomial = NOISE_SIGMAS * math.sqrt(2 * p * (1 - p) / n_val)
-    spread = max(max(values) - min(values) for values in (baseline, ours))
-    return AccuracyCheck(mid_baseline, mid_ours, binomial + spread)
-
-
-# ---- the parent: run the workers, summarise
-
-
-def bench(spec: Spec, repeats: int, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run both variants `repeats` times, ABBA-ordered so that drifting machine load hits both alike."""
-    runs = []
+def bench(spec: Spec, repeats: int, n_load: int = 0, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure everything `repeats` times, each repeat in the previous one's reverse order (ABC CBA) so that
+    drifting machine load hits all alike; `n_load` busy loops run beside every measurement."""
+    measured: dict[str, list[dict[str, Any]]] = {kind: [] for kind in MEASURES}
+    sequence = 0
     for repeat in range(repeats):
-        order = VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]
-        for variant in order:
-            run = _spawn(variant, spec)
-            progress(f"repeat {repeat + 1}/{repeats} {variant}: {run['wall_s']:.1f}s, accuracy {run['accuracy']:.4f}")
-            runs.append({"repeat": repeat, **run})
-    return report(spec, runs)
+        for kind in MEASURES if repeat % 2 == 0 else MEASURES[::-1]:
+            with load.busy(n_load):
+                # The machine's other work skews the timings: keep it on record.
+                run = {"seq": sequence, "repeat": repeat, "load": n_load, "load_1min": os.getloadavg()[0]}
+                run.update(MEASURE[kind](spec))
+            sequence += 1
+            progress(f"repeat {repeat + 1}/{repeats} {kind}: {_progress_line(kind, run)}")
+            measured[kind].append(run)
+    return report(spec, measured)
 
 
-def _spawn(variant: str, spec: Spec) -> dict[str, Any]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, "-m", "job.perf.bench", "--worker", variant, json.dumps(asdict(spec))]
+def _progress_line(kind: str, run: dict[str, Any]) -> str:
+    if kind == "floor":
+        return f"floor {run['floor_samples_per_s']:,.0f} samples/s at {run['gemm_gflops']['best']:.1f} GFLOP/s"
+    if kind == "import":
+        return f"import tensorflow {run['import_s']:.2f}s"
+    return f"{run['wall_s']:.1f}s, accuracy {run['accuracy']:.4f}"
+
+
+def _worker_env() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _spawn(kind: str, spec: Spec) -> dict[str, Any]:
+    env = startup.spawn_env(_worker_env())
+    command = [sys.executable, "-m", "job.perf.bench", "--worker", kind, json.dumps(asdict(spec))]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise JobError(f"the {variant} worker failed (exit {done.returncode}): {last}")
-    return _derived(json.loads(lines[-1]))
+        raise JobError(f"the {kind} worker failed (exit {done.returncode}): {last}")
+    return json.loads(lines[-1])
 
 
-def _derived(run: dict[str, Any]) -> dict[str, Any]:
+def _training(kind: str) -> Callable[[Spec], dict[str, Any]]:
+    return lambda spec: _derived(_spawn(kind, spec), spec)
+
+
+MEASURE: dict[str, Callable[[Spec], dict[str, Any]]] = {
+    **{variant: _training(variant) for variant in VARIANTS},
+    "floor": lambda spec: _spawn("floor", spec),
+    "import": lambda spec: startup.bare_import(_worker_env()),
+}
+
+
+def _derived(run: dict[str, Any], spec: Spec) -> dict[str, Any]:
     """Add the compared figures. Steady state is epochs 2..N (the first one also traces the graphs)."""
     steady = _steady(run["train_seconds"])
+    step_s = steady / math.ceil(run["n_train"] / spec.protocol().batch_size)
+    marks = run.get("startup")
     return {
         **run,
+        **({"startup_phases": startup.phases(marks, step_s)} if marks else {}),
         "train_s_per_epoch": steady,
         "samples_per_s": run["n_train"] / steady,
         "train_cpu_s_per_epoch": _steady(run["train_cpu_seconds"]),
@@ -137,39 +128,6 @@ def _derived(run: dict[str, Any]) -> dict[str, Any]:
 
 def _steady(per_epoch: list[float]) -> float:
     return statistics.fmean(per_epoch[1:]) if len(per_epoch) > 1 else per_epoch[0]
-
-
-def report(spec: Spec, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians per variant, the accuracy check, and ours/baseline ratios unless the check refuses them."""
-    by_variant = {v: [r for r in runs if r["variant"] == v] for v in VARIANTS}
-    summary = {v: _medians(by_variant[v]) for v in VARIANTS}
-    check = accuracy_check(
-        [r["accuracy"] for r in by_variant["baseline"]],
-        [r["accuracy"] for r in by_variant["ours"]],
-        runs[0]["n_val"],
-    )
-    ours_run = by_variant["ours"][0]
-    return {
-        "spec": asdict(spec),
-        "repeats": len(by_variant["baseline"]),
-        "steady_epochs": f"2..{spec.epochs}" if spec.epochs > 1 else "1 (tracing included)",
-        "machine": {"device": ours_run["device"], "threads": ours_run["threads"], "tensorflow": ours_run["tensorflow"]},
-        "same_initial_weights": len({r["initial_weights_sha256"] for r in runs}) == 1,
-        "runs": runs,
-        "summary": summary,
-        "accuracy_check": {**asdict(check), "difference": check.difference, "agree": check.agree},
-        "ratios": _ratios(by_variant) if check.agree else None,
-    }
-
-
-def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
-    return {key: statistics.median(r[key] for r in runs) for key in ("accuracy", *(k for k, _, _ in FIGURES))}
-
-
-def _ratios(by_variant: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
-    """ours/baseline per repeat (the two runs of a repeat ran back to back), then the median over repeats."""
-    pairs = list(zip(*(sorted(by_variant[v], key=lambda r: r["repeat"]) for v in VARIANTS), strict=True))
-    return {key: statistics.median(ours[key] / base[key] for base, ours in pairs) for key, _, _ in FIGURES}
 
 
 # ---- the workers
@@ -252,7 +210,7 @@ def _tutorial_arrays(dataset: Any, limit: int | None) -> tuple[Any, Any, Any, An
     return train_x.astype("float32") / 255.0, train_y, test_x.astype("float32") / 255.0, test_y
 
 
-def _baseline(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
+def _baseline(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> Outcome:
     """The tutorial's evaluate_model() for one fold."""
     import keras
 
@@ -280,8 +238,8 @@ def _baseline(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
     return Outcome(float(accuracy), len(train_ix), len(val_ix))
 
 
-def _ours(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
-    """The production path: thread and determinism set-up as `run` does it, then train.fit_pair."""
+def _ours(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> Outcome:
+    """The production path: thread and determinism set-up as `run` does it, then train.fit_pair (start-up marked)."""
     from job.pair import models, runtime
     from job.pair.checkpoint import Checkpoint
     from job.pair.train import fit_pair
@@ -293,36 +251,55 @@ def _ours(spec: Spec, dataset: Any, clock: EpochClock) -> Outcome:
         allow_cpu=True,
         max_threads=models.max_threads(spec.model),
     )
+    marks.mark("configure")
     with tempfile.TemporaryDirectory(prefix="mnist-cv-bench-") as folder:
         checkpoint = Checkpoint(Path(folder) / "checkpoint")
-        pair = Pair(spec.model, spec.fold)
-        trained, data = fit_pair(pair, protocol, dataset, checkpoint, callbacks=[clock.callback()])
-    extra = {"device": info["device_used"], "threads": info["threads"]["intra_op"]}
+        callbacks = [clock.callback(), marks.callback()]
+        trained, data = fit_pair(Pair(spec.model, spec.fold), protocol, dataset, checkpoint, callbacks=callbacks)
+    extra = {
+        "device": info["device_used"],
+        "threads": info["threads"]["intra_op"],
+        "startup": marks.to_dict(),
+        "data_anatomy": startup.data_anatomy(dataset.source),  # after training: not part of its timings
+    }
     return Outcome(trained.score.accuracy, data.n_train, data.n_val, extra)
 
 
-RUNNERS: dict[str, Callable[[Spec, Any, EpochClock], Outcome]] = {"baseline": _baseline, "ours": _ours}
+def _bare(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> Outcome:
+    from job.perf import bare
+
+    run = bare.train(spec, dataset, clock)
+    return Outcome(run["accuracy"], run["n_train"], run["n_val"], {"device": run["device"], "threads": run["threads"]})
 
 
-def run_worker(variant: str, spec: Spec) -> dict[str, Any]:
+RUNNERS: dict[str, Callable[[Spec, Any, EpochClock, startup.Marks], Outcome]] = {
+    "baseline": _baseline,
+    "ours": _ours,
+    "bare": _bare,
+}
+
+
+def run_worker(variant: str, spec: Spec, marks: startup.Marks) -> dict[str, Any]:
     """Train one variant once; the wall clock starts after the (shared) data loading."""
     from job.pair import data, runtime
 
     tf = runtime.import_tensorflow()
-    import keras  # noqa: F401 - its import footprint belongs with TensorFlow's, the same in both variants
+    marks.mark("tensorflow")
+    import keras  # noqa: F401 - its import footprint belongs with TensorFlow's, the same in every variant
+
+    marks.mark("keras")
 
     # ~0.7 GB of a worker's RSS is TensorFlow's shared libraries, mapped at import and shared with every
     # other process on the node; the peak above it is what this pair's data and training cost.
     rss_at_import = _peak_rss_mb()
-    load = os.getloadavg()[0]  # other work on the machine skews the timings: keep it on record
     dataset = data.load(spec.data_dir, custom=spec.custom_data)
+    marks.mark("data")
     clock = EpochClock()
     started = time.perf_counter()
-    outcome = RUNNERS[variant](spec, dataset, clock)
+    outcome = RUNNERS[variant](spec, dataset, clock, marks)
     wall = time.perf_counter() - started
     return {
         "variant": variant,
-        "load_1min": load,
         "accuracy": outcome.accuracy,
         "n_train": outcome.n_train,
         "n_val": outcome.n_val,
@@ -343,11 +320,19 @@ def _peak_rss_mb() -> float:
 
 
 def _worker_main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] != "--worker" or argv[1] not in RUNNERS:
-        print(f"usage: python -m job.perf.bench --worker {{{','.join(RUNNERS)}}} SPEC_JSON", file=sys.stderr)
+    marks = startup.Marks()
+    marks.mark("python")
+    if len(argv) != 3 or argv[0] != "--worker" or argv[1] not in (*RUNNERS, "floor"):
+        print(f"usage: python -m job.perf.bench --worker {{{','.join(RUNNERS)},floor}} SPEC_JSON", file=sys.stderr)
         return 2
+    spec = Spec(**json.loads(argv[2]))
     try:
-        result = run_worker(argv[1], Spec(**json.loads(argv[2])))
+        if argv[1] == "floor":
+            from job.perf import floor
+
+            result = floor.measure(spec.model, spec.protocol().batch_size)
+        else:
+            result = run_worker(argv[1], spec, marks)
     except JobError as error:  # one line, which the parent passes on
         print(error, file=sys.stderr)
         return error.exit_code

@@ -1,0 +1,55 @@
+"""Start-up phases: the arithmetic that turns a worker's marks into per-phase seconds, and the data anatomy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from job.perf import startup
+
+
+def _marks(first_call_steps: int) -> dict:
+    # Seconds since the process started at which each phase ended.
+    ends = {"python": 0.1, "tensorflow": 4.1, "keras": 5.0, "data": 5.6, "configure": 5.7, "build": 6.0}
+    return {"at": {**ends, "first_call": 8.0}, "first_call_steps": first_call_steps}
+
+
+def test_phases_are_the_gaps_between_marks() -> None:
+    phases = startup.phases(_marks(first_call_steps=1), step_s=0.01)
+    assert list(phases) == [phase for phase, _ in startup.PHASES]
+    assert phases["python"] == pytest.approx(0.1)
+    assert phases["tensorflow"] == pytest.approx(4.0)
+    assert phases["first_call"] == pytest.approx(2.0)
+    assert sum(phases.values()) == pytest.approx(8.0)
+
+
+def test_the_first_calls_other_steps_are_taken_off_at_the_step_time() -> None:
+    # 50 steps in the first call, 0.02 s each in the steady state: 49 of them are training, not start-up.
+    phases = startup.phases(_marks(first_call_steps=50), step_s=0.02)
+    assert phases["first_call"] == pytest.approx(2.0 - 49 * 0.02)
+
+
+def test_no_phases_without_every_mark() -> None:
+    marks = _marks(1)
+    del marks["at"]["build"]
+    assert startup.phases(marks, step_s=0.01) is None
+
+
+def test_marks_need_the_parents_stamp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(startup.SPAWNED_AT_ENV, raising=False)
+    unstamped = startup.Marks()
+    unstamped.mark("python")
+    assert unstamped.at == {}
+    monkeypatch.setenv(startup.SPAWNED_AT_ENV, startup.spawn_env({})[startup.SPAWNED_AT_ENV])
+    stamped = startup.Marks()
+    stamped.mark("python")
+    stamped.mark("python")  # a phase ends once
+    assert list(stamped.at) == ["python"] and 0 <= stamped.at["python"] < 60
+
+
+def test_data_anatomy_of_the_real_mnist(mnist_full: Path, tmp_path: Path) -> None:
+    anatomy = startup.data_anatomy(str(mnist_full))
+    assert anatomy is not None and set(anatomy) == {"read_s", "gunzip_s", "sha256_s"}
+    assert all(seconds >= 0 for seconds in anatomy.values())
+    assert startup.data_anatomy(str(tmp_path)) is None  # no MNIST files there
