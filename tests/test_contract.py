@@ -222,6 +222,7 @@ def test_a_typed_result_with_a_non_finite_number_does_not_pass_its_own_check(rea
         st.sampled_from(["", ".", "..", "final", "logs", "/abs", "../up", "a\\b"]),
         st.text(alphabet=st.characters(categories=["Cc"]), min_size=1),
         st.text(min_size=1).map(lambda s: "." + s),
+        st.text(alphabet="xé", min_size=128, max_size=300).filter(lambda s: len(s.encode()) > 255),  # > NAME_MAX
     )
 )
 def test_a_run_name_that_is_not_a_plain_name_is_refused(name: str) -> None:
