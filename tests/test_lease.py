@@ -187,6 +187,15 @@ def test_a_lease_edited_to_odd_values_is_unreadable_in_one_line(tmp_path: Path, 
         Lease.acquire(path, "cfg")
 
 
+@pytest.mark.parametrize("make", ["fifo", "endless", "folder"])
+def test_a_lease_that_is_not_a_regular_file_is_unreadable_without_waiting(tmp_path: Path, make: str) -> None:
+    # A FIFO never ends its open() and /dev/zero never ends its read: `run` and `status` hung on such a lease.
+    path = tmp_path / "fold-0.lease"
+    {"fifo": os.mkfifo, "endless": lambda p: p.symlink_to("/dev/zero"), "folder": Path.mkdir}[make](path)
+    with pytest.raises(JobError, match="not a readable lease"):
+        read_holder(path)
+
+
 # --- holders on another host: only Slurm can tell whether they are gone -------------------------------------------
 
 

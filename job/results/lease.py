@@ -38,6 +38,7 @@ from job.launch.scheduler import TaskState
 from job.pair.protocol import Pair
 from job.results.layout import RunLayout
 
+MAX_LEASE_BYTES = 1 << 16  # a lease is about 400 bytes
 ATTEMPTS = 5  # acquire rounds: each lost race re-reads the lease; five lost races in a row cannot be bad luck
 
 
@@ -104,12 +105,15 @@ class Holder:
 
 def read_holder(path: Path) -> Holder | None:
     """The lease's holder; None when there is no lease (or it is not one of ours: a foreign file is left alone)."""
+    from job.pair.data import open_regular  # deferred: numpy
+
     try:
-        data = json.loads(Path(path).read_text())
+        with open_regular(Path(path)) as f:  # a FIFO or /dev/zero would wait or read forever
+            data = json.loads(f.read(MAX_LEASE_BYTES))
         return _checked(Holder(**data))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError) as error:
+    except (JobError, OSError, ValueError, TypeError) as error:
+        if not os.path.lexists(path):
+            return None  # no lease, or released while we read it
         hint = "remove it if no process is training this pair"
         raise JobError(f"{path}: not a readable lease ({error}); {hint}") from None
 
