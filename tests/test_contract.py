@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import tempfile
 import typing
@@ -196,6 +197,39 @@ def test_a_non_finite_number_in_a_result_file_makes_it_unusable(
     assert status(tmp_path, "default", PROTOCOL)[0].state == "corrupt"
 
 
+def fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def endless(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def huge(path: Path) -> None:
+    with open(path, "wb") as f:
+        f.truncate(1 << 40)  # sparse: costs nothing on disk, a terabyte to read
+
+
+def folder(path: Path) -> None:
+    path.mkdir()
+
+
+@pytest.mark.parametrize("make", [fifo, endless, huge, folder])
+def test_a_result_that_is_not_a_small_regular_file_is_refused_without_reading_it(
+    tmp_path: Path, make: Callable[[Path], None]
+) -> None:
+    # A FIFO never ends its open(), /dev/zero and a sparse terabyte never end their read: pairs and status hung
+    # or exhausted the memory. Refused in one line instead, and the pair is corrupt, to be redone.
+    layout = RunLayout(tmp_path, "default")
+    path = layout.pair_result(Pair("mlp", 0))
+    path.parent.mkdir(parents=True)
+    make(path)
+    with pytest.raises(ResultError, match="not a regular file|more than a result holds") as error:
+        store.check_pair(path, layout)
+    assert "\n" not in str(error.value)
+    assert status(tmp_path, "default", PROTOCOL)[0].state == "corrupt"
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_number_is_refused_when_writing(tmp_path: Path, value: float) -> None:
     path = tmp_path / "x.json"
@@ -222,6 +256,7 @@ def test_a_typed_result_with_a_non_finite_number_does_not_pass_its_own_check(rea
         st.sampled_from(["", ".", "..", "final", "logs", "/abs", "../up", "a\\b"]),
         st.text(alphabet=st.characters(categories=["Cc"]), min_size=1),
         st.text(min_size=1).map(lambda s: "." + s),
+        st.text(alphabet="xé", min_size=128, max_size=300).filter(lambda s: len(s.encode()) > 255),  # > NAME_MAX
     )
 )
 def test_a_run_name_that_is_not_a_plain_name_is_refused(name: str) -> None:

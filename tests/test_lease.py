@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from support.cluster import ensure_cluster, submit
 
+from job.errors import JobError
 from job.launch import scheduler
 from job.results.lease import Holder, Lease, LeaseHeld, LeaseLost, read_holder
 
@@ -154,6 +155,45 @@ def test_an_unreadable_lease_is_reported_not_overwritten(tmp_path: Path) -> None
     with pytest.raises(Exception, match="not a readable lease"):
         Lease.acquire(path, "cfg")
     assert path.read_text() == "{not json"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("pid", "abc"),
+        ("pid", 1.5),
+        ("pid", None),
+        ("pid", True),
+        ("pid", 0),
+        ("pid", -1),
+        ("pid", 2**70),
+        ("start_utc", "x"),
+        ("start_utc", 5),
+        ("host", None),
+        ("token", ["a"]),
+        ("boot_id", 7),
+        ("slurm_array_task_id", 3),
+        ("slurm_restart_count", "1"),
+    ],
+)
+def test_a_lease_edited_to_odd_values_is_unreadable_in_one_line(tmp_path: Path, field: str, value: object) -> None:
+    # A hand-edited lease must not reach os.kill or fromisoformat (a traceback) nor pass for a live holder (pid 0
+    # and -1 are process groups for kill(2), always "alive").
+    path = tmp_path / "fold-0.lease"
+    path.write_text(json.dumps({**asdict(Holder.me("cfg")), field: value}))
+    with pytest.raises(JobError, match="not a readable lease"):
+        read_holder(path)
+    with pytest.raises(JobError, match="not a readable lease"):
+        Lease.acquire(path, "cfg")
+
+
+@pytest.mark.parametrize("make", ["fifo", "endless", "folder"])
+def test_a_lease_that_is_not_a_regular_file_is_unreadable_without_waiting(tmp_path: Path, make: str) -> None:
+    # A FIFO never ends its open() and /dev/zero never ends its read: `run` and `status` hung on such a lease.
+    path = tmp_path / "fold-0.lease"
+    {"fifo": os.mkfifo, "endless": lambda p: p.symlink_to("/dev/zero"), "folder": Path.mkdir}[make](path)
+    with pytest.raises(JobError, match="not a readable lease"):
+        read_holder(path)
 
 
 # --- holders on another host: only Slurm can tell whether they are gone -------------------------------------------

@@ -221,3 +221,19 @@ def test_a_task_of_sbatch_array_sh_records_itself_once_with_its_log(tmp_path: Pa
     assert (recorded.job_id, recorded.task_id, recorded.config_id) == (f"{job}_7", 7, "cfg")
     assert recorded.log_path() == tmp_path / f"{JOB_NAME}_{job}_7.out"
     assert len((results / "default" / "submissions.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["pairs"], ["status"], ["status", "--json"]])
+def test_a_reader_that_leaves_early_is_not_a_failure(command: list[str], tmp_path: Path) -> None:
+    # `mnist-cv pairs | head -1`: the reader is gone before the table is written. rich ends a broken pipe with a
+    # silent exit 1 of its own; the README promises the end of the reader is not a failure of ours.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "job", *command, "--results", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # no reader: the first write fails with EPIPE
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (0, "")

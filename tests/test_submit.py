@@ -164,6 +164,14 @@ def test_task_ids_take_slurms_array_syntax(spec: str, ids: set[int]) -> None:
     [
         (["--task-ids", "10"], "task ids are 0-9"),
         (["--task-ids", "a-b"], "not task ids like 0,5 or 5-9"),
+        (["--task-ids", "\u0663"], "not task ids like 0,5 or 5-9"),  # an Arabic-Indic 3: int() takes it silently
+        (["--task-ids", "1-"], "not task ids like 0,5 or 5-9"),  # sbatch refuses it; it was read as 1
+        (["--task-ids", "0_5"], "not task ids like 0,5 or 5-9"),  # int() reads '0_5' as 5
+        (["--task-ids", " 3"], "not task ids like 0,5 or 5-9"),
+        (["--time", "\u0663"], "not a whole number"),
+        (["--mem-gb", "nan"], "not a positive number"),
+        (["--mem-gb", "inf"], "not a positive number"),
+        (["--mem-gb", "0"], "not a positive number"),
         (["--time", "0"], "must be at least 1"),
         (["--slurm-additional", "=x"], "not KEY=VALUE"),
         (["--missing-only", "--all"], "not allowed with argument"),

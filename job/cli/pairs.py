@@ -40,13 +40,13 @@ def run(args: argparse.Namespace) -> int:
         print(spec)
         return 0
 
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from job.cli import rich_console
     from job.cli.status import STATE_STYLES
 
-    console = Console(highlight=False)
+    console = rich_console(highlight=False)
     console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)
     table = Table()
     for column in ("task", "model", "fold", "state"):

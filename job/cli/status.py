@@ -48,11 +48,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([s.to_json() for s in statuses], indent=1))
         return 0
 
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(highlight=False)
+    from job.cli import rich_console
+
+    console = rich_console(highlight=False)
     console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)
     table = Table()
     for column in ("task", "model", "fold", "state", "detail"):

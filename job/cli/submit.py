@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,7 @@ def add_parser(subparsers: Any) -> None:
     )
     res.add_argument("--gpus-per-task", type=at_least(0), metavar="N", help="GPUs per pair (default: --gres=gpu:N)")
     res.add_argument("--cpus-per-task", type=at_least(1), metavar="N", help="CPUs per pair (default: --cpus-per-task)")
-    res.add_argument("--mem-gb", type=float, metavar="G", help="memory per pair in GB (default: --mem)")
+    res.add_argument("--mem-gb", type=positive_gigabytes, metavar="G", help="memory per pair in GB (default: --mem)")
     res.add_argument("--array-parallelism", type=at_least(1), metavar="N", help="run at most N pairs at a time")
     res.add_argument(
         "--slurm-additional",
@@ -104,12 +106,16 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
+# ASCII digits only: int() also takes '٣' (as 3), '0_5' (as 5) and surrounding blanks, which sbatch would not.
+_WHOLE = re.compile(r"-?[0-9]+")
+_ARRAY_SPEC = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not _WHOLE.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+        value = int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
@@ -117,15 +123,24 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def positive_gigabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):  # sbatch would get --mem=nanG or a job with no memory
+        raise argparse.ArgumentTypeError(f"not a positive number of GB: {text!r}")
+    return value
+
+
 def task_ids(text: str) -> set[int]:
     """Slurm's --array syntax ('0,5', '5-9', '0-2,7') as task ids: the inverse of pair_status.array_spec."""
+    if not _ARRAY_SPEC.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not task ids like 0,5 or 5-9: {text!r}")
     ids: set[int] = set()
-    try:
-        for part in text.split(","):
-            first, _, last = part.partition("-")
-            ids.update(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not task ids like 0,5 or 5-9: {text!r}") from None
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        ids.update(range(int(first), int(last or first) + 1))
     n = len(all_pairs())
     if not ids or not all(0 <= i < n for i in ids):
         raise argparse.ArgumentTypeError(f"task ids are 0-{n - 1}, got {text!r}")

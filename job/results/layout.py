@@ -27,6 +27,7 @@ SUMMARY_MD = "summary.md"
 _PAIR_FILE = re.compile(r"fold-(\d+)\.(json|ckpt)")
 # Names that would be special or hidden in the run folder; a model or run can never be called this.
 _RESERVED = {".", "..", FINAL, LOGS, CODE}
+NAME_MAX = 255  # bytes in one path component on ext4, XFS, Lustre, NFS: a longer run is "File name too long" later
 
 
 def check_name(name: str, what: str = "run name") -> str:
@@ -39,8 +40,11 @@ def check_name(name: str, what: str = "run name") -> str:
         or "\\" in name
         or not name.isprintable()
         or Path(name).is_absolute()
+        or len(name.encode()) > NAME_MAX
     ):
-        raise UsageError(f"{what} must be a plain name (no '/', not empty, hidden or '..'): {name!r}")
+        raise UsageError(
+            f"{what} must be a plain name (no '/', not empty, hidden or '..', {NAME_MAX} bytes at most): {name!r}"
+        )
     return name
 
 

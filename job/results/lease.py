@@ -38,6 +38,7 @@ from job.launch.scheduler import TaskState
 from job.pair.protocol import Pair
 from job.results.layout import RunLayout
 
+MAX_LEASE_BYTES = 1 << 16  # a lease is about 400 bytes
 ATTEMPTS = 5  # acquire rounds: each lost race re-reads the lease; five lost races in a row cannot be bad luck
 
 
@@ -104,14 +105,32 @@ class Holder:
 
 def read_holder(path: Path) -> Holder | None:
     """The lease's holder; None when there is no lease (or it is not one of ours: a foreign file is left alone)."""
+    from job.pair.data import open_regular  # deferred: numpy
+
     try:
-        data = json.loads(Path(path).read_text())
-        return Holder(**data)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError) as error:
+        with open_regular(Path(path)) as f:  # a FIFO or /dev/zero would wait or read forever
+            data = json.loads(f.read(MAX_LEASE_BYTES))
+        return _checked(Holder(**data))
+    except (JobError, OSError, ValueError, TypeError) as error:
+        if not os.path.lexists(path):
+            return None  # no lease, or released while we read it
         hint = "remove it if no process is training this pair"
         raise JobError(f"{path}: not a readable lease ({error}); {hint}") from None
+
+
+def _checked(holder: Holder) -> Holder:
+    """The holder, if each field has its type: a hand-edited lease must not reach os.kill or fromisoformat as
+    something else, nor pass for a live holder (kill(2) reads pid 0 and -1 as process groups: always "alive")."""
+    if type(holder.pid) is not int or not 0 < holder.pid < 2**31:
+        raise ValueError(f"pid {holder.pid!r} is not a process id")
+    if type(holder.slurm_restart_count) is not int:
+        raise ValueError(f"slurm_restart_count {holder.slurm_restart_count!r} is not a count")
+    for name, value in vars(holder).items():
+        optional = name in ("boot_id", "pid_start", "slurm_job_id", "slurm_array_job_id", "slurm_array_task_id")
+        if name not in ("pid", "slurm_restart_count") and not (isinstance(value, str) or optional and value is None):
+            raise ValueError(f"{name} {value!r} is not a string")
+    datetime.fromisoformat(holder.start_utc)
+    return holder
 
 
 def gone_because(holder: Holder, slurm_task: Callable[[str], TaskState | None] | None = None) -> str | None:

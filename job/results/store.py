@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from job.results.layout import RunLayout
 # accuracy is one image in 60,000 (1.7e-5), so these tolerances accept the order and refuse any edit of the score.
 ACCURACY_TOLERANCE = 1e-6
 LOSS_RELATIVE_TOLERANCE = 1e-5
+# A result is a few kB (its history grows by about 100 bytes an epoch): anything this large is not one.
+MAX_RESULT_BYTES = 16 << 20
 
 
 # The paths of one pair, for callers that name a results folder and a run (the layout decides them).
@@ -59,11 +62,20 @@ def _finite_float(text: str) -> float:
 
 def load_json(path: Path) -> Any:
     """A file's JSON with finite numbers only, or ResultError saying in one line why it cannot be read."""
+    from job.pair.data import open_regular  # deferred: numpy
+
+    if not os.path.lexists(path):
+        raise ResultError(f"{path}: missing")
     try:
-        return json.loads(Path(path).read_text(), parse_constant=_refuse_constant, parse_float=_finite_float)
-    except FileNotFoundError:
-        raise ResultError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError) as error:
+        with open_regular(Path(path)) as f:  # a FIFO, /dev/zero or a folder is refused before any read
+            raw = f.read(MAX_RESULT_BYTES + 1)
+    except JobError as error:
+        raise ResultError(str(error)) from None
+    if len(raw) > MAX_RESULT_BYTES:
+        raise ResultError(f"{path}: over {MAX_RESULT_BYTES} bytes, more than a result holds")
+    try:
+        return json.loads(raw.decode(), parse_constant=_refuse_constant, parse_float=_finite_float)
+    except UnicodeDecodeError as error:
         raise ResultError(f"{path}: unreadable ({error})") from None
     except json.JSONDecodeError as error:
         raise ResultError(f"{path}: corrupt or truncated JSON ({error.msg}: line {error.lineno})") from None
