@@ -19,10 +19,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from job.analysis import report, summary
 from job.analysis.summary import FinalRecord
+from job.console import console as pipe_console
 from job.errors import JobError
 from job.pair.protocol import Pair
 from job.results import atomic, store
@@ -79,7 +78,7 @@ def collect(request: Request) -> int:
         )  # fmt: skip
     text = _checked_json(found)
 
-    console = Console()
+    console = pipe_console()
     if request.json:
         print(text)
     else:

@@ -16,12 +16,9 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import NoReturn
 
 from job.errors import JobError
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 PROG = "mnist-cv"
 COMMANDS = ("run", "pairs", "status", "fetch_data", "collect", "submit", "final", "predict", "bench")
@@ -107,19 +104,6 @@ def _save_traceback(error: Exception, argv: list[str], debug: bool) -> str:
     except OSError as failed:
         return f"its traceback could not be saved ({failed.strerror or failed}): rerun with --debug to see it"
     return f"traceback in {path}"
-
-
-def rich_console(**options: Any) -> Console:
-    """rich's Console, except that a reader gone early (`| head`) raises BrokenPipeError for main to end quietly
-    with 0; rich's own handling ends the process with a silent exit 1."""
-    from rich.console import Console
-
-    class _Console(Console):
-        def on_broken_pipe(self) -> None:
-            self.quiet = True
-            raise BrokenPipeError
-
-    return _Console(**options)
 
 
 def one_line(text: str) -> str:

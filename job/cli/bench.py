@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_report(result: dict[str, Any]) -> None:
-    from rich.console import Console
+    from job.console import console as Console
 
     console = Console()
     console.print(_runs_table(result))

@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from job.cli import rich_console
     from job.cli.status import STATE_STYLES
+    from job.console import console as rich_console
 
     console = rich_console(highlight=False)
     console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)

@@ -103,9 +103,10 @@ def _predictions(
 
 
 def _print_table(rows: list[dict[str, Any]], accuracy: dict[str, Any] | None, max_rows: int) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from job.console import console as Console
 
     labelled = accuracy is not None
     table = Table(caption=f"{len(rows) - max_rows} more rows: --json lists all" if len(rows) > max_rows else None)

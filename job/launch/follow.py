@@ -53,7 +53,7 @@ def failure_report(name: str, job: Any, error: BaseException) -> str:
 @contextmanager
 def progress(total: int) -> Iterator[Callable[[str], None]]:
     """A report(line) for each finished pair: over a live bar on a terminal, numbered plain lines otherwise."""
-    from rich.console import Console
+    from job.console import console as Console
 
     console = Console(highlight=False)
     if not console.is_terminal:
