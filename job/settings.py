@@ -111,9 +111,16 @@ REQUIRE_FULL_DATA = Variable(
     "tests/support/mnist.py",
 )
 
+BENCH_SPAWNED_AT = Variable(
+    "MNIST_CV_BENCH_SPAWNED_AT",
+    "unset",
+    "set by `mnist-cv bench` for its workers: the wall-clock time it started them (their start-up is timed from it)",
+    "bench's workers (job/perf/startup.py)",
+)
+
 VARIABLES: tuple[Variable, ...] = (
     DATA, RESULTS, RUN, IMAGE, PYTHON, HOME, ALLOW_CPU, CACHE, MIRROR,
-    GIT_COMMIT, GIT_DIRTY, IMAGE_SHA256, TEST_DATA, SLURM, REQUIRE_FULL_DATA,
+    GIT_COMMIT, GIT_DIRTY, IMAGE_SHA256, TEST_DATA, SLURM, REQUIRE_FULL_DATA, BENCH_SPAWNED_AT,
 )  # fmt: skip
 
 # The shell scripts that read a variable before Python starts (everything else reads Settings).

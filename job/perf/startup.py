@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from job import settings
 from job.errors import JobError
 
-SPAWNED_AT_ENV = "MNIST_CV_BENCH_SPAWNED_AT"
+SPAWNED_AT_ENV = settings.BENCH_SPAWNED_AT.name
 BARE_IMPORT = "import tensorflow, time; print(time.time())"
 # The phases a worker marks, in order, and what each one covers.
 PHASES: tuple[tuple[str, str], ...] = (
