@@ -60,6 +60,7 @@ def train_args(results: Path, mnist: Path, *more: str, fold: str = "0") -> list[
         str(results),
         "--data-dir",
         str(mnist),
+        "--custom-data",  # the shipped subset (or the full set, which --custom-data accepts too)
         *more,
     ]
 
@@ -146,13 +147,13 @@ def test_missing_or_corrupt_data_exits_1_with_one_line(mnist_full: Path, tmp_pat
     assert_one_line(done, 1, "run", f"{images}: truncated gzip file")
 
 
-def test_an_output_folder_that_cannot_be_written_exits_1_with_one_line(mnist_full: Path, tmp_path: Path) -> None:
+def test_an_output_folder_that_cannot_be_written_exits_1_with_one_line(mnist_mini: Path, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "1m", "ro") as results:
-        done = cli(*train_args(results, mnist_full))
+        done = cli(*train_args(results, mnist_mini))
     assert_one_line(done, 1, "run", "Read-only file system")
 
 
-def test_a_corrupt_result_exits_1_with_one_line_naming_it(mnist_full: Path, tmp_path: Path) -> None:
+def test_a_corrupt_result_exits_1_with_one_line_naming_it(mnist_mini: Path, tmp_path: Path) -> None:
     folder = tmp_path / "default" / "mlp"
     folder.mkdir(parents=True)
     (folder / "fold-0.json").write_text('{"schema_version": 1, "model": "ml')  # torn
@@ -162,8 +163,8 @@ def test_a_corrupt_result_exits_1_with_one_line_naming_it(mnist_full: Path, tmp_
     assert any(str(folder / "fold-0.json") in line for line in our_lines(done.stderr)), done.stderr
 
 
-def test_a_gpu_allocated_but_not_visible_exits_1_with_one_line(mnist_full: Path, tmp_path: Path) -> None:
-    done = cli(*train_args(tmp_path, mnist_full), env={"SLURM_GPUS_ON_NODE": "1", "MNIST_CV_ALLOW_CPU": ""})
+def test_a_gpu_allocated_but_not_visible_exits_1_with_one_line(mnist_mini: Path, tmp_path: Path) -> None:
+    done = cli(*train_args(tmp_path, mnist_mini), env={"SLURM_GPUS_ON_NODE": "1", "MNIST_CV_ALLOW_CPU": ""})
     assert_one_line(done, 1, "run", "GPU")
 
 
@@ -204,15 +205,15 @@ def test_out_of_memory_on_the_device_exits_1_with_one_line(mnist_full: Path, tmp
 
 
 def test_a_full_disk_exits_1_with_one_line_keeps_the_checkpoint_and_a_rerun_resumes(
-    mnist_full: Path, tmp_path: Path
+    mnist_mini: Path, tmp_path: Path
 ) -> None:
     """mlp checkpoints are 426 KB: on 1,000 KB the first fits and the second (written beside it) does not."""
     with tmpfs(tmp_path / "disk", "3m") as results:
-        assert cli(*train_args(results, mnist_full, fold="1")).returncode == 0
+        assert cli(*train_args(results, mnist_mini, fold="1")).returncode == 0
         other = (results / "default" / "mlp" / "fold-1.json").read_bytes()
         subprocess.run(["mount", "-o", "remount,size=1000k", str(results)], check=True)
 
-        full = cli(*train_args(results, mnist_full))
+        full = cli(*train_args(results, mnist_mini))
         line = assert_one_line(full, 1, "run", f"{checkpoint_of(results)}: no room for the checkpoint of epoch 2")
         assert line.endswith("the checkpoint after epoch 1 is intact: free space and rerun to resume")
         state = json.loads((checkpoint_of(results) / "state.json").read_text())
@@ -221,7 +222,7 @@ def test_a_full_disk_exits_1_with_one_line_keeps_the_checkpoint_and_a_rerun_resu
         assert (results / "default" / "mlp" / "fold-1.json").read_bytes() == other
 
         subprocess.run(["mount", "-o", "remount,size=3m", str(results)], check=True)
-        rerun = cli(*train_args(results, mnist_full))
+        rerun = cli(*train_args(results, mnist_mini))
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert "resuming from the checkpoint after epoch 1" in rerun.stdout
         assert result_of(results)["resume"] == {"count": 1, "from_epochs": [1]}
@@ -229,7 +230,7 @@ def test_a_full_disk_exits_1_with_one_line_keeps_the_checkpoint_and_a_rerun_resu
 
 @pytest.mark.parametrize("inodes", [7, 8], ids=["weights-write-fails", "state-write-fails"])
 def test_a_checkpoint_write_that_fails_anyway_is_one_line_and_keeps_the_last_checkpoint(
-    inodes: int, mnist_full: Path, tmp_path: Path
+    inodes: int, mnist_mini: Path, tmp_path: Path
 ) -> None:
     """Room in bytes but not in files (tmpfs nr_inodes): the free-space check passes and the write itself fails.
 
@@ -237,12 +238,12 @@ def test_a_checkpoint_write_that_fails_anyway_is_one_line_and_keeps_the_last_che
     none. 8: it gets the last one, and state.json's temp file finds none.
     """
     with tmpfs(tmp_path / "disk", "3m", f"nr_inodes={inodes}") as results:
-        failed = cli(*train_args(results, mnist_full))
+        failed = cli(*train_args(results, mnist_mini))
         line = assert_one_line(failed, 1, "run", "cannot save the checkpoint of epoch 2 (No space left on device)")
         assert line.endswith("the checkpoint after epoch 1 is intact: rerun to resume")
         assert sorted(p.name for p in checkpoint_of(results).iterdir()) == ["epoch-1.weights.h5", "state.json"]
         subprocess.run(["mount", "-o", f"remount,nr_inodes={inodes + 4}", str(results)], check=True)
-        rerun = cli(*train_args(results, mnist_full))
+        rerun = cli(*train_args(results, mnist_mini))
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert result_of(results)["resume"] == {"count": 1, "from_epochs": [1]}
 
@@ -278,12 +279,12 @@ def test_a_checkpoint_write_that_fails_midway_ends_cleanly(tmp_path: Path) -> No
 # ---- exit 3 and 130: stopped
 
 
-def test_a_stop_signal_exits_3_keeps_the_checkpoint_and_a_rerun_resumes(mnist_full: Path, tmp_path: Path) -> None:
-    stopped = stop_in_epoch_2(train_args(tmp_path, mnist_full), signal.SIGTERM)
+def test_a_stop_signal_exits_3_keeps_the_checkpoint_and_a_rerun_resumes(mnist_mini: Path, tmp_path: Path) -> None:
+    stopped = stop_in_epoch_2(train_args(tmp_path, mnist_mini), signal.SIGTERM)
     assert_one_line_after_the_signal_notice(stopped, 3, "stopped by a signal")
     assert json.loads((checkpoint_of(tmp_path) / "state.json").read_text())["epochs_done"] >= 1
     assert not (tmp_path / "default" / "mlp" / "fold-0.json").exists()
-    rerun = cli(*train_args(tmp_path, mnist_full, "--epochs", "20"))
+    rerun = cli(*train_args(tmp_path, mnist_mini, "--epochs", "20"))
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert result_of(tmp_path)["resume"]["count"] == 1
 
@@ -294,8 +295,8 @@ def assert_one_line_after_the_signal_notice(done: subprocess.CompletedProcess[st
     assert len(lines) == 1 and lines[0].startswith("mnist-cv run: ") and message in lines[0], lines
 
 
-def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(mnist_full: Path, tmp_path: Path) -> None:
-    stopped = stop_in_epoch_2(train_args(tmp_path, mnist_full), signal.SIGINT)
+def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(mnist_mini: Path, tmp_path: Path) -> None:
+    stopped = stop_in_epoch_2(train_args(tmp_path, mnist_mini), signal.SIGINT)
     assert_one_line(stopped, 130, "run", "interrupted")
     assert (checkpoint_of(tmp_path) / "state.json").exists()
 
@@ -303,10 +304,10 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(mnist_full: Pat
 # ---- nothing already written is damaged
 
 
-def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(mnist_full: Path, tmp_path: Path) -> None:
-    assert cli(*train_args(tmp_path, mnist_full, "--epochs", "20")).returncode == 0
+def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(mnist_mini: Path, tmp_path: Path) -> None:
+    assert cli(*train_args(tmp_path, mnist_mini, "--epochs", "20")).returncode == 0
     written = (tmp_path / "default" / "mlp" / "fold-0.json").read_bytes()
-    stopped = stop_in_epoch_2(train_args(tmp_path, mnist_full, "--force"), signal.SIGTERM)
+    stopped = stop_in_epoch_2(train_args(tmp_path, mnist_mini, "--force"), signal.SIGTERM)
     assert stopped.returncode == 3, stopped.stderr[-2000:]
     assert (tmp_path / "default" / "mlp" / "fold-0.json").read_bytes() == written
     assert not [p for p in (tmp_path / "default" / "mlp").iterdir() if p.name.startswith(".")]  # no temp files
@@ -326,13 +327,13 @@ def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(mnist_f
     ids=["epochs-as-text", "short-history", "epochs-changed", "history-not-a-dict"],
 )
 def test_a_hand_edited_checkpoint_is_set_aside_and_the_pair_starts_over(
-    edit, reason: str, mnist_full: Path, tmp_path: Path
+    edit, reason: str, mnist_mini: Path, tmp_path: Path
 ) -> None:
-    assert cli(*train_args(tmp_path, mnist_full, "--keep-checkpoint")).returncode == 0
+    assert cli(*train_args(tmp_path, mnist_mini, "--keep-checkpoint")).returncode == 0
     first = result_of(tmp_path)
     state_file = checkpoint_of(tmp_path) / "state.json"
     state_file.write_text(json.dumps(edit(json.loads(state_file.read_text()))))
-    rerun = cli(*train_args(tmp_path, mnist_full, "--force"))
+    rerun = cli(*train_args(tmp_path, mnist_mini, "--force"))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     notice = [line for line in rerun.stdout.splitlines() + rerun.stderr.splitlines() if "checkpoint unusable" in line]
     assert len(notice) == 1 and f"{state_file}: not as a save writes it ({reason}" in notice[0], notice

@@ -104,7 +104,9 @@ def submit(request: Request) -> int:
     if code is not None:
         snapshot.freeze(code, layout.code)
     jobs = submit_array(request.executor, params, logs, tasks)
-    if request.executor == "slurm" and not request.final:
+    # submitit submits a single job as a plain job, not an array of one: only array tasks are recorded (a plain
+    # job's pair is seen by `status` through its lease once it runs).
+    if request.executor == "slurm" and not request.final and "_" in jobs[0].job_id:
         record(request, params, logs, [task_id for _, _, task_id in chosen], jobs)
     print(f"submitted {len(jobs)} {what} of config {protocol.config_id} ({request.executor}):")
     for task, job in zip(tasks, jobs, strict=True):
