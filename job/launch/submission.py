@@ -88,7 +88,7 @@ def submit(request: Request) -> int:
     chosen = jobs_to_submit(request)
     wait = request.wait or request.executor == "debug"  # the debug executor runs a job only when asked for its result
     if not chosen:
-        print(f"nothing to submit: the pairs asked for are done with config {protocol.config_id}")
+        print(f"nothing to submit: the pairs asked for are done, queued or running with config {protocol.config_id}")
         return collect(request) if wait and not request.dry_run else 0
 
     logs = (request.logs or layout.logs).absolute()
