@@ -401,6 +401,7 @@ def load_in_a_subprocess(function: str, *args: str) -> tuple[str, int]:
     return message, int(peak_mb)
 
 
+@pytest.mark.slow
 def test_a_gzip_that_inflates_to_a_gigabyte_is_refused_without_inflating_it(gz_copy: Path) -> None:
     labels = gz_copy / f"{data.TRAIN_LABELS}.gz"
     gzip_bomb(labels, gzip.decompress(labels.read_bytes()))  # the real labels, then 1 GiB more
@@ -432,6 +433,7 @@ def test_a_header_declaring_a_huge_shape_is_refused_before_allocation(
     assert peak_mb < 100, peak_mb
 
 
+@pytest.mark.slow
 def test_a_mirror_serving_a_gzip_bomb_saves_nothing(mirror: tuple[str, CountingServer, Path], tmp_path: Path) -> None:
     url, _, served = mirror
     labels = served / f"{data.TEST_LABELS}.gz"

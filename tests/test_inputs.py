@@ -77,6 +77,7 @@ def predict_json(
 # ---- class 5: what an input declares is what reading it costs
 
 
+@pytest.mark.slow
 def test_inputs_too_big_to_read_are_refused_one_line_each_and_the_others_predicted(
     model_file: Path, dataset: data.Dataset, tmp_path: Path
 ) -> None:
@@ -251,6 +252,7 @@ model.save(sys.argv[3])
 """
 
 
+@pytest.mark.slow
 def test_a_model_with_nan_weights_is_refused_and_nan_probabilities_are_reported(
     model_file: Path, dataset: data.Dataset, tmp_path: Path
 ) -> None:

@@ -108,6 +108,7 @@ def test_a_lease_left_by_a_killed_process_is_taken_over_with_a_line(
     assert not path.exists()
 
 
+@pytest.mark.slow
 def test_racing_take_overs_of_one_stale_lease_leave_one_holder(tmp_path: Path) -> None:
     path = tmp_path / "fold-2.lease"
     for _ in range(3):

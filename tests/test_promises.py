@@ -28,6 +28,9 @@ from support import cli
 
 from job.pair.data import MNIST_FILES, TEST_IMAGES
 
+# Each promise is shown by the real CLI training real models: minutes in all, so the fast tier leaves them out.
+pytestmark = pytest.mark.slow
+
 LIMIT, EPOCHS = "2000", "3"
 NOISE = ("I0000", "W0000", "E0000", "WARNING: All log messages", "To enable the following instructions")
 

@@ -61,6 +61,7 @@ def test_a_done_pair_is_skipped_and_force_retrains_identically(mlp_run: tuple[Pa
     assert again["history"] == first["history"] and again["score"] == first["score"]
 
 
+@pytest.mark.slow
 def test_the_task_id_comes_from_slurm_when_not_given(mnist_mini: Path, tmp_path: Path) -> None:
     done = cli(
         "run", "--epochs", "1", "--limit", "1000", "--data-dir", str(mnist_mini), "--custom-data",
@@ -140,6 +141,7 @@ def test_a_result_of_another_config_is_never_overwritten(mlp_run: tuple[Path, di
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_torn_result_is_redone(mnist_mini: Path, tmp_path: Path) -> None:
     path = results.pair_path(tmp_path, "default", Pair("mlp", 0))
     path.parent.mkdir(parents=True)
@@ -161,6 +163,7 @@ def test_pairs_lists_done_and_missing(mlp_run: tuple[Path, dict]) -> None:
 # --- issue 13, class 1: a stop is decided by the stop flag, not by counting optimizer steps ------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "batch_size", "limit"), [("mlp", 1, 2000), ("mlp", 3, 2000), ("cnn", 1, 1000)])
 def test_mixed_precision_with_skipped_steps_finishes_with_a_result(
     model: str, batch_size: int, limit: int, mnist_full: Path, tmp_path: Path
@@ -204,6 +207,7 @@ Checkpoint(folder).save(model, state)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "how"),
     [("mlp", "nan everywhere"), ("mlp", "inf in the output bias"), ("cnn", "nan in the output bias")],
@@ -250,6 +254,7 @@ def test_a_run_name_that_is_not_a_plain_name_is_a_usage_error(command: list[str]
 # --- --limit beyond the data: one training, one config id --------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["run", "--task-id", "0"], ["final", "--model", "mlp"]])
 @pytest.mark.parametrize("limit", [60_001, 10**9])
 def test_a_limit_beyond_the_data_is_refused_naming_its_size(
@@ -266,6 +271,7 @@ def test_a_limit_beyond_the_data_is_refused_naming_its_size(
 # --- issue 13, class 3: a result that is not what its path claims is not done, for run and pairs alike ----------
 
 
+@pytest.mark.slow
 def test_a_misplaced_or_edited_result_is_redone_by_run_and_not_done_for_pairs(
     mlp_run: tuple[Path, dict], mnist_full: Path, tmp_path: Path
 ) -> None:
@@ -284,6 +290,7 @@ def test_a_misplaced_or_edited_result_is_redone_by_run_and_not_done_for_pairs(
     assert Protocol(epochs=2, limit=2000).config_id == mlp_run[1]["config_id"]
 
 
+@pytest.mark.slow
 def test_final_shares_runs_skeleton_and_keeps_its_checkpoint_when_asked(mnist_full: Path, tmp_path: Path) -> None:
     args = ("final", "--model", "mlp", "--epochs", "1", "--limit", "1000", "--data-dir", str(mnist_full))
     done = cli(*args, "--results", str(tmp_path), "--keep-checkpoint")

@@ -266,6 +266,7 @@ def test_the_local_executor_runs_two_pairs_and_waits_for_them(mnist_mini: Path, 
         assert result["config"]["epochs"] == 1 and result["environment"]["slurm"] is None
 
 
+@pytest.mark.slow
 def test_the_final_model_is_submitted_the_same_way(mnist_mini: Path, tmp_path: Path) -> None:
     out, done = submit_locally(["--final", "mlp"], mnist_mini, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
