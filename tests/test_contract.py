@@ -95,6 +95,7 @@ def real_run(mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.mark.slow  # trains two real pairs once (the fixture), ~12 s
 def test_a_real_result_round_trips_through_its_dataclass(real_run: Path) -> None:
     layout = RunLayout(real_run, "default")
     path = layout.pair_result(Pair("mlp", 0))
@@ -141,6 +142,7 @@ def _recompute(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, 
     return both
 
 
+@pytest.mark.slow  # trains two real pairs once (the fixture), ~12 s
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     edit=st.sampled_from(sorted(EDITS)),
@@ -162,6 +164,7 @@ def test_an_edited_result_is_not_valid(real_run: Path, tmp_path: Path, edit: str
     assert path in store.scan(layout).problems
 
 
+@pytest.mark.slow  # trains two real pairs once (the fixture), ~12 s
 @pytest.mark.parametrize(("source", "target"), [(0, 1), (1, 0), (0, 4), (1, 3)])
 def test_a_result_copied_under_another_folds_name_is_not_that_pair(
     real_run: Path, tmp_path: Path, source: int, target: int
@@ -178,6 +181,7 @@ def test_a_result_copied_under_another_folds_name_is_not_that_pair(
 # --- issue 13, class 2: numbers that are not numbers --------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains two real pairs once (the fixture), ~12 s
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
 @pytest.mark.parametrize("where", ['"score": {\n  "accuracy": ', '"fit_seconds": ', '"loss": [\n   '])
 def test_a_non_finite_number_in_a_result_file_makes_it_unusable(
@@ -238,6 +242,7 @@ def test_a_non_finite_number_is_refused_when_writing(tmp_path: Path, value: floa
     assert "\n" not in str(error.value) and not path.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # trains two real pairs once (the fixture), ~12 s
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_a_typed_result_with_a_non_finite_number_does_not_pass_its_own_check(real_run: Path, value: float) -> None:
     layout = RunLayout(real_run, "default")
@@ -277,6 +282,7 @@ def test_a_pair_path_names_its_pair(model: str, fold: int) -> None:
     assert layout.pair_of(layout.final_result(model)) is None
 
 
+@pytest.mark.slow  # trains two real pairs once (the fixture), ~12 s
 @pytest.mark.parametrize("name", ["../../escape.keras", "/tmp/x.keras", "cnn.keras", "mlp.json"])
 def test_a_final_result_naming_another_model_file_is_refused(real_run: Path, name: str) -> None:
     from job.pair.final import check_final

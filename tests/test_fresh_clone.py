@@ -117,6 +117,6 @@ def test_the_fast_tier_passes_with_the_full_set_tests_skipped_and_counted(
     reason = skipped[next(iter(full_set))]
     assert f"cache {Path(env['HOME']) / '.cache' / 'mnist-cv' / 'mnist'}: no MNIST .gz files; download: " in reason
     assert len({skipped[name] for name in full_set}) == 1  # one clear reason, the same for every such test
-    # Trained for real on the shipped subset, not skipped: a pair from `run`, and a final model from `submit`.
+    # Trained for real on the shipped subset, not skipped: a pair from `run`, loaded as users load it.
     assert "tests.test_run.test_the_task_id_comes_from_slurm_when_not_given" in passed
-    assert "tests.test_submit.test_the_final_model_is_submitted_the_same_way" in passed
+    assert "tests.test_mini_data.test_the_users_loader_takes_it_as_custom_data_never_as_mnist" in passed

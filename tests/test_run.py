@@ -61,7 +61,6 @@ def test_a_done_pair_is_skipped_and_force_retrains_identically(mlp_run: tuple[Pa
     assert again["history"] == first["history"] and again["score"] == first["score"]
 
 
-@pytest.mark.slow
 def test_the_task_id_comes_from_slurm_when_not_given(mnist_mini: Path, tmp_path: Path) -> None:
     done = cli(
         "run", "--epochs", "1", "--limit", "1000", "--data-dir", str(mnist_mini), "--custom-data",
