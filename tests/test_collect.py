@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import cli
+from support import cli, cli_without_reader
 
 from job.analysis import plots, summary
 from job.cli import main
@@ -696,13 +696,5 @@ def test_a_failure_while_publishing_never_leaves_new_figures_beside_an_old_summa
 @pytest.mark.parametrize("json_out", [False, True], ids=["table", "json"])
 def test_a_reader_that_leaves_early_is_not_a_failure(json_out: bool, results_dir: Path) -> None:
     """`mnist-cv collect | head -1`: rich's own handling of the broken pipe was a silent exit 1."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "job", "collect", "--results", str(results_dir), *(["--json"] if json_out else [])],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    proc.stdout.close()  # no reader: the first write fails with EPIPE
-    _, err = proc.communicate(timeout=120)
-    assert (proc.returncode, err) == (0, "")
+    json_flag = ["--json"] if json_out else []
+    assert cli_without_reader("collect", "--results", str(results_dir), *json_flag) == (0, "")

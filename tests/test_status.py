@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import ROOT, cli, last_line
+from support import ROOT, cli, cli_without_reader, last_line
 from support.cluster import ensure_cluster, submit
 
 from job.launch import scheduler
@@ -227,16 +227,7 @@ def test_a_task_of_sbatch_array_sh_records_itself_once_with_its_log(tmp_path: Pa
 def test_a_reader_that_leaves_early_is_not_a_failure(command: list[str], tmp_path: Path) -> None:
     # `mnist-cv pairs | head -1`: the reader is gone before the table is written. rich ends a broken pipe with a
     # silent exit 1 of its own; the README promises the end of the reader is not a failure of ours.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "job", *command, "--results", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    proc.stdout.close()  # no reader: the first write fails with EPIPE
-    _, err = proc.communicate(timeout=120)
-    assert (proc.returncode, err) == (0, "")
+    assert cli_without_reader(*command, "--results", str(tmp_path)) == (0, "")
 
 
 @pytest.mark.slurm

@@ -32,3 +32,14 @@ def last_line(text: str) -> str:
     """The final line of a stream (TensorFlow's start-up chatter comes before ours)."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def cli_without_reader(*args: str) -> tuple[int, str]:
+    """`python -m job ARGS | head -0`: the command's stdout reader is gone before it writes; (exit code, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "job", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # no reader: the first write fails with EPIPE
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
