@@ -12,6 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
+from support import wait_for
 from support.cluster import ensure_cluster, submit
 
 from job.errors import JobError
@@ -211,15 +212,6 @@ def as_other_host(path: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
-
-
-def wait_for(what: str, check, timeout: float = 240):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}", pytrace=False)
-        time.sleep(0.5)
-    return value
 
 
 @pytest.mark.slurm

@@ -6,12 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import ROOT, cli, cli_without_reader, last_line
+from support import ROOT, cli, cli_without_reader, last_line, wait_for
 from support.cluster import ensure_cluster, submit
 
 from job.launch import scheduler
@@ -28,16 +26,6 @@ HOLD_LEASE = (
     "import sys, time; from job.results.lease import Lease; "
     "lease = Lease.acquire(sys.argv[1], sys.argv[2]); time.sleep(600)"
 )
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 300) -> object:
-    """Poll until check() is truthy; the node is shared with other jobs, so a task may wait for a free CPU."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}", pytrace=False)
-        time.sleep(0.5)
-    return value
 
 
 class Run:

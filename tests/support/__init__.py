@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,3 +45,15 @@ def cli_without_reader(*args: str) -> tuple[int, str]:
     proc.stdout.close()  # no reader: the first write fails with EPIPE
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 300) -> object:
+    """Poll until check() is truthy; the node is shared with other jobs, so a task may wait for a free CPU."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}", pytrace=False)
+        time.sleep(0.5)
+    return value
