@@ -55,8 +55,10 @@ def _compare(cls: Any, node: dict[str, Any], root: dict[str, Any], where: str) -
     node = _resolve(node, root)
     fields = {f.name for f in dataclasses.fields(cls)}
     problems = []
-    if set(node.get("required", [])) != fields:
-        problems.append(f"{where}: required {sorted(node.get('required', []))} != fields {sorted(fields)}")
+    # Fields new in version 2 are required by the schema's "then" (version 1 files lack them).
+    required = set(node.get("required", [])) | set(node.get("then", {}).get("required", []))
+    if required != fields:
+        problems.append(f"{where}: required {sorted(required)} != fields {sorted(fields)}")
     if set(node.get("properties", {})) != fields:
         problems.append(f"{where}: properties {sorted(node.get('properties', {}))} != fields {sorted(fields)}")
     hints = typing.get_type_hints(cls)
@@ -101,8 +103,19 @@ def test_a_real_result_round_trips_through_its_dataclass(real_run: Path) -> None
     path = layout.pair_result(Pair("mlp", 0))
     raw = json.loads(path.read_text())
     typed = store.check_pair(path, layout)
-    assert raw["schema_version"] == 1 and typed.to_json() == raw
+    assert raw["schema_version"] == 2 and typed.to_json() == raw
     assert typed.config == PROTOCOL and typed.score.accuracy == typed.history.val_accuracy[-1]
+
+
+@pytest.mark.slow  # uses the trained pairs of the fixture
+def test_a_version_1_result_still_reads_as_repeat_0_with_no_resources(real_run: Path) -> None:
+    layout = RunLayout(real_run, "default")
+    raw = json.loads(layout.pair_result(Pair("mlp", 0)).read_text())
+    v1 = {key: value for key, value in raw.items() if key not in ("repeat", "resources")} | {"schema_version": 1}
+    typed = PairResult.from_json(v1)
+    assert (typed.repeat, typed.resources, typed.score) == (0, None, PairResult.from_json(raw).score)
+    with pytest.raises(ResultError, match="repeat"):
+        PairResult.from_json({**v1, "schema_version": 2})  # version 2 must say which repeat it is
 
 
 def _set(keys: str, value: Any) -> Callable[[dict[str, Any]], None]:

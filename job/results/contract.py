@@ -4,7 +4,8 @@ Each is a frozen dataclass with one builder (`build`), `to_json()` and `from_jso
 against the type's schema (job/results/*.schema.json) before it builds anything, so a typed result is always a
 valid one; tests/test_contract.py checks every schema against its dataclass, field by field.
 
-schema_version 1 is the current version of all three; a future version must keep reading version 1 files.
+schema_version 2 is the current version of all three. Version 1 files still read: a v1 pair result is repeat 0 of
+its run and, like a v1 final result, says nothing of the resources it used (`resources` None); see `_V1_DEFAULTS`.
 Imports no TensorFlow (collect, pairs and the launchers use it).
 """
 
@@ -24,8 +25,8 @@ from typing import Any, TypeVar
 from job.errors import JobError
 from job.pair.protocol import Protocol
 
-SCHEMA_VERSION = 1
-READABLE_VERSIONS = (1,)
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class ResultError(JobError):
@@ -63,6 +64,30 @@ class Timings:
 class Resume:
     count: int
     from_epochs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GpuUse:
+    """The GPUs a training saw; None-valued fields are the ones TensorFlow or nvidia-smi could not tell."""
+
+    count: int
+    names: tuple[str, ...]
+    peak_memory_bytes: int | None  # tf.config.experimental.get_memory_info("GPU:0")["peak"]
+    driver: str | None
+    cuda: str | None
+    cudnn: str | None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What training the pair cost, summed or maxed over every process that worked on it (resumes included)."""
+
+    wall_seconds: float  # sum over the processes: each one's start to its exit (or its last checkpoint)
+    startup_seconds: float  # the last process: its start to its first training step
+    cpu_seconds: float  # user + system, summed over the processes
+    peak_rss_bytes: int  # the largest peak resident set of any of the processes
+    cpu_count: int  # the CPUs the last process could run on (its affinity mask)
+    gpu: GpuUse | None  # None on the CPU
 
 
 @dataclass(frozen=True)
@@ -127,6 +152,7 @@ class PairResult:
     schema_version: int
     model: str
     fold: int
+    repeat: int  # 0: the tutorial's shuffle; r: KFold's random_state is split_seed + r
     task_id: int | None
     config: Protocol
     config_id: str
@@ -136,6 +162,7 @@ class PairResult:
     environment: Mapping[str, Any]  # provenance, kept as recorded
     timings: Timings
     resume: Resume
+    resources: Resources | None  # None only in version 1 files
 
     SCHEMA = "result"
 
@@ -150,10 +177,12 @@ class PairResult:
         outcome: Outcome,
         data: PairData,
         environment: Mapping[str, Any],
+        repeat: int = 0,
+        resources: Resources | None = None,
     ) -> PairResult:
         return cls(
-            SCHEMA_VERSION, model, fold, task_id, protocol, protocol.config_id, outcome.history, outcome.score,
-            data, environment, outcome.timings, outcome.resume,
+            SCHEMA_VERSION, model, fold, repeat, task_id, protocol, protocol.config_id, outcome.history,
+            outcome.score, data, environment, outcome.timings, outcome.resume, resources,
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -180,6 +209,7 @@ class FinalResult:
     environment: Mapping[str, Any]
     timings: Timings
     resume: Resume
+    resources: Resources | None  # None only in version 1 files
 
     SCHEMA = "final"
 
@@ -194,10 +224,11 @@ class FinalResult:
         test: TestScore,
         data: FinalData,
         environment: Mapping[str, Any],
+        resources: Resources | None = None,
     ) -> FinalResult:
         return cls(
             SCHEMA_VERSION, model, protocol, protocol.config_id, model_file, outcome.history, outcome.score, test,
-            data, environment, outcome.timings, outcome.resume,
+            data, environment, outcome.timings, outcome.resume, resources,
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -350,11 +381,20 @@ def _non_finite(value: Any, at: str = "") -> str | None:
 
 _T = TypeVar("_T")
 
+# What a version 1 file of each schema lacks, as version 2 spells "nothing recorded" or "the default".
+_V1_DEFAULTS: dict[str, dict[str, Any]] = {
+    "result": {"repeat": 0, "resources": None},
+    "final": {"resources": None},
+    "summary": {},
+}
+
 
 def _from_json(cls: type[_T], data: Any, where: str) -> _T:
     check_schema(data, cls.SCHEMA, where)  # type: ignore[attr-defined]
     if data["schema_version"] not in READABLE_VERSIONS:
         raise ResultError(f"{where}: schema_version {data['schema_version']} is newer than this code reads")
+    if data["schema_version"] == 1:
+        data = {**_V1_DEFAULTS[cls.SCHEMA], **data}  # type: ignore[attr-defined]
     try:
         return _build(cls, data)
     except JobError as error:  # a Protocol the schema lets through but the code refuses
