@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from job.errors import JobError
+from job.pair.usage import Spent
 from job.results import atomic
 
 # What a save writes beside the variables' raw bytes (HDF5's groups and names: 18 KB for the mlp; state.json):
@@ -40,6 +41,9 @@ class TrainState:
     epoch_seconds: list[float] = field(default_factory=list)
     resumed_from: list[int] = field(default_factory=list)
     start_utc: str | None = None
+    # The resources of every process so far, each up to its last save (job.pair.usage.Spent); a checkpoint saved
+    # before resources were recorded has none, and its pair counts from its next process on.
+    spent: dict[str, Any] = field(default_factory=dict)
 
 
 class CorruptCheckpoint(Exception):
@@ -173,6 +177,15 @@ def _inconsistency(state: TrainState, weights_name: Any, sha256: Any) -> str | N
         return "resumed_from is not a list of earlier epochs"
     if state.start_utc is not None and not isinstance(state.start_utc, str):
         return "start_utc is not a time stamp"
+    return _spent_inconsistency(state.spent)
+
+
+def _spent_inconsistency(spent: Any) -> str | None:
+    if not isinstance(spent, dict) or (spent and set(spent) != set(Spent().to_dict())):
+        return "spent does not hold the resources a save records"
+    numbers = [value for key, value in spent.items() if key != "gpu_peak_memory_bytes" or value is not None]
+    if not all(type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in numbers):
+        return "spent holds something other than finite non-negative numbers"
     return None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from job.pair.checkpoint import Checkpoint
+from job.pair.epoch_logs import EpochLogs
 from job.pair.protocol import Pair, Protocol, task_for_pair
 from job.pair.session import Inputs, Session
 from job.results import atomic, store
@@ -49,6 +50,11 @@ class Job(ABC):
     @property
     @abstractmethod
     def lease_path(self) -> Path: ...
+
+    @property
+    @abstractmethod
+    def epoch_logs(self) -> EpochLogs:
+        """Where its per-epoch CSV and TensorBoard run go."""
 
     @abstractmethod
     def check(self, path: Path) -> Any:
@@ -92,6 +98,10 @@ class PairJob(Job):
     def lease_path(self) -> Path:
         return self.layout.pair_lease(self.pair)
 
+    @property
+    def epoch_logs(self) -> EpochLogs:
+        return EpochLogs(self.layout.pair_csv(self.pair), self.layout.pair_tensorboard(self.pair))
+
     def check(self, path: Path) -> PairResult:
         return store.check_pair(path, self.layout)
 
@@ -107,6 +117,7 @@ class PairJob(Job):
             outcome=outcome,
             data=data,
             environment=session.environment(),
+            resources=session.usage.resources(),
         )
 
     def record_task(self) -> None:
@@ -148,6 +159,10 @@ class FinalJob(Job):
     def lease_path(self) -> Path:
         return self.layout.final_lease(self.model)
 
+    @property
+    def epoch_logs(self) -> EpochLogs:
+        return EpochLogs(self.layout.final_csv(self.model), self.layout.final_tensorboard(self.model))
+
     def check(self, path: Path) -> FinalResult:
         from job.pair.final import check_final
 
@@ -170,6 +185,7 @@ class FinalJob(Job):
             test=test,
             data=data,
             environment=session.environment(),
+            resources=session.usage.resources(),
         )
 
     def report(self, result: FinalResult) -> str:
@@ -198,7 +214,7 @@ def execute(job: Job, inputs: Inputs, options: Options = Options()) -> str:
         if done := _done(job, options):  # the holder we waited behind may have just finished it
             return done
         checkpoint = Checkpoint(job.checkpoint_path)
-        with session.training(inputs, job.protocol, job.model_name, job.label) as trained:
+        with session.training(inputs, job.protocol, job.model_name, job.label, job.epoch_logs) as trained:
             result = job.train(trained, checkpoint)
         # The in-memory result passes the readers' checks before it is written: the schema, finite numbers, and
         # a history consistent with the score.

@@ -13,7 +13,9 @@ from typing import Any
 
 from job.errors import UsageError
 from job.pair import data, provenance, runtime
+from job.pair.epoch_logs import EpochLogs
 from job.pair.protocol import Protocol
+from job.pair.usage import ProcessUsage
 
 # Signals that mean "you are about to be stopped": scancel/preemption send TERM, Slurm's
 # --signal warning before the time limit sends USR1, submitit's checkpoint request sends USR2.
@@ -51,7 +53,8 @@ class Inputs:
 class Session:
     dataset: data.Dataset
     runtime_info: dict[str, Any]
-    fit_options: dict[str, Any]  # callbacks and stop_requested, for train.fit
+    usage: ProcessUsage  # this process's resources, and the earlier processes' once train.fit read the checkpoint
+    fit_options: dict[str, Any]  # callbacks, stop_requested, usage and epoch_logs, for train.fit
 
     def environment(self) -> dict[str, Any]:
         """The provenance a result records: interpreter, packages, host, devices, Slurm, git, container."""
@@ -59,7 +62,9 @@ class Session:
 
 
 @contextmanager
-def training(inputs: Inputs, protocol: Protocol, model_name: str, label: str) -> Iterator[Session]:
+def training(
+    inputs: Inputs, protocol: Protocol, model_name: str, label: str, epoch_logs: EpochLogs
+) -> Iterator[Session]:
     from job.pair import models
 
     dataset = data.load(inputs.data_dir, custom=inputs.custom_data)
@@ -86,6 +91,8 @@ def training(inputs: Inputs, protocol: Protocol, model_name: str, label: str) ->
         flush=True,
     )
     try:
-        yield Session(dataset, runtime_info, {"callbacks": [progress], "stop_requested": stop})
+        usage = ProcessUsage()
+        options = {"callbacks": [progress], "stop_requested": stop, "usage": usage, "epoch_logs": epoch_logs}
+        yield Session(dataset, runtime_info, usage, options)
     finally:
         progress.close()

@@ -7,6 +7,7 @@ the batches an uninterrupted run feeds.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -19,7 +20,9 @@ from job.errors import JobError
 from job.pair import folds, models, runtime
 from job.pair.checkpoint import Checkpoint, CorruptCheckpoint, TrainState
 from job.pair.data import Dataset
+from job.pair.epoch_logs import EpochLogs
 from job.pair.protocol import Pair, Protocol
+from job.pair.usage import ProcessUsage, Spent
 from job.results.contract import History, Outcome, PairData, Resume, Score, Timings
 
 # Batches per compiled call: the same sequence of updates with a fraction of the Python overhead per step.
@@ -109,10 +112,14 @@ def fit(
     callbacks: list[Any],
     stop_requested: Callable[[], bool] = lambda: False,
     log: Callable[[str], None] = print,
+    usage: ProcessUsage | None = None,
+    epoch_logs: EpochLogs | None = None,
 ) -> tuple[Any, Outcome]:
     """Train `model_name` on images[train_ix], validating on images[held_out_ix] after every epoch.
 
     `stream` tells apart the random streams of different trainings under one seed (a pair uses its fold).
+    `usage` carries the resources of earlier processes on from the checkpoint and marks the end of start-up;
+    `epoch_logs` are rewritten from the checkpoint now, and get each epoch once it is checkpointed.
     Returns the trained model and the result's history, score, timings and resume sections.
     Raises Preempted when the stop flag ends an epoch early, Diverged when an epoch's numbers are not finite.
     """
@@ -134,6 +141,8 @@ def fit(
     elif state.epochs_done < protocol.epochs:
         state.resumed_from.append(state.epochs_done)
         log(f"resuming from the checkpoint after epoch {state.epochs_done}")
+    if usage is not None and state.spent:
+        usage.resume(Spent(**state.spent))
 
     stopped_mid_epoch = False
 
@@ -148,29 +157,39 @@ def fit(
     watcher = keras.callbacks.LambdaCallback(on_train_batch_end=watch_batch)
     batches = Batches(images, labels)
     held_out = batches.of(held_out_ix, EVAL_BATCH_SIZE)
-    for epoch in range(state.epochs_done, protocol.epochs):
-        started = time.perf_counter()
-        logs = model.fit(
-            batches.of(epoch_order(train_ix, protocol.seed, stream, epoch), protocol.batch_size),
-            validation_data=held_out,
-            initial_epoch=epoch,
-            epochs=epoch + 1,
-            shuffle=False,  # epoch_order already shuffled, reproducibly
-            verbose=0,
-            callbacks=[*callbacks, watcher],
-        ).history
-        if stopped_mid_epoch:
-            # Keep the last epoch-end checkpoint, not these weights.
-            raise Preempted(f"stopped by a signal during epoch {epoch + 1}; rerun to resume from epoch {epoch}")
-        epoch_values = {key: float(logs[key][-1]) for key in state.history}
-        check_finite(epoch_values, epoch, checkpoint)
-        for key, value in epoch_values.items():
-            state.history[key].append(value)
-        state.epoch_seconds.append(round(time.perf_counter() - started, 3))
-        state.epochs_done = epoch + 1
-        checkpoint.save(model, state)
-        if stop_requested() and state.epochs_done < protocol.epochs:
-            raise Preempted(f"stopped by a signal after epoch {epoch + 1}; rerun to resume from there")
+    with contextlib.ExitStack() as stack:
+        if epoch_logs is not None:
+            stack.callback(epoch_logs.close)
+            epoch_logs.restart(state)
+        if usage is not None:
+            usage.training_starts()
+        for epoch in range(state.epochs_done, protocol.epochs):
+            started = time.perf_counter()
+            logs = model.fit(
+                batches.of(epoch_order(train_ix, protocol.seed, stream, epoch), protocol.batch_size),
+                validation_data=held_out,
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                shuffle=False,  # epoch_order already shuffled, reproducibly
+                verbose=0,
+                callbacks=[*callbacks, watcher],
+            ).history
+            if stopped_mid_epoch:
+                # Keep the last epoch-end checkpoint, not these weights.
+                raise Preempted(f"stopped by a signal during epoch {epoch + 1}; rerun to resume from epoch {epoch}")
+            epoch_values = {key: float(logs[key][-1]) for key in state.history}
+            check_finite(epoch_values, epoch, checkpoint)
+            for key, value in epoch_values.items():
+                state.history[key].append(value)
+            state.epoch_seconds.append(round(time.perf_counter() - started, 3))
+            state.epochs_done = epoch + 1
+            if usage is not None:
+                state.spent = usage.total().to_dict()
+            checkpoint.save(model, state)
+            if epoch_logs is not None:
+                epoch_logs.append(state)
+            if stop_requested() and state.epochs_done < protocol.epochs:
+                raise Preempted(f"stopped by a signal after epoch {epoch + 1}; rerun to resume from there")
 
     score = model.evaluate(held_out, verbose=0, return_dict=True)
     outcome = Outcome(

@@ -5,6 +5,7 @@ RESULTS/RUN/
   final/MODEL.json       a final model's result   final/MODEL.keras     the model it names
   final/MODEL.ckpt/      its checkpoint           logs/                 the Slurm tasks' logs
   MODEL/fold-K.lease     who trains the pair now  submissions.jsonl     the arrays submitted for this run
+  MODEL/fold-K.csv       its per-epoch log        MODEL/fold-K.tb/      its TensorBoard run (final/MODEL.csv, .tb/)
   code/COMMIT/           the code snapshot the submitted tasks run
   summary.json, summary.md, and the figures collect draws (FIGURE-NAME.FORMAT)
 """
@@ -71,6 +72,14 @@ class RunLayout:
     def pair_lease(self, pair: Pair) -> Path:
         return self.pair_result(pair).with_suffix(".lease")
 
+    def pair_csv(self, pair: Pair) -> Path:
+        """The pair's per-epoch log, one row per epoch done (never a result: results are fold-K.json)."""
+        return self.pair_result(pair).with_suffix(".csv")
+
+    def pair_tensorboard(self, pair: Pair) -> Path:
+        """The pair's TensorBoard run: `tensorboard --logdir RESULTS/RUN` shows every pair beside the others."""
+        return self.pair_result(pair).with_suffix(".tb")
+
     def pair_results(self) -> list[Path]:
         """Every file that looks like a pair's result, whatever it holds."""
         return sorted(p for p in self.folder.glob("*/fold-*.json") if self.pair_of(p) is not None)
@@ -102,6 +111,12 @@ class RunLayout:
 
     def final_lease(self, model: str) -> Path:
         return self.final_folder / f"{check_name(model, 'model name')}.lease"
+
+    def final_csv(self, model: str) -> Path:
+        return self.final_result(model).with_suffix(".csv")
+
+    def final_tensorboard(self, model: str) -> Path:
+        return self.final_result(model).with_suffix(".tb")
 
     def final_results(self) -> list[Path]:
         """The final results present (temp files of a write in progress start with a dot and are left out)."""

@@ -1,0 +1,92 @@
+"""A training's per-epoch logs, written as it trains: a CSV (MODEL/fold-K.csv) and a TensorBoard run (MODEL/fold-K.tb/).
+
+They are derived from the checkpoint, never ahead of it: an epoch's row and events are written only after its
+checkpoint is saved, and a process that starts a training rewrites both from the checkpoint's history (the CSV
+atomically; the TensorBoard run by deleting its event files and writing every past epoch again). A kill at any
+instant, between a log line and a save say, therefore leaves logs that the next process replaces with exactly the
+epochs done, in order, each once. Keras's CSVLogger(append=True) would repeat an epoch logged but not saved.
+
+Epochs are numbered from 1, as the progress lines and MLflow's steps are. Scalars only: the history's four metrics
+and the epoch's seconds. Written with TensorFlow's own summary ops (the `tensorboard` package is needed only to
+look at them), outside any compiled step.
+"""
+
+from __future__ import annotations
+
+import shutil
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from job.pair.checkpoint import TrainState
+from job.results import atomic
+
+COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
+
+
+def rows(state: TrainState) -> list[dict[str, float]]:
+    """One row per epoch done, from the state a checkpoint holds."""
+    history = state.history
+    return [
+        {"epoch": epoch + 1, **{key: history[key][epoch] for key in history}, "epoch_seconds": seconds}
+        for epoch, seconds in enumerate(state.epoch_seconds)
+    ]
+
+
+def csv_line(values: list[Any]) -> str:
+    return ",".join(map(str, values)) + "\n"  # floats as repr: the shortest text that reads back exactly
+
+
+class EpochLogs:
+    def __init__(self, csv: Path, tensorboard: Path) -> None:
+        self.csv, self.tensorboard = Path(csv), Path(tensorboard)
+        self._writer: Any = None
+
+    def restart(self, state: TrainState) -> None:
+        """Make both logs hold exactly the epochs `state` holds (none for a fresh start)."""
+        past = rows(state)
+        lines = [csv_line(list(COLUMNS)), *(csv_line([row[c] for c in COLUMNS]) for row in past)]
+        atomic.write_bytes(self.csv, "".join(lines).encode())
+        self.close()
+        shutil.rmtree(self.tensorboard, ignore_errors=True)  # this training's event files, all of them stale
+        self.tensorboard.mkdir(parents=True)
+        self._writer = _tensorflow().summary.create_file_writer(str(self.tensorboard))
+        for row in past:
+            self._write_events(row)
+        self._writer.flush()
+
+    def append(self, state: TrainState) -> None:
+        """Log the last epoch of `state`, just saved in its checkpoint."""
+        row = rows(state)[-1]
+        with open(self.csv, "a") as csv:
+            csv.write(csv_line([row[c] for c in COLUMNS]))
+        self._write_events(row)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _write_events(self, row: dict[str, float]) -> None:
+        tf = _tensorflow()
+        with self._writer.as_default():
+            for tag in COLUMNS[1:]:
+                tf.summary.write(tag, tf.constant(row[tag], tf.float32), step=row["epoch"], metadata=_scalar_metadata())
+
+
+def _tensorflow() -> Any:
+    from job.pair import runtime
+
+    return runtime.import_tensorflow()
+
+
+@cache
+def _scalar_metadata() -> bytes:
+    """What TensorBoard's own tf.summary.scalar attaches: the scalars plugin, its empty content, the scalar class."""
+    from tensorflow.core.framework import summary_pb2
+
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+        data_class=summary_pb2.DATA_CLASS_SCALAR,
+    ).SerializeToString()

@@ -1,0 +1,156 @@
+"""Per-epoch logs with real processes: a pair killed with kill -9 after epoch 3 and resumed has a CSV and a
+TensorBoard run holding exactly its 5 epochs, in order, each once, equal to its result's history; and the resumed
+result's resources are summed over both processes.
+
+The logs are read back as a user's tools read them: the CSV with the csv module, the event files record by record
+(TensorBoard reads the same records, and shows a scalar for each value tagged with its scalars plugin).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import cli, wait_for
+
+from job.pair.protocol import Pair
+from job.results import store
+from job.results.layout import RunLayout
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 5
+KILL_AFTER = 3
+PAIR = Pair("cnn", 0)
+# cnn epochs of 1,600 images last a second or more here: time to see epoch 3's checkpoint before epoch 4 ends.
+CONFIG = ("--model", PAIR.model, "--fold", str(PAIR.fold), "--epochs", str(EPOCHS), "--limit", "2000", "--custom-data")
+TAGS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
+
+
+def start(results: Path, data: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "job", "run", *CONFIG, "--data-dir", str(data), "--results", str(results)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def saved_state(layout: RunLayout) -> dict[str, Any] | None:
+    try:
+        return json.loads((layout.pair_checkpoint(PAIR) / "state.json").read_text())
+    except (OSError, ValueError):
+        return None  # not saved yet, or replaced while read
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def events(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every scalar in the event files of `folder`, by tag, in the order written."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.iterdir()):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                assert value.metadata.plugin_data.plugin_name == "scalars", value.tag
+                found.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
+    return found
+
+
+@pytest.fixture(scope="module")
+def resumed(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The pair killed with SIGKILL once epoch 3 is checkpointed, its logs damaged as a kill can leave them, resumed."""
+    results = tmp_path_factory.mktemp("results")
+    layout = RunLayout(results, "default")
+    log = results / "run.log"
+    first = start(results, mnist_mini, log)
+    wait_for(
+        "epoch 3's checkpoint",
+        lambda: first.poll() is not None or ((saved_state(layout) or {}).get("epochs_done", 0) >= KILL_AFTER),
+    )
+    first.kill()
+    assert first.wait() == -9, log.read_text()
+    killed = saved_state(layout)
+    assert killed is not None and killed["epochs_done"] == KILL_AFTER, "epoch 4 ended before the kill: too fast"
+    assert not layout.pair_result(PAIR).exists()
+
+    # What a kill can leave besides: a torn last line, and the event files of a process before.
+    csv_path, tensorboard = layout.pair_csv(PAIR), layout.pair_tensorboard(PAIR)
+    with open(csv_path, "a") as f:
+        f.write("4,0.1,0.9")
+    (event_file,) = tensorboard.iterdir()
+    shutil.copy(event_file, tensorboard / "events.out.tfevents.1.earlier.1.v2")
+
+    second = start(results, mnist_mini, log)
+    assert second.wait(timeout=600) == 0, log.read_text()
+    return {"layout": layout, "killed": killed, "result": store.read_result(layout.pair_result(PAIR)), "log": log}
+
+
+def test_the_killed_pair_resumed_after_epoch_3(resumed: dict[str, Any]) -> None:
+    assert resumed["result"]["resume"] == {"count": 1, "from_epochs": [KILL_AFTER]}
+    assert f"resuming from the checkpoint after epoch {KILL_AFTER}" in resumed["log"].read_text()
+
+
+def test_its_csv_holds_each_epoch_once_in_order_as_the_result_says(resumed: dict[str, Any]) -> None:
+    result, rows = resumed["result"], csv_rows(resumed["layout"].pair_csv(PAIR))
+    assert [int(row["epoch"]) for row in rows] == list(range(1, EPOCHS + 1))
+    for key, values in result["history"].items():
+        assert [float(row[key]) for row in rows] == values  # the same floats, to the last bit
+    assert [float(row["epoch_seconds"]) for row in rows] == result["timings"]["epoch_seconds"]
+
+
+def test_its_tensorboard_run_holds_each_epoch_once_in_order_as_the_result_says(resumed: dict[str, Any]) -> None:
+    folder = resumed["layout"].pair_tensorboard(PAIR)
+    assert len(list(folder.iterdir())) == 1, "the stale event files are gone"
+    scalars = events(folder)
+    result = resumed["result"]
+    curves = {**result["history"], "epoch_seconds": result["timings"]["epoch_seconds"]}
+    assert sorted(scalars) == sorted(TAGS)
+    for tag, points in scalars.items():
+        assert [step for step, _ in points] == list(range(1, EPOCHS + 1)), tag
+        assert [value for _, value in points] == pytest.approx(curves[tag], rel=1e-6), tag  # stored as float32
+
+
+def test_the_logs_are_not_results_and_stay_after_the_result(resumed: dict[str, Any]) -> None:
+    layout = resumed["layout"]
+    assert layout.pair_results() == [layout.pair_result(PAIR)]
+    assert layout.pair_of(layout.pair_csv(PAIR)) is None and layout.pair_of(layout.pair_tensorboard(PAIR)) is None
+    assert not layout.pair_checkpoint(PAIR).exists()
+
+
+def test_the_resumed_results_resources_are_summed_over_both_processes(resumed: dict[str, Any]) -> None:
+    resources, killed = resumed["result"]["resources"], resumed["killed"]["spent"]
+    assert killed["wall_seconds"] > 0 and killed["cpu_seconds"] > 0 and killed["peak_rss_bytes"] > 100e6
+    # The second process's wall time includes its own start-up.
+    assert resources["wall_seconds"] - killed["wall_seconds"] >= resources["startup_seconds"] > 0
+    assert resources["cpu_seconds"] > killed["cpu_seconds"]
+    assert resources["peak_rss_bytes"] >= killed["peak_rss_bytes"]
+    assert resources["wall_seconds"] >= resumed["result"]["timings"]["fit_seconds"]
+    assert resources["cpu_count"] == len(os.sched_getaffinity(0)) and resources["gpu"] is None
+
+
+def test_a_fresh_start_empties_the_logs_of_an_earlier_training(
+    resumed: dict[str, Any], mnist_mini: Path, tmp_path: Path
+) -> None:
+    """--force retrains from scratch: the logs restart with it, they do not continue the old history."""
+    layout = resumed["layout"]
+    shutil.copytree(layout.folder, tmp_path / "default")
+    args = [*CONFIG[:4], "--epochs", "1", "--limit", "2000", "--custom-data", "--force"]
+    done = cli("run", *args, "--data-dir", str(mnist_mini), "--results", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    fresh = RunLayout(tmp_path, "default")
+    assert [row["epoch"] for row in csv_rows(fresh.pair_csv(PAIR))] == ["1"]
+    assert [step for step, _ in events(fresh.pair_tensorboard(PAIR))["loss"]] == [1]
