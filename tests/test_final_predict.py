@@ -117,8 +117,10 @@ def test_final_stops_on_a_signal_and_resumes_from_its_checkpoint(trained: Traine
     assert f"resuming from the checkpoint after epoch {trained.epochs_before_stop}" in trained.resumed.stdout
     assert trained.result["resume"] == {"count": 1, "from_epochs": [trained.epochs_before_stop]}
     assert trained.skipped.returncode == 0 and "already done" in trained.skipped.stdout
-    # the checkpoint is gone and no temp file is left beside the model and its result
-    assert sorted(p.name for p in trained.model_file.parent.iterdir()) == ["mlp.json", "mlp.keras"]
+    # the checkpoint is gone and no temp file is left beside the model, its result and its per-epoch logs
+    assert sorted(p.name for p in trained.model_file.parent.iterdir()) == ["mlp.csv", "mlp.json", "mlp.keras", "mlp.tb"]
+    assert len((trained.model_file.parent / "mlp.csv").read_text().splitlines()) == 1 + EPOCHS
+    assert trained.result["resources"]["wall_seconds"] >= trained.result["timings"]["fit_seconds"]
 
 
 def test_final_result_is_what_the_saved_model_does_on_the_test_set(
