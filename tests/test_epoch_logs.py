@@ -14,11 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import cli, wait_for
+from support import cli
 
 from job.pair.protocol import Pair
 from job.results import store
@@ -58,6 +59,7 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 def events(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """(step, value) of every scalar in the event files of `folder`, by tag, in the order written."""
     import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
     from tensorflow.core.util import event_pb2
 
     found: dict[str, list[tuple[int, float]]] = {}
@@ -65,7 +67,9 @@ def events(folder: Path) -> dict[str, list[tuple[int, float]]]:
         for record in tf.data.TFRecordDataset(str(path)):
             event = event_pb2.Event.FromString(record.numpy())
             for value in event.summary.value:
+                # What TensorBoard's scalar dashboard reads: the scalars plugin's name and the scalar data class.
                 assert value.metadata.plugin_data.plugin_name == "scalars", value.tag
+                assert value.metadata.data_class == summary_pb2.DATA_CLASS_SCALAR, value.tag
                 found.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
     return found
 
@@ -77,10 +81,10 @@ def resumed(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     layout = RunLayout(results, "default")
     log = results / "run.log"
     first = start(results, mnist_mini, log)
-    wait_for(
-        "epoch 3's checkpoint",
-        lambda: first.poll() is not None or ((saved_state(layout) or {}).get("epochs_done", 0) >= KILL_AFTER),
-    )
+    deadline = time.monotonic() + 600
+    while first.poll() is None and (saved_state(layout) or {}).get("epochs_done", 0) < KILL_AFTER:
+        assert time.monotonic() < deadline, "no checkpoint of epoch 3 in 10 minutes"
+        time.sleep(0.02)  # an epoch lasts a second or more: the kill lands early in epoch 4
     first.kill()
     assert first.wait() == -9, log.read_text()
     killed = saved_state(layout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,12 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--format", choices=FORMATS, default="png", help="figure format (default: png)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout, and nothing else there")
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="then log every valid pair result into MLflow, once each: $MLFLOW_TRACKING_URI, else RUN/mlflow.db "
+        "(needs the extra: pip install 'mnist-cv[mlflow]')",
+    )
     p.set_defaults(handler=run)
 
 
@@ -55,4 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from job.analysis.collect import Request, collect
 
     request = Request(args.results, args.run, args.config, args.format, args.data_dir, args.allow_partial, args.json)
-    return collect(request)
+    status = collect(request)
+    if args.mlflow:
+        from job.analysis.mlflow_export import export
+        from job.results.layout import RunLayout
+
+        print(export(RunLayout(args.results, args.run)).line(), file=sys.stderr if args.json else sys.stdout)
+    return status

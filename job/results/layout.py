@@ -8,6 +8,7 @@ RESULTS/RUN/
   MODEL/fold-K.csv       its per-epoch log        MODEL/fold-K.tb/      its TensorBoard run (final/MODEL.csv, .tb/)
   code/COMMIT/           the code snapshot the submitted tasks run
   summary.json, summary.md, and the figures collect draws (FIGURE-NAME.FORMAT)
+  mlflow.db, mlartifacts/  what `collect --mlflow` logs, unless MLFLOW_TRACKING_URI names another store
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ CODE = "code"
 SUBMISSIONS = "submissions.jsonl"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
 _PAIR_FILE = re.compile(r"fold-(\d+)\.(json|ckpt)")
 # Names that would be special or hidden in the run folder; a model or run can never be called this.
-_RESERVED = {".", "..", FINAL, LOGS, CODE}
+_RESERVED = {".", "..", FINAL, LOGS, CODE, MLFLOW_ARTIFACTS}
 NAME_MAX = 255  # bytes in one path component on ext4, XFS, Lustre, NFS: a longer run is "File name too long" later
 
 
@@ -160,6 +163,15 @@ class RunLayout:
 
     def misclassified(self, model: str, fmt: str) -> Path:
         return self.folder / f"misclassified-{model}.{fmt}"
+
+    # --- collect --mlflow's store, when no MLFLOW_TRACKING_URI names another
+    @property
+    def mlflow_db(self) -> Path:
+        return self.folder / MLFLOW_DB
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.folder / MLFLOW_ARTIFACTS
 
     def relative(self, path: Path) -> str:
         """A path as collect names it: relative to the run folder (MODEL/fold-K.json)."""

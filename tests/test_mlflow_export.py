@@ -1,0 +1,141 @@
+"""`collect --mlflow` with the real MLflow and its SQLite store: the runs are read back with MLflow's own client.
+
+The results are real pair results (two mlp pairs trained once for the module); the export runs as a user runs it,
+`python -m job collect --mlflow`, twice, and a second time must create nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import cli, last_line
+
+from job.pair.protocol import Pair
+from job.results import store
+from job.results.layout import RunLayout
+
+pytestmark = pytest.mark.slow  # trains two pairs, and MLflow's import and SQLite set-up take seconds
+
+EPOCHS = 3
+PAIRS = (Pair("mlp", 0), Pair("mlp", 1))
+
+
+@pytest.fixture(autouse=True)
+def no_tracking_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default store unless a test names one: a server set in the environment must not receive test runs."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="module")
+def mlflow() -> Any:
+    """MLflow, in the test extra; imported when a test runs, not when pytest collects (it takes seconds)."""
+    import mlflow
+
+    return mlflow
+
+
+@pytest.fixture(scope="module")
+def run(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
+    layout = RunLayout(tmp_path_factory.mktemp("results"), "default")
+    for pair in PAIRS:
+        args = ["--model", pair.model, "--fold", str(pair.fold), "--epochs", str(EPOCHS), "--limit", "2000"]
+        done = cli("run", *args, "--custom-data", "--data-dir", str(mnist_mini), "--results", str(layout.results_dir))
+        assert done.returncode == 0, done.stderr
+    return layout
+
+
+def collect_mlflow(layout: RunLayout, *more: str, env: dict[str, str] | None = None) -> Any:
+    return cli("collect", "--allow-partial", "--mlflow", *more, "--results", str(layout.results_dir), env=env)
+
+
+def runs_of(mlflow: Any, uri: str) -> list[Any]:
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("mnist-cv/default")
+    return client.search_runs([experiment.experiment_id], run_view_type=mlflow.entities.ViewType.ALL)
+
+
+def test_every_pair_becomes_one_finished_mlflow_run_in_the_run_folders_sqlite(run: RunLayout, mlflow: Any) -> None:
+    done = collect_mlflow(run)
+    assert done.returncode == 0, done.stderr
+    uri = f"sqlite:///{run.mlflow_db.absolute()}"
+    assert last_line(done.stdout).startswith("mlflow: 2 pair results logged, 0 already there")
+    assert last_line(done.stdout).endswith(f"-> {uri}")
+    runs = runs_of(mlflow, uri)
+    assert sorted(r.info.run_name for r in runs) == ["mlp/fold-0", "mlp/fold-1"]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    for logged in runs:
+        pair = Pair("mlp", int(logged.info.run_name[-1]))
+        result = store.read_result(run.pair_result(pair))
+        assert logged.info.status == "FINISHED"
+        params = logged.data.params
+        assert params["model"] == "mlp" and params["fold"] == str(pair.fold) and params["repeat"] == "0"
+        assert {k: params[k] for k in result["config"]} == {k: str(v) for k, v in result["config"].items()}
+        tags = logged.data.tags
+        assert tags["mnist_cv.config_id"] == result["config_id"]
+        assert {k.removeprefix("mnist_cv.data.sha256."): v for k, v in tags.items() if ".sha256." in k} == result[
+            "data"
+        ]["sha256"]
+        for key, values in result["history"].items():
+            history = client.get_metric_history(logged.info.run_id, key)
+            assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == list(
+                enumerate(values, start=1)
+            )
+        assert logged.data.metrics["score_accuracy"] == result["score"]["accuracy"]
+        assert logged.data.metrics["wall_seconds"] == result["resources"]["wall_seconds"]
+        (artifact,) = client.list_artifacts(logged.info.run_id)
+        local = Path(client.download_artifacts(logged.info.run_id, artifact.path))
+        assert json.loads(local.read_text()) == result
+    assert run.mlflow_artifacts.is_dir() and run.pair_results() == [run.pair_result(p) for p in PAIRS]
+
+
+def test_exporting_again_creates_nothing_new(run: RunLayout, mlflow: Any) -> None:
+    uri = f"sqlite:///{run.mlflow_db.absolute()}"
+    before = collect_mlflow(run)
+    assert before.returncode == 0, before.stderr
+    ids = sorted(r.info.run_id for r in runs_of(mlflow, uri))
+    again = collect_mlflow(run, "--json")
+    assert again.returncode == 0, again.stderr
+    json.loads(again.stdout)  # --json keeps stdout to the summary: the export's line goes to stderr
+    assert "mlflow: 0 pair results logged, 2 already there" in again.stderr
+    assert sorted(r.info.run_id for r in runs_of(mlflow, uri)) == ids
+
+
+def test_an_export_killed_midway_is_redone_on_the_next(run: RunLayout, mlflow: Any, tmp_path: Path) -> None:
+    """An MLflow run left RUNNING (its export was killed) is deleted, and the result logged again in full."""
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("mnist-cv/default", artifact_location=(tmp_path / "art").as_uri())
+    digest = hashlib.sha256(run.pair_result(PAIRS[0]).read_bytes()).hexdigest()
+    torn = client.create_run(experiment, tags={"mnist_cv.result_sha256": digest}, run_name="mlp/fold-0")
+    done = collect_mlflow(run, env={"MLFLOW_TRACKING_URI": uri})
+    assert done.returncode == 0, done.stderr
+    assert last_line(done.stdout).startswith("mlflow: 2 pair results logged, 0 already there")
+    alive = client.search_runs([experiment])
+    assert len(alive) == 2 and torn.info.run_id not in {r.info.run_id for r in alive}
+    assert all(r.info.status == "FINISHED" for r in alive)
+
+
+def test_without_mlflow_installed_it_is_one_line_naming_the_extra(run: RunLayout, tmp_path: Path) -> None:
+    blocker = tmp_path / "mlflow"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = collect_mlflow(run, env=env)
+    assert done.returncode == 1
+    assert last_line(done.stderr) == (
+        "mnist-cv collect: error: --mlflow needs MLflow, an optional extra: pip install 'mnist-cv[mlflow]'"
+    )
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line(run: RunLayout) -> None:
+    env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # discard port
+    done = collect_mlflow(run, env=env)
+    assert done.returncode == 1
+    line = last_line(done.stderr)
+    assert line.startswith("mnist-cv collect: error: mlflow export to http://127.0.0.1:9 failed (")
+    assert line.endswith("; 0 results logged before it") and "Traceback" not in done.stderr
