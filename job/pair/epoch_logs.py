@@ -13,11 +13,15 @@ look at them), outside any compiled step.
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from job.errors import JobError
 from job.pair.checkpoint import TrainState
 from job.results import atomic
 
@@ -37,6 +41,10 @@ def csv_line(values: list[Any]) -> str:
     return ",".join(map(str, values)) + "\n"  # floats as repr: the shortest text that reads back exactly
 
 
+class EpochLogError(JobError):
+    """A per-epoch log could not be written (a full disk, say); the checkpoint, their source, is intact."""
+
+
 class EpochLogs:
     def __init__(self, csv: Path, tensorboard: Path) -> None:
         self.csv, self.tensorboard = Path(csv), Path(tensorboard)
@@ -46,27 +54,42 @@ class EpochLogs:
         """Make both logs hold exactly the epochs `state` holds (none for a fresh start)."""
         past = rows(state)
         lines = [csv_line(list(COLUMNS)), *(csv_line([row[c] for c in COLUMNS]) for row in past)]
-        atomic.write_bytes(self.csv, "".join(lines).encode())
-        self.close()
-        shutil.rmtree(self.tensorboard, ignore_errors=True)  # this training's event files, all of them stale
-        self.tensorboard.mkdir(parents=True)
-        self._writer = _tensorflow().summary.create_file_writer(str(self.tensorboard))
-        for row in past:
-            self._write_events(row)
-        self._writer.flush()
+        with self._writing():
+            atomic.write_bytes(self.csv, "".join(lines).encode())
+            self.close()
+            shutil.rmtree(self.tensorboard, ignore_errors=True)  # this training's event files, all of them stale
+            self.tensorboard.mkdir(parents=True)
+            self._writer = _tensorflow().summary.create_file_writer(str(self.tensorboard))
+            for row in past:
+                self._write_events(row)
+            self._writer.flush()
 
     def append(self, state: TrainState) -> None:
         """Log the last epoch of `state`, just saved in its checkpoint."""
         row = rows(state)[-1]
-        with open(self.csv, "a") as csv:
-            csv.write(csv_line([row[c] for c in COLUMNS]))
-        self._write_events(row)
-        self._writer.flush()
+        with self._writing():
+            with open(self.csv, "a") as csv:
+                csv.write(csv_line([row[c] for c in COLUMNS]))
+            self._write_events(row)
+            self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            with self._writing():
+                writer.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        tf = _tensorflow()
+        try:
+            yield
+        except (OSError, tf.errors.OpError) as error:
+            reason = os.strerror(error.errno) if getattr(error, "errno", None) else " ".join(str(error).split())
+            raise EpochLogError(
+                f"{self.csv.parent}: cannot write the per-epoch logs {self.csv.name} and {self.tensorboard.name} "
+                f"({reason}); free space and rerun: training resumes from its last checkpoint"
+            ) from None
 
     def _write_events(self, row: dict[str, float]) -> None:
         tf = _tensorflow()
