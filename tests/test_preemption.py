@@ -138,6 +138,7 @@ def interrupted(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> d
             time.sleep(0.5)  # well into epoch 2, which lasts seconds
             killed.kill()
         else:
+            time.sleep(0.5)  # past epoch 1's per-epoch logs, written after its checkpoint: into epoch 2
             terminated.terminate()
     return {"sigkill": Stopped(kill_out, finish(killed)), "sigterm": Stopped(term_out, finish(terminated))}
 

@@ -3,6 +3,9 @@
 Reproducibility: the weights are seeded from (seed, stream), a pair's stream being its fold; each epoch's
 shuffle is a permutation drawn from (seed, stream, epoch) alone, so a pair resumed at epoch k feeds exactly
 the batches an uninterrupted run feeds.
+
+Each epoch's checkpoint holds the whole history so far and the resources spent (job/pair/usage.py); the per-epoch
+logs (job/pair/epoch_logs.py) follow the checkpoint, never lead it, so a resumed training's logs are exact too.
 """
 
 from __future__ import annotations
