@@ -82,7 +82,7 @@ class GpuUse:
 class Resources:
     """What training the pair cost, summed or maxed over every process that worked on it (resumes included)."""
 
-    wall_seconds: float  # sum over the processes: each one's start to its exit (or its last checkpoint)
+    wall_seconds: float  # sum over the processes: each one's start to its result (or to its last checkpoint)
     startup_seconds: float  # the last process: its start to its first training step
     cpu_seconds: float  # user + system, summed over the processes
     peak_rss_bytes: int  # the largest peak resident set of any of the processes
