@@ -78,8 +78,13 @@ def boxplot(
     boxed = [[100 * a for a, r in zip(accuracies[m], of[m], strict=True) if r in inside[m]] for m in models]
     positions = list(range(1, len(models) + 1))
     distinct = sorted({r for m in models for r in of[m]})
-    # A black median and a white mean: matplotlib's orange and green would read as repeats' colours.
-    colours = {"medianprops": {"color": "black"}, "meanprops": {"markerfacecolor": "white", "markeredgecolor": "black"}}
+    # A black median and a white mean: matplotlib's orange and green would read as repeats' colours; and no fliers:
+    # every point is drawn in its repeat's colour, and a hollow one means a partial repeat.
+    colours = {
+        "medianprops": {"color": "black"},
+        "meanprops": {"markerfacecolor": "white", "markeredgecolor": "black"},
+        "showfliers": False,
+    }
     ax.boxplot(boxed, positions=positions, showmeans=True, **(colours if len(distinct) > 1 else {}))
     for x, model in zip(positions, models, strict=True):
         if len(distinct) == 1:
