@@ -116,8 +116,9 @@ def model_stats(
     """
     ordered = sorted(records, key=lambda r: (r.result.repeat, r.result.fold))
     n_repeats = repeats or max((r.result.repeat + 1 for r in ordered), default=1)
+    n_folds = ordered[0].result.config.n_folds if ordered else 0  # no record: no fold to miss, no repeat complete
     per_repeat = [
-        _repeat_stats(repeat, [r for r in ordered if r.result.repeat == repeat]) for repeat in range(n_repeats)
+        _repeat_stats(repeat, [r for r in ordered if r.result.repeat == repeat], n_folds) for repeat in range(n_repeats)
     ]
     used = [s.repeat for s in per_repeat if s.complete] or sorted({r.result.repeat for r in ordered})
     headline = [r for r in ordered if r.result.repeat in used]
@@ -150,11 +151,10 @@ def model_stats(
     )
 
 
-def _repeat_stats(repeat: int, records: Sequence[Record]) -> RepeatStats:
+def _repeat_stats(repeat: int, records: Sequence[Record], n_folds: int) -> RepeatStats:
     """One repeat of one model's records (those of this repeat)."""
-    n_folds = records[0].result.config.n_folds if records else None
     present = {r.result.fold for r in records}
-    missing = [] if n_folds is None else [f for f in range(n_folds) if f not in present]
+    missing = [f for f in range(n_folds) if f not in present]
     return RepeatStats(
         repeat=repeat,
         n=len(records),
