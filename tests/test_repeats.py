@@ -248,6 +248,10 @@ def test_model_stats_average_complete_repeats_only() -> None:
         (2, 3, False, (3, 4)),
     ]
     assert stats.repeats[2].mean == pytest.approx(0.921, rel=1e-9) and len(stats.folds) == 13
+    # A fourth repeat asked for and not begun: all its folds missing, and nothing else changes.
+    more = summary.model_stats([types.SimpleNamespace(path=r.path, result=_with(r.result)) for r in records], repeats=4)
+    assert (more.repeats[3].n, more.repeats[3].complete, more.repeats[3].missing_folds) == (0, False, (0, 1, 2, 3, 4))
+    assert (more.n, more.mean, more.repeats_used) == (stats.n, stats.mean, stats.repeats_used)
 
 
 def _with(result: Any) -> Any:
