@@ -1,9 +1,11 @@
 #!/bin/bash
-# The ten (model, fold) pairs as one Slurm job array: task N runs `python -m job run --task-id N`.
+# The ten (model, fold) pairs as one Slurm job array: task N runs `python -m job run --task-id N`. With repeated
+# cross-validation, ask for ten tasks per repeat (--array=0-29 for 3): the task id says the repeat.
 #
 #   sbatch slurm/array.sh                                  # all ten pairs, full protocol
 #   sbatch slurm/array.sh --epochs 2 --limit 2000          # arguments go to `python -m job run`
 #   sbatch --array=$(python -m job pairs --missing) slurm/array.sh    # only the pairs not done
+#   sbatch --array=0-29 slurm/array.sh --repeats 3         # 3 repeats: task 10r + N is pair N of repeat r
 #   sbatch -p gpu -A myproj --qos=normal -t 0:30:00 --array=0-9%4 slurm/array.sh   # site options
 #   sbatch --test-only slurm/array.sh                      # would it be accepted, and when would it start?
 #   MNIST_CV_HOME=$(python3 -m job.launch.snapshot) sbatch slurm/array.sh   # run the code of this commit, frozen

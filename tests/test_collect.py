@@ -318,7 +318,7 @@ def test_allow_partial_summarises_what_exists(collect: Callable, results_dir: Pa
     found = read(folder / "summary.json")
     scores = accuracies(folder, "cnn")
     assert found["complete"] is False and (found["n_expected"], found["n_found"]) == (10, 9)
-    assert found["missing"] == [{"model": "cnn", "fold": 2, "task_id": 7, "reason": "no result"}]
+    assert found["missing"] == [{"model": "cnn", "fold": 2, "repeat": 0, "task_id": 7, "reason": "no result"}]
     cnn = found["models"]["cnn"]
     assert (cnn["n"], cnn["missing_folds"], [f["fold"] for f in cnn["folds"]]) == (4, [2], [0, 1, 3, 4])
     assert cnn["mean"] == pytest.approx(statistics.fmean(scores)) and cnn["std"] == pytest.approx(
@@ -364,7 +364,7 @@ def test_unusable_file_is_reported_in_one_line_and_counted_missing(
     assert code == 0 and "Traceback" not in err
     found = read(run_dir(results_dir) / "summary.json")
     assert found["models"]["mlp"]["n"] == 4
-    assert found["missing"] == [{"model": "mlp", "fold": 1, "task_id": 1, "reason": "unusable"}]
+    assert found["missing"] == [{"model": "mlp", "fold": 1, "repeat": 0, "task_id": 1, "reason": "unusable"}]
     assert [s["file"] for s in found["skipped"]] == ["mlp/fold-1.json"] and says in found["skipped"][0]["reason"]
 
 
@@ -435,7 +435,7 @@ def test_config_flag_chooses_one_config(collect: Callable, mixed_configs: tuple[
     assert code == 0, err
     found = read(folder / "summary.json")
     assert (found["config_id"], found["models"]["cnn"]["n"], found["models"]["mlp"]["n"]) == (main_id, 4, 5)
-    assert found["missing"] == [{"model": "cnn", "fold": 0, "task_id": 5, "reason": f"config {other_id}"}]
+    assert found["missing"] == [{"model": "cnn", "fold": 0, "repeat": 0, "task_id": 5, "reason": f"config {other_id}"}]
     assert found["skipped"] == [{"file": "cnn/fold-0.json", "reason": f"config {other_id}"}]
 
     code, _, err = collect("--config", other_id, "--allow-partial")
@@ -669,7 +669,7 @@ def test_a_result_with_a_non_finite_number_is_skipped_in_one_line(
     (line,) = stderr_lines(err)
     assert line.startswith(f"skipped {path}: ")
     found = json.loads(out, parse_constant=_refuse)  # valid JSON, which Python's json.loads does not insist on
-    assert found["missing"] == [{"model": "cnn", "fold": 2, "task_id": 7, "reason": "unusable"}]
+    assert found["missing"] == [{"model": "cnn", "fold": 2, "repeat": 0, "task_id": 7, "reason": "unusable"}]
     assert found == read(run_dir(results_dir) / "summary.json")
 
 

@@ -120,7 +120,7 @@ def tmpfs(where: Path, size: str, *options: str) -> Iterator[Path]:
     [
         (["--model", "resnet", "--fold", "0"], "unknown model 'resnet'"),
         (["--model", "mlp", "--fold", "5"], "fold 5 is outside 0-4"),
-        (["--task-id", "10"], "task id 10 is outside 0-9"),
+        (["--task-id", "10", "--repeats", "1"], "task id 10 is outside 0-9"),
         (["--task-id", "1", "--model", "mlp", "--fold", "0"], "give either --task-id or --model/--fold, not both"),
         ([], "no pair given"),
         (["--model", "mlp", "--fold", "0", "--seed", "-1"], "--seed must be 0 to 4294967295, got -1"),

@@ -76,7 +76,7 @@ def test_the_task_id_comes_from_slurm_when_not_given(mnist_mini: Path, tmp_path:
     [
         (["--model", "resnet", "--fold", "0"], "unknown model 'resnet'"),
         (["--model", "mlp", "--fold", "5"], "fold 5 is outside 0-4"),
-        (["--task-id", "10"], "task id 10 is outside 0-9"),
+        (["--task-id", "10", "--repeats", "1"], "task id 10 is outside 0-9"),
         (["--task-id", "1", "--model", "mlp", "--fold", "1"], "either --task-id or --model"),
         (["--model", "mlp"], "--model needs --fold"),
         ([], "no pair given"),

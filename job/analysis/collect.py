@@ -39,6 +39,7 @@ class Request:
     data_dir: Path | None = None  # where the final models' test images are, for the misclassified grids
     allow_partial: bool = False
     json: bool = False  # print the summary as JSON on stdout, and nothing else there
+    repeats: int | None = None  # the repeats to expect; None: as many as the files show (the highest repeat + 1)
 
 
 # A figure to draw: its path, and how to draw it (called only when the summary is published).
@@ -62,11 +63,20 @@ def collect(request: Request) -> int:
     skipped = [Skipped(layout.relative(path), reason.removeprefix(f"{path}: ")) for path, reason in problems.items()]
     skipped += [Skipped(summary.file_name(r.path), f"config {r.result.config_id}") for r in others]
     unusable = _unusable(layout, problems, {r.path: r.result.config_id for r in others})
+    repeats = request.repeats or _repeats_found(chosen, unusable)
+    beyond = [r for r in chosen if r.result.repeat >= repeats]
+    skipped += [
+        Skipped(summary.file_name(r.path), f"repeat {r.result.repeat}, beyond --repeats {repeats}") for r in beyond
+    ]
+    chosen = [r for r in chosen if r.result.repeat < repeats]
+    if not chosen:
+        raise JobError(f"no usable result of repeats 0-{repeats - 1} in {layout.folder}")
 
     # A first summary says whether it is complete; the published one also names its figures and notes.
     found = summary.summarise(
-        chosen, layout=layout, unusable=unusable, skipped=skipped, finals=finals, final_notes={}, figures=()
-    )
+        chosen, layout=layout, unusable=unusable, skipped=skipped, finals=finals, final_notes={}, figures=(),
+        repeats=repeats,
+    )  # fmt: skip
     publish = found.complete or request.allow_partial
     figures: list[Figure] = []
     stale: list[Path] = []
@@ -74,7 +84,7 @@ def collect(request: Request) -> int:
         figures, stale, notes = _plan_figures(layout, chosen, finals, found, request)
         found = summary.summarise(
             chosen, layout=layout, unusable=unusable, skipped=skipped, finals=finals, final_notes=notes,
-            figures=[path.name for path, _ in figures],
+            figures=[path.name for path, _ in figures], repeats=repeats,
         )  # fmt: skip
     text = _checked_json(found)
 
@@ -85,7 +95,7 @@ def collect(request: Request) -> int:
         report.print_report(found, console)
     if not publish:
         missing = found.missing
-        names = ", ".join(str(Pair(m.model, m.fold)) for m in missing)
+        names = ", ".join(str(Pair(m.model, m.fold, m.repeat)) for m in missing)
         raise JobError(
             f"{len(missing)} of {found.n_expected} pairs missing ({names}; task ids "
             f"{array_spec([m.task_id for m in missing if m.task_id is not None])}): run them, or pass --allow-partial"
@@ -96,6 +106,11 @@ def collect(request: Request) -> int:
         written = ", ".join([layout.summary_json.name, layout.summary_md.name, *found.figures])
         console.print(f"wrote {written} in {layout.folder}", markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def _repeats_found(records: list[store.Record], unusable: dict[Pair, str]) -> int:
+    """The repeats a run's files show: up to the highest repeat with a result, a damaged one or a checkpoint."""
+    return 1 + max([*(r.result.repeat for r in records), *(pair.repeat for pair in unusable)])
 
 
 def _checked_json(found: Summary) -> str:
@@ -145,11 +160,14 @@ def _plan_figures(
     figures: list[Figure] = []
     for model, stats in found.models.items():
         if stats.n:
-            results = [r.result for r in chosen if r.result.model == model]
+            # The results the model's numbers are of: a partial repeat is in no curve, as in no mean.
+            results = [r.result for r in chosen if r.result.model == model and r.result.repeat in stats.repeats_used]
             draw = lambda m=model, rs=results: plots.learning_curves(m, rs, found.config_id)  # noqa: E731
             figures.append((layout.learning_curves(model, fmt), draw))
     accuracies = {model: [f.accuracy for f in stats.folds] for model, stats in found.models.items()}
-    figures.append((layout.boxplot(fmt), lambda: plots.boxplot(accuracies)))
+    repeats = {model: [f.repeat for f in stats.folds] for model, stats in found.models.items()}
+    used = {model: list(stats.repeats_used) for model, stats in found.models.items()}
+    figures.append((layout.boxplot(fmt), lambda: plots.boxplot(accuracies, repeats, used)))
 
     stale: list[Path] = []
     notes: dict[str, list[str]] = {}

@@ -1,5 +1,5 @@
-"""The run's figures: learning curves per model, a box plot of the fold accuracies, and per final model its
-confusion matrix and a grid of misclassified test digits.
+"""The run's figures: learning curves per model, a box plot of the fold accuracies (repeats as coloured points), and
+per final model its confusion matrix and a grid of misclassified test digits.
 
 Figures are built with matplotlib's object API (Figure, no pyplot), which renders through Agg for PNG and
 never needs a display (cluster nodes have none) nor keeps figures alive in pyplot's global registry.
@@ -27,45 +27,88 @@ PANELS = (("loss", "Cross-entropy loss"), ("accuracy", "Classification accuracy"
 
 
 def learning_curves(model: str, results: Sequence[PairResult], config_id: str) -> Figure:
-    """Loss and accuracy per epoch, train and held-out fold, one line per fold (as the tutorial's diagnostics)."""
+    """Loss and accuracy per epoch, train and held-out fold, one line per fold (as the tutorial's diagnostics).
+
+    Results of several repeats draw one line per fold still, the mean over its repeats, over a band from the
+    lowest to the highest of every result: the spread is seen, and there are no more lines than folds.
+    """
     fig = Figure(figsize=LEARNING_CURVES_SIZE, dpi=DPI, layout="constrained")
-    folds = sorted(results, key=lambda r: r.fold)
+    folds = sorted({r.fold for r in results})
+    n_repeats = len({r.repeat for r in results})
     for ax, (metric, label) in zip(fig.subplots(1, 2), PANELS, strict=True):
-        for i, result in enumerate(folds):
-            train, held_out = getattr(result.history, metric), getattr(result.history, f"val_{metric}")
-            epochs = range(1, len(train) + 1)
-            # Only the first fold's lines are labelled, so the legend has one entry per colour.
-            ax.plot(epochs, train, color=TRAIN_COLOR, marker=".", label="train" if i == 0 else None)
-            ax.plot(
-                epochs,
-                held_out,
-                color=HELD_OUT_COLOR,
-                marker=".",
-                label="held-out fold" if i == 0 else None,
-            )
+        lines = ((metric, TRAIN_COLOR, "train"), (f"val_{metric}", HELD_OUT_COLOR, "held-out fold"))
+        if n_repeats > 1:
+            for name, color, _ in lines:
+                every = np.array([getattr(r.history, name) for r in results])
+                epochs = range(1, every.shape[1] + 1)
+                ax.fill_between(epochs, every.min(axis=0), every.max(axis=0), color=color, alpha=0.15, linewidth=0)
+        for i, fold in enumerate(folds):
+            for name, color, legend in lines:
+                curve = np.mean([getattr(r.history, name) for r in results if r.fold == fold], axis=0)
+                epochs = range(1, len(curve) + 1)
+                # Only the first fold's lines are labelled, so the legend has one entry per colour.
+                ax.plot(epochs, curve.tolist(), color=color, marker=".", label=legend if i == 0 else None)
         ax.set_title(label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-    fig.suptitle(f"{model}: learning curves of {len(folds)} folds (config {config_id})")
+    what = f"{len(folds)} folds" if n_repeats == 1 else f"{len(folds)} folds, each the mean of {n_repeats} repeats"
+    band = "" if n_repeats == 1 else f"; band: lowest to highest of all {len(results)}"
+    fig.suptitle(f"{model}: learning curves of {what} (config {config_id}{band})")
     return fig
 
 
-def boxplot(accuracies: dict[str, list[float]]) -> Figure:
-    """Box-and-whisker of each model's fold accuracies (fractions, drawn in %), side by side on one axis."""
+def boxplot(
+    accuracies: dict[str, list[float]],
+    repeats: dict[str, list[int]] | None = None,
+    used: dict[str, list[int]] | None = None,
+) -> Figure:
+    """Box-and-whisker of each model's fold accuracies (fractions, drawn in %), side by side on one axis.
+
+    `repeats` gives each accuracy's repeat: with more than one, the points are coloured by repeat (side by side
+    within the box), so a repeat that sits apart shows. `used` names a model's repeats the box is of (default all):
+    the points of the others (a partial repeat) are drawn hollow beside it, in no box and no mean.
+    """
     fig = Figure(figsize=BOXPLOT_SIZE, dpi=DPI, layout="constrained")
     ax = fig.subplots()
     models = [m for m, scores in accuracies.items() if scores]
-    percent = [[100 * a for a in accuracies[m]] for m in models]
+    of = {m: (repeats or {}).get(m) or [0] * len(accuracies[m]) for m in models}
+    inside = {m: set((used or {}).get(m) or of[m]) for m in models}
+    boxed = [[100 * a for a, r in zip(accuracies[m], of[m], strict=True) if r in inside[m]] for m in models]
     positions = list(range(1, len(models) + 1))
-    ax.boxplot(percent, positions=positions, showmeans=True)
-    for x, scores in zip(positions, percent, strict=True):
-        ax.plot([x] * len(scores), scores, linestyle="none", marker="o", color="black", alpha=0.5, markersize=4)
+    distinct = sorted({r for m in models for r in of[m]})
+    # A black median and a white mean: matplotlib's orange and green would read as repeats' colours; and no fliers:
+    # every point is drawn in its repeat's colour, and a hollow one means a partial repeat.
+    colours = {
+        "medianprops": {"color": "black"},
+        "meanprops": {"markerfacecolor": "white", "markeredgecolor": "black"},
+        "showfliers": False,
+    }
+    ax.boxplot(boxed, positions=positions, showmeans=True, **(colours if len(distinct) > 1 else {}))
+    for x, model in zip(positions, models, strict=True):
+        if len(distinct) == 1:
+            scores = [100 * a for a in accuracies[model]]
+            ax.plot([x] * len(scores), scores, linestyle="none", marker="o", color="black", alpha=0.5, markersize=4)
+            continue
+        for rank, repeat in enumerate(distinct):
+            mine = [100 * a for a, r in zip(accuracies[model], of[model], strict=True) if r == repeat]
+            offset = (rank - (len(distinct) - 1) / 2) * min(0.08, 0.5 / len(distinct))
+            partial = repeat not in inside[model]
+            ax.plot(
+                [x + offset] * len(mine), mine, linestyle="none", marker="o", markersize=4, alpha=0.8,
+                color=f"C{repeat % 10}", markerfacecolor="none" if partial else f"C{repeat % 10}",
+                label=f"repeat {repeat}" + (" (partial: not in the box)" if partial else ""),
+            )  # fmt: skip
     # set_xticks rather than boxplot's labels= (renamed tick_labels= in matplotlib 3.9).
-    ax.set_xticks(positions, [f"{m}\n(n={len(accuracies[m])})" for m in models])
+    ax.set_xticks(positions, [f"{m}\n(n={len(scores)})" for m, scores in zip(models, boxed, strict=True)])
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("Held-out accuracy per fold\n(box: quartiles and median; triangle: mean)")
+    per = "fold" if len(distinct) == 1 else f"fold, {len(distinct)} repeats"
+    ax.set_title(f"Held-out accuracy per {per}\n(box: quartiles and median; triangle: mean)")
+    if len(distinct) > 1:
+        # One legend entry per repeat (and state), however many models drew it.
+        handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        ax.legend(handles.values(), handles.keys(), fontsize=8, loc="best")
     ax.grid(axis="y", alpha=0.3)
     return fig
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from job.results.contract import ModelStats, Summary
+from job.results.contract import Comparison, MissingPair, ModelStats, Summary
 
 HEADERS = ("model", "n", "mean ± std %", "min %", "max %", "fit s (mean)", "missing / failed")
 FINAL_HEADERS = ("model", "CV mean ± std %", "final test %", "test loss", "misclassified", "trained on", "config")
@@ -39,16 +39,21 @@ def rows(summary: Summary) -> list[tuple[str, ...]]:
                 _percent(stats.min),
                 _percent(stats.max),
                 NONE if stats.mean_fit_seconds is None else f"{stats.mean_fit_seconds:.1f}",
-                ", ".join(f"fold {m.fold} ({m.reason})" for m in gaps) or "none",
+                ", ".join(f"{_where(m)} ({m.reason})" for m in gaps) or "none",
             )
         )
     return table
 
 
+def _where(missing: MissingPair) -> str:
+    return f"repeat {missing.repeat} fold {missing.fold}" if missing.repeat else f"fold {missing.fold}"
+
+
 def title(summary: Summary) -> str:
     config = summary.config
+    repeated = f"{summary.repeats} x " if summary.repeats > 1 else ""
     return (
-        f"{summary.run}: {config.n_folds}-fold cross-validation, {config.epochs} epochs, "
+        f"{summary.run}: {repeated}{config.n_folds}-fold cross-validation, {config.epochs} epochs, "
         f"config {summary.config_id}, data {summary.data.name}"
     )
 
@@ -62,11 +67,16 @@ def tutorial_lines(summary: Summary) -> list[str]:
     ]
 
 
-def comparison_line(summary: Summary) -> str:
-    c = summary.comparison
+def comparison_line(c: Comparison) -> str:
     pair = f"{c.candidate} - {c.baseline}"
+    repeats = sorted(set(c.repeats))
     if c.mean_difference is None:
         line = f"{pair}: no fold has both models"
+    elif repeats != [0]:
+        line = (
+            f"{pair}: {100 * c.mean_difference:+.3f} points of accuracy, mean over {c.k} paired folds of "
+            f"repeats {', '.join(map(str, repeats))}"
+        )
     else:
         line = f"{pair}: {100 * c.mean_difference:+.3f} points of accuracy, mean over {c.k} paired folds"
     if c.t is not None:
@@ -99,11 +109,43 @@ def final_rows(summary: Summary) -> list[tuple[str, ...]]:
     return table
 
 
+def repeat_lines(summary: Summary) -> list[str]:
+    """Per model, of a repeated run: which repeats the numbers are of, the spread of the repeat means, and each
+    repeat's mean, a partial repeat said to be partial (it is in no number above)."""
+    lines = []
+    for model, stats in summary.models.items():
+        if not stats.n:
+            continue
+        used = ", ".join(map(str, stats.repeats_used))
+        spread = NONE if stats.std_of_repeat_means is None else _percent(stats.std_of_repeat_means)
+        means = "; ".join(
+            f"repeat {r.repeat} {_percent(r.mean)}"
+            + ("" if r.complete else f" (partial: {r.n} of {r.n + len(r.missing_folds)} folds, left out)")
+            for r in stats.repeats
+        )
+        complete = any(r.complete for r in stats.repeats)
+        of = f"complete repeats {used}" if complete else f"no repeat complete: every result of repeats {used}"
+        lines.append(f"{model}: n={stats.n} ({of}); std of the repeat means {spread}; means: {means}")
+    return lines
+
+
 def footer(summary: Summary) -> list[str]:
-    """The lines under the table: what std means, the tutorial's lines, the comparison, and what is missing."""
-    lines = [f"std: {summary.std_definition}", *tutorial_lines(summary), comparison_line(summary)]
+    """The lines under the table: what std means, the tutorial's lines, the repeats, the comparisons, and what is
+    missing."""
+    lines = [f"std: {summary.std_definition}", *tutorial_lines(summary)]
+    if summary.repeats > 1:
+        lines.append(
+            f"repeats: {summary.repeats}, each its own shuffle of the images (KFold random_state split seed + r)"
+        )
+        lines += repeat_lines(summary)
+    if summary.repeated_comparison is None:
+        lines.append(comparison_line(summary.comparison))
+    else:
+        lines.append(f"on the tutorial's split (repeat 0): {comparison_line(summary.comparison)}")
+        lines.append(f"over the complete repeats: {comparison_line(summary.repeated_comparison)}")
     if not summary.complete:
-        lines.append(f"{len(summary.missing)} of {summary.n_expected} pairs missing: n above is what exists")
+        counted = "what exists" if summary.repeats == 1 else "of the complete repeats (else of what exists)"
+        lines.append(f"{len(summary.missing)} of {summary.n_expected} pairs missing: n above is {counted}")
     return lines
 
 

@@ -1,15 +1,16 @@
-"""The numbers of a run: which results belong together, per-model statistics, the paired model comparison, and
-the final models' test scores beside them.
+"""The numbers of a run: which results belong together, per-model statistics (over repeats too), the paired model
+comparisons (on the tutorial's split, and over the repeats), and the final models' test scores beside them.
 
 Works on the (path, result) records `store.scan` returns; reads no files, draws nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,11 +27,12 @@ from job.results.contract import (
     MissingPair,
     ModelStats,
     PairResult,
+    RepeatStats,
     Skipped,
     Summary,
     SummaryData,
 )
-from job.results.layout import RunLayout
+from job.results.layout import RunLayout, short_name
 from job.results.store import Record
 
 
@@ -43,13 +45,16 @@ class FinalRecord(NamedTuple):
 
 STD_DEFINITION = "numpy population std (ddof=0), as the tutorial"
 TEST_NAME = "Nadeau-Bengio corrected resampled t-test"
+# The same statistic over the k x r differences of r repeats of k-fold (df k*r - 1): Bouckaert & Frank (2004).
+REPEATED_TEST_NAME = "Bouckaert-Frank corrected repeated k-fold t-test"
 NO_RESULT = "no result"
 METRIC = "held-out accuracy (fraction of the fold's images)"
 
 
 def file_name(path: Path) -> str:
-    """A result's file as MODEL/fold-K.json or final/MODEL.json: short enough to name many in one line."""
-    return f"{path.parent.name}/{path.name}"
+    """A result's file as MODEL/fold-K.json, MODEL/repeat-R/fold-K.json or final/MODEL.json: short enough to name
+    many in one line."""
+    return short_name(path)
 
 
 def data_fingerprint(result: PairResult) -> str:
@@ -98,22 +103,39 @@ def select(records: Sequence[Record], config_id: str | None = None) -> list[Reco
 
 
 def model_stats(
-    records: Sequence[Record], missing_folds: Sequence[int] = (), final: FinalStats | None = None
+    records: Sequence[Record],
+    missing_folds: Sequence[int] = (),
+    final: FinalStats | None = None,
+    repeats: int | None = None,
 ) -> ModelStats:
-    """n, mean, std, min, max of held-out accuracy (fractions) and the per-fold scores of one model's records."""
-    ordered = sorted(records, key=lambda r: r.result.fold)
-    accuracy = np.array([r.result.score.accuracy for r in ordered], dtype=float)
-    n = len(ordered)
+    """n, mean, std, min, max of held-out accuracy (fractions) and the per-fold scores of one model's records.
+
+    Over `repeats` repeats (default: as many as the records reach), the numbers are of the complete repeats, every
+    fold there, so that a repeat still running never tilts them; with no complete repeat they are of every record
+    (a partial run, which the summary says is one).
+    """
+    ordered = sorted(records, key=lambda r: (r.result.repeat, r.result.fold))
+    n_repeats = repeats or max((r.result.repeat + 1 for r in ordered), default=1)
+    n_folds = ordered[0].result.config.n_folds if ordered else 0  # no record: no fold to miss, no repeat complete
+    per_repeat = [
+        _repeat_stats(repeat, [r for r in ordered if r.result.repeat == repeat], n_folds) for repeat in range(n_repeats)
+    ]
+    used = [s.repeat for s in per_repeat if s.complete] or sorted({r.result.repeat for r in ordered})
+    headline = [r for r in ordered if r.result.repeat in used]
+    accuracy = np.array([r.result.score.accuracy for r in headline], dtype=float)
+    n = len(headline)
+    complete_means = [s.mean for s in per_repeat if s.complete and s.mean is not None]
     return ModelStats(
         n=n,
         mean=float(accuracy.mean()) if n else None,
         std=float(accuracy.std(ddof=0)) if n else None,
         min=float(accuracy.min()) if n else None,
         max=float(accuracy.max()) if n else None,
-        mean_fit_seconds=float(np.mean([r.result.timings.fit_seconds for r in ordered])) if n else None,
+        mean_fit_seconds=float(np.mean([r.result.timings.fit_seconds for r in headline])) if n else None,
         folds=tuple(
             FoldScore(
                 fold=r.result.fold,
+                repeat=r.result.repeat,
                 accuracy=r.result.score.accuracy,
                 loss=r.result.score.loss,
                 fit_seconds=r.result.timings.fit_seconds,
@@ -123,30 +145,61 @@ def model_stats(
         ),
         missing_folds=tuple(missing_folds),
         final=final,
+        repeats=tuple(per_repeat),
+        repeats_used=tuple(used),
+        std_of_repeat_means=float(np.std(complete_means, ddof=0)) if len(complete_means) > 1 else None,
     )
 
 
-def compare(by_model: Mapping[str, Sequence[Record]], baseline: str, candidate: str) -> Comparison:
-    """Candidate minus baseline accuracy over the folds both have, with the Nadeau-Bengio corrected t-test.
+def _repeat_stats(repeat: int, records: Sequence[Record], n_folds: int) -> RepeatStats:
+    """One repeat of one model's records (those of this repeat)."""
+    present = {r.result.fold for r in records}
+    missing = [f for f in range(n_folds) if f not in present]
+    return RepeatStats(
+        repeat=repeat,
+        n=len(records),
+        mean=float(np.mean([r.result.score.accuracy for r in records])) if records else None,
+        complete=bool(records) and not missing,
+        missing_folds=tuple(missing),
+    )
+
+
+def compare(
+    by_model: Mapping[str, Sequence[Record]],
+    baseline: str,
+    candidate: str,
+    repeats: Collection[int] = (0,),
+    test: str = TEST_NAME,
+) -> Comparison:
+    """Candidate minus baseline accuracy over the (repeat, fold) pairs of `repeats` both have, with the corrected
+    resampled t-test.
 
     The folds' training sets overlap, so the plain paired t-test underestimates the variance of the mean
-    difference; Nadeau & Bengio (2003) inflate its factor from 1/k to 1/k + n_test/n_train.
+    difference; Nadeau & Bengio (2003) inflate its factor from 1/k to 1/k + n_test/n_train. Over r repeats of
+    k-fold the k*r differences take the same correction, 1/(k*r) + n_test/n_train, with k*r - 1 degrees of
+    freedom (Bouckaert & Frank 2004): the statistic below with k the number of differences.
     """
-    base = {r.result.fold: r.result for r in by_model.get(baseline, [])}
-    cand = {r.result.fold: r.result for r in by_model.get(candidate, [])}
+
+    def scored(model: str) -> dict[tuple[int, int], PairResult]:
+        return {
+            (r.result.repeat, r.result.fold): r.result for r in by_model.get(model, []) if r.result.repeat in repeats
+        }
+
+    base, cand = scored(baseline), scored(candidate)
     both = sorted(base.keys() & cand.keys())
     # A pair is only a pair when both models were scored on the very same held-out images.
-    folds = [f for f in both if base[f].data.val_indices_sha256 == cand[f].data.val_indices_sha256]
-    diffs = np.array([cand[f].score.accuracy - base[f].score.accuracy for f in folds], dtype=float)
-    k = len(folds)
+    keys = [key for key in both if base[key].data.val_indices_sha256 == cand[key].data.val_indices_sha256]
+    diffs = np.array([cand[key].score.accuracy - base[key].score.accuracy for key in keys], dtype=float)
+    k = len(keys)
     notes = []
-    if len(folds) < len(both):
-        notes.append(f"folds {sorted(set(both) - set(folds))} left out: the models saw different held-out images")
+    if len(keys) < len(both):
+        left_out = [f"{r}/{f}" if r else str(f) for r, f in sorted(set(both) - set(keys))]
+        notes.append(f"folds {left_out} left out: the models saw different held-out images")
     ratio = t = p_value = None
     if k < 2:
         notes.append(f"{k} paired fold(s): the test needs at least 2")
     else:
-        ratio = float(np.mean([r.data.n_val / r.data.n_train for f in folds for r in (base[f], cand[f])]))
+        ratio = float(np.mean([r.data.n_val / r.data.n_train for key in keys for r in (base[key], cand[key])]))
         variance = float(diffs.var(ddof=1))
         if variance == 0:
             notes.append("the difference is the same on every fold: t is undefined")
@@ -158,8 +211,9 @@ def compare(by_model: Mapping[str, Sequence[Record]], baseline: str, candidate: 
     return Comparison(
         baseline=baseline,
         candidate=candidate,
-        test=TEST_NAME,
-        folds=tuple(folds),
+        test=test,
+        folds=tuple(fold for _, fold in keys),
+        repeats=tuple(repeat for repeat, _ in keys),
         k=k,
         differences=tuple(float(d) for d in diffs),
         mean_difference=float(diffs.mean()) if k else None,
@@ -169,6 +223,21 @@ def compare(by_model: Mapping[str, Sequence[Record]], baseline: str, candidate: 
         p_value=p_value,
         notes=tuple(notes),
     )
+
+
+def compare_repeats(
+    by_model: Mapping[str, Sequence[Record]], models: Mapping[str, ModelStats], baseline: str, candidate: str
+) -> Comparison:
+    """The corrected repeated k-fold t-test over the repeats complete for both models; partial ones are left out
+    and said to be."""
+    stats = [models[baseline].repeats, models[candidate].repeats]
+    complete = [r.repeat for r in stats[0] if r.complete and stats[1][r.repeat].complete]
+    comparison = compare(by_model, baseline, candidate, set(complete), REPEATED_TEST_NAME)
+    partial = [r.repeat for r in stats[0] if r.repeat not in complete]
+    if partial:
+        note = f"repeats {partial} left out: not complete for both models"
+        comparison = dataclasses.replace(comparison, notes=(note, *comparison.notes))
+    return comparison
 
 
 def _two_sided_p(t: float, df: int) -> float | None:
@@ -207,8 +276,9 @@ def summarise(
     finals: Mapping[str, FinalRecord],
     final_notes: Mapping[str, Sequence[str]],
     figures: Sequence[str],
+    repeats: int = 1,
 ) -> Summary:
-    """The summary of the (non-empty) records `select`ed from the run `layout`.
+    """The summary of the (non-empty) records `select`ed from the run `layout`, over `repeats` repeats.
 
     `unusable` says why a default pair has no usable result (a missing pair without an entry has none at all);
     `skipped` lists the files found but not used, with why; `finals` holds the final models' records by model and
@@ -217,10 +287,10 @@ def summarise(
     first = records[0].result
     n_folds = first.config.n_folds
     by_model = _grouped(records, lambda r: r.model)
-    expected = all_pairs(n_folds)
-    present = {Pair(r.result.model, r.result.fold) for r in records}
+    expected = all_pairs(n_folds, repeats)
+    present = {Pair(r.result.model, r.result.fold, r.result.repeat) for r in records}
     missing = [
-        MissingPair(p.model, p.fold, task_for_pair(p, n_folds), unusable.get(p, NO_RESULT))
+        MissingPair(p.model, p.fold, p.repeat, task_for_pair(p, n_folds), unusable.get(p, NO_RESULT))
         for p in expected
         if p not in present
     ]
@@ -228,8 +298,8 @@ def summarise(
     # The tutorial's two models first, even without results (as the task ids order them), then extra ones by name.
     for model in [*DEFAULT_MODELS, *sorted((by_model.keys() | finals.keys()) - set(DEFAULT_MODELS))]:
         final = final_stats(finals[model], first.config_id, final_notes.get(model, ())) if model in finals else None
-        gaps = [m.fold for m in missing if m.model == model]
-        models[model] = model_stats(by_model.get(model, []), gaps, final)
+        gaps = sorted({m.fold for m in missing if m.model == model})
+        models[model] = model_stats(by_model.get(model, []), gaps, final, repeats)
     return Summary.build(
         run=str(layout.folder),
         config_id=first.config_id,
@@ -245,4 +315,6 @@ def summarise(
         models=models,
         comparison=compare(by_model, *DEFAULT_MODELS),
         figures=tuple(figures),
+        repeats=repeats,
+        repeated_comparison=compare_repeats(by_model, models, *DEFAULT_MODELS) if repeats > 1 else None,
     )

@@ -1,5 +1,6 @@
-"""`collect`: merge a run's pair results into a table, summary.json, summary.md, learning curves and a box plot,
-and show each final model's test score beside them with its confusion matrix and misclassified test digits."""
+"""`collect`: merge a run's pair results (of every repeat) into a table, summary.json, summary.md, learning curves
+and a box plot, and show each final model's test score beside them with its confusion matrix and misclassified test
+digits."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from job import settings
-from job.cli.options import add_results_args
+from job.cli.options import add_repeats_arg, add_results_args
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -41,6 +42,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--config", type=config_id, metavar="ID", help="use only the results of this config id (a run holding several)"
     )
+    add_repeats_arg(
+        p,
+        default=None,
+        help="the run's repeats R: expect repeats 0 to R-1 (missing ones are missing) and leave out results beyond "
+        "them (default: as many as the files show, up to the highest repeat found)",
+    )
     p.add_argument("--format", choices=FORMATS, default="png", help="figure format (default: png)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout, and nothing else there")
     p.add_argument(
@@ -61,7 +68,9 @@ def config_id(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from job.analysis.collect import Request, collect
 
-    request = Request(args.results, args.run, args.config, args.format, args.data_dir, args.allow_partial, args.json)
+    request = Request(
+        args.results, args.run, args.config, args.format, args.data_dir, args.allow_partial, args.json, args.repeats
+    )
     status = collect(request)
     if args.mlflow:
         from job.analysis.mlflow_export import export

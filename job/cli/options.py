@@ -124,6 +124,33 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     add_options(parser, DEVICE_OPTIONS)
 
 
+def add_repeats_arg(parser: argparse.ArgumentParser | Any, default: int | None = 1, help: str | None = None) -> None:
+    """--repeats R: the cross-validation R times over, each repeat on its own shuffle of the images."""
+    parser.add_argument(
+        "--repeats",
+        type=repeats_arg,
+        default=default,
+        metavar="R",
+        help=help
+        or "repeats of the cross-validation, each on its own shuffle (KFold's random_state split seed + r): "
+        "task ids 0 to 10R-1, repeat r being ids 10r to 10r+9 (default 1: the tutorial's one split)",
+    )
+
+
+def repeats_arg(text: str) -> int:
+    """A whole number of repeats, 1 or more (the protocol bounds it further: see repeats_from_args)."""
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a number of repeats (1 or more): {text!r}")
+    return int(text)
+
+
+def repeats_from_args(args: argparse.Namespace, protocol: Protocol) -> int:
+    """--repeats, checked against the protocol (every repeat's split seed must be a seed); 1 when not given."""
+    from job.pair.protocol import check_repeats
+
+    return check_repeats(1 if args.repeats is None else args.repeats, protocol)
+
+
 def protocol_from_args(args: argparse.Namespace) -> Protocol:
     return Protocol().with_overrides(
         epochs=args.epochs,

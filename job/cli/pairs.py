@@ -1,23 +1,25 @@
-"""`pairs`: the ten (model, fold) pairs, their task ids, and which are done."""
+"""`pairs`: the ten (model, fold) pairs (ten per repeat), their task ids, and which are done."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from job.cli.options import add_protocol_args, add_results_args, protocol_from_args
+from job.cli.options import add_protocol_args, add_repeats_arg, add_results_args, protocol_from_args, repeats_from_args
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "pairs",
-        help="list the ten pairs, their task ids, and which are done",
-        description="List the ten (model, fold) pairs with their array task ids and state in RESULTS/RUN "
+        help="list the ten pairs (ten per repeat), their task ids, and which are done",
+        description="List the ten (model, fold) pairs (of each repeat, with --repeats) with their array task ids "
+        "and state in RESULTS/RUN "
         "(see `status` for the details). Give the same protocol overrides as the run, so 'done' means done "
         "with that config.",
     )
     add_results_args(p)
     add_protocol_args(p)
+    add_repeats_arg(p)
     p.add_argument(
         "--missing",
         action="store_true",
@@ -32,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from job.results.status import array_spec, status
 
     protocol = protocol_from_args(args)
-    statuses = status(args.results, args.run, protocol)
+    repeats = repeats_from_args(args, protocol)
+    statuses = status(args.results, args.run, protocol, repeats=repeats)
     if args.missing:
         spec = array_spec([s.task_id for s in statuses if s.state.needs_run])
         if not spec:
@@ -49,11 +52,13 @@ def run(args: argparse.Namespace) -> int:
     console = rich_console(highlight=False)
     console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)
     table = Table()
-    for column in ("task", "model", "fold", "state"):
+    # The repeat column only for a repeated run: the table of a plain one stays as it was.
+    for column in ("task", *(["repeat"] * (repeats > 1)), "model", "fold", "state"):
         table.add_column(column)
     for s in statuses:
         style = STATE_STYLES[s.state.value]
-        table.add_row(str(s.task_id), Text(s.pair.model), str(s.pair.fold), Text(s.state.value, style=style))
+        repeat = [str(s.pair.repeat)] * (repeats > 1)
+        table.add_row(str(s.task_id), *repeat, Text(s.pair.model), str(s.pair.fold), Text(s.state.value, style=style))
     console.print(table)
     done = sum(s.state == "done" for s in statuses)
     print(f"{done}/{len(statuses)} done")

@@ -1,4 +1,4 @@
-"""`run`: train and score exactly one (model, fold) pair and write its result JSON."""
+"""`run`: train and score exactly one (model, fold, repeat) pair and write its result JSON."""
 
 from __future__ import annotations
 
@@ -10,12 +10,22 @@ from job.cli.options import (
     add_data_args,
     add_device_args,
     add_protocol_args,
+    add_repeats_arg,
     add_results_args,
     inputs_from_args,
     protocol_from_args,
 )
 from job.errors import UsageError
-from job.pair.protocol import DEFAULT_MODELS, Pair, Protocol, check_fold, pair_for_task, parse_task_id
+from job.pair.protocol import (
+    DEFAULT_MODELS,
+    Pair,
+    Protocol,
+    check_fold,
+    check_repeat,
+    check_repeats,
+    pair_for_task,
+    parse_task_id,
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -23,15 +33,23 @@ def add_parser(subparsers: Any) -> None:
         "run",
         help="train and score one (model, fold) pair",
         description="Train one (model, fold) pair of the 5-fold cross-validation and write its result JSON "
-        "to RESULTS/RUN/MODEL/fold-K.json. A pair already done with the same config is skipped.",
+        "to RESULTS/RUN/MODEL/fold-K.json (RESULTS/RUN/MODEL/repeat-R/fold-K.json for a repeat R >= 1). "
+        "A pair already done with the same config is skipped.",
     )
-    which = p.add_argument_group("which pair (either --model and --fold, or a task id)")
+    which = p.add_argument_group("which pair (either --model and --fold [and --repeat], or a task id)")
     which.add_argument("--model", help=f"model name ({', '.join(DEFAULT_MODELS)}, or an extra one like cnn-small)")
     which.add_argument("--fold", type=int, help="held-out fold, 0-4")
+    which.add_argument("--repeat", type=int, help="repeat of the cross-validation (default 0: the tutorial's split)")
     which.add_argument(
         "--task-id",
         type=task_id_arg,
-        help="array index 0-9 -> (mlp, 0..4), (cnn, 0..4); default $SLURM_ARRAY_TASK_ID",
+        help="array index 0-9 -> (mlp, 0..4), (cnn, 0..4); 10r to 10r+9 the same of repeat r; "
+        "default $SLURM_ARRAY_TASK_ID",
+    )
+    add_repeats_arg(
+        which,
+        default=None,
+        help="the run's repeats R: refuse a task id or --repeat beyond them (default: the task id says its repeat)",
     )
     add_results_args(p)
     add_data_args(p)
@@ -53,21 +71,27 @@ def task_id_arg(text: str) -> int:
 def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
     from job.pair import models
 
+    repeats = None if args.repeats is None else check_repeats(args.repeats, protocol)
     if args.model is not None:
         if args.task_id is not None:
             raise UsageError("give either --task-id or --model/--fold, not both")
         if args.fold is None:
             raise UsageError("--model needs --fold")
-        return Pair(models.check_name(args.model), check_fold(args.fold, protocol.n_folds))
-    if args.fold is not None:
-        raise UsageError("--fold needs --model")
+        repeat = check_repeat(args.repeat or 0, protocol)
+        if repeats is not None and repeat >= repeats:
+            raise UsageError(f"--repeat {repeat} is outside 0-{repeats - 1} (--repeats {repeats})")
+        return Pair(models.check_name(args.model), check_fold(args.fold, protocol.n_folds), repeat)
+    if args.fold is not None or args.repeat is not None:
+        raise UsageError("--fold and --repeat need --model")
     task_id = args.task_id
     if task_id is None:
         env = os.environ.get("SLURM_ARRAY_TASK_ID", "").strip()
         if not env:
             raise UsageError("no pair given: pass --model and --fold, or --task-id (or set $SLURM_ARRAY_TASK_ID)")
         task_id = parse_task_id(env, "$SLURM_ARRAY_TASK_ID")
-    return pair_for_task(task_id, protocol.n_folds)
+    pair = pair_for_task(task_id, protocol.n_folds, repeats)
+    check_repeat(pair.repeat, protocol)
+    return pair
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from job.cli.options import add_protocol_args, add_results_args, protocol_from_args
+from job.cli.options import add_protocol_args, add_repeats_arg, add_results_args, protocol_from_args, repeats_from_args
 
 STATE_STYLES = {
     "done": "green",
@@ -35,7 +35,8 @@ def add_parser(subparsers: Any) -> None:
     )
     add_results_args(p)
     add_protocol_args(p)
-    p.add_argument("--json", action="store_true", help="print a JSON list, one object per pair")
+    add_repeats_arg(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per pair (with its repeat)")
     p.set_defaults(handler=run)
 
 
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from job.results.status import status
 
     protocol = protocol_from_args(args)
-    statuses = status(args.results, args.run, protocol)
+    repeats = repeats_from_args(args, protocol)
+    statuses = status(args.results, args.run, protocol, repeats=repeats)
     if args.json:
         print(json.dumps([s.to_json() for s in statuses], indent=1))
         return 0
@@ -56,11 +58,13 @@ def run(args: argparse.Namespace) -> int:
     console = rich_console(highlight=False)
     console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)
     table = Table()
-    for column in ("task", "model", "fold", "state", "detail"):
+    # The repeat column only for a repeated run: the table of a plain one stays as it was.
+    for column in ("task", *(["repeat"] * (repeats > 1)), "model", "fold", "state", "detail"):
         table.add_column(column, overflow="fold")
     for s in statuses:
         table.add_row(
             str(s.task_id),
+            *[str(s.pair.repeat)] * (repeats > 1),
             Text(s.pair.model),
             str(s.pair.fold),
             Text(s.state.value, style=STATE_STYLES[s.state.value]),

@@ -9,7 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from job.cli.options import FORWARDED, add_data_args, add_protocol_args, add_results_args, forward, protocol_from_args
+from job.cli.options import (
+    FORWARDED,
+    add_data_args,
+    add_protocol_args,
+    add_repeats_arg,
+    add_results_args,
+    forward,
+    protocol_from_args,
+    repeats_from_args,
+)
+from job.errors import UsageError
 from job.launch import submission
 from job.pair.protocol import all_pairs
 from job.settings import IMAGE, settings
@@ -19,8 +29,9 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "submit",
         help="submit the pairs not done as one array through submitit (slurm, local or debug)",
-        description="Submit the (model, fold) pairs not done with this config (or --all, or --task-ids) as one "
-        "array, each task running `python -m job run --task-id N` (in --image if given) like slurm/array.sh. "
+        description="Submit the (model, fold) pairs not done with this config (of every repeat, with --repeats; "
+        "or --all, or --task-ids) as one array, each task running `python -m job run --task-id N` (in --image if "
+        "given) like slurm/array.sh. "
         "Prints the job ids and returns, or with --wait follows them, reports failed pairs with their log, "
         "and runs collect when all succeed. A preempted or timed-out pair is requeued and resumes from its "
         "checkpoint. The environment (the settings listed in job/settings.py) is passed on to the tasks.",
@@ -42,6 +53,8 @@ def add_parser(subparsers: Any) -> None:
     )
     which.add_argument("--all", action="store_true", help="submit every pair (done ones skip at once)")
     p.add_argument("--task-ids", type=task_ids, metavar="SPEC", help="only these pairs, in --array syntax: 0,5 or 5-9")
+    # Not passed on to `job run`: a task's id says its repeat.
+    add_repeats_arg(p)
     p.add_argument(
         "--final",
         metavar="MODEL",
@@ -141,10 +154,19 @@ def task_ids(text: str) -> set[int]:
     for part in text.split(","):
         first, _, last = part.partition("-")
         ids.update(range(int(first), int(last or first) + 1))
-    n = len(all_pairs())
-    if not ids or not all(0 <= i < n for i in ids):
-        raise argparse.ArgumentTypeError(f"task ids are 0-{n - 1}, got {text!r}")
+    if not ids:
+        raise argparse.ArgumentTypeError(f"not task ids like 0,5 or 5-9: {text!r}")
     return ids
+
+
+def check_task_ids(ids: set[int] | None, repeats: int) -> frozenset[int] | None:
+    """--task-ids within the pairs of --repeats (0-9 for one repeat), or a UsageError."""
+    if ids is None:
+        return None
+    n = len(all_pairs(repeats=repeats))
+    if not all(0 <= i < n for i in ids):
+        raise UsageError(f"--task-ids: task ids are 0-{n - 1} (--repeats {repeats}), got {max(ids)}")
+    return frozenset(ids)
 
 
 def key_value(text: str) -> tuple[str, str | bool]:
@@ -173,13 +195,16 @@ def request_from_args(args: argparse.Namespace) -> submission.Request:
         array_parallelism=args.array_parallelism,
         slurm_additional=tuple(args.slurm_additional),
     )
+    protocol = protocol_from_args(args)
+    repeats = repeats_from_args(args, protocol)
     return submission.Request(
         executor=args.executor,
         layout=RunLayout(args.results, args.run),
-        protocol=protocol_from_args(args),
+        protocol=protocol,
         job_options=tuple(run_args(args)),
         resources=resources,
-        task_ids=None if args.task_ids is None else frozenset(args.task_ids),
+        repeats=repeats,
+        task_ids=check_task_ids(args.task_ids, repeats),
         all=args.all,
         final=args.final,
         image=args.image,

@@ -39,6 +39,7 @@ class Request:
     protocol: Protocol
     job_options: tuple[str, ...]  # passed on to every `job run` / `job final` as given
     resources: Resources = Resources()
+    repeats: int = 1  # the pairs of repeats 0 .. repeats - 1 (task ids 0 .. 10 * repeats - 1)
     task_ids: frozenset[int] | None = None  # None: every pair
     all: bool = False  # done pairs too
     final: str | None = None  # a final model's training instead of the pairs
@@ -148,7 +149,7 @@ def pairs_to_submit(request: Request) -> list[Any]:
 
     chosen = [
         s
-        for s in status(request.layout.results_dir, request.layout.run, request.protocol)
+        for s in status(request.layout.results_dir, request.layout.run, request.protocol, repeats=request.repeats)
         # Queued and running pairs are never submitted again, --all or not: that is a second training of one pair.
         if (request.task_ids is None or s.task_id in request.task_ids)
         and (s.state.needs_run or (request.all and s.state == "done"))
@@ -206,17 +207,20 @@ def submit_array(executor_name: str, params: dict[str, Any], logs: Path, tasks: 
 
 
 def collect(request: Request) -> int:
-    """Run collect on this config's results once all ten pairs are done."""
+    """Run collect on this config's results once all pairs (ten per repeat) are done."""
     from job.results.status import array_spec, status
 
     layout, config_id = request.layout, request.protocol.config_id
-    not_done = [s.task_id for s in status(layout.results_dir, layout.run, request.protocol) if s.state != "done"]
+    statuses = status(layout.results_dir, layout.run, request.protocol, repeats=request.repeats)
+    not_done = [s.task_id for s in statuses if s.state != "done"]
     if not_done:
         print(f"collect: skipped, {len(not_done)} pairs not done (task ids {array_spec(not_done)})")
         return 0
     from job.analysis import collect as collecting
 
-    return collecting.collect(collecting.Request(layout.results_dir, layout.run, config_id, data_dir=settings().data))
+    return collecting.collect(
+        collecting.Request(layout.results_dir, layout.run, config_id, data_dir=settings().data, repeats=request.repeats)
+    )
 
 
 def record(request: Request, params: dict[str, Any], logs: Path, task_ids: list[int], jobs: list[Any]) -> None:

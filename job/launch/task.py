@@ -23,7 +23,7 @@ from submitit.helpers import DelayedSubmission
 from job.launch.argv import TaskCommand, task_command
 
 # The exit status of `job run` or `job final` stopped by a signal at a safe point (job.pair.train.Preempted.exit_code;
-# importing job.pair.train here would load scikit-learn into every submitit process).
+# importing job.pair.train here would load the training's modules, half a second, into every submitit process).
 PREEMPTED_EXIT = 3
 # _interrupt() and preemption send TERM, then submitit's USR2 within milliseconds; USR2 runs checkpoint(),
 # which requeues. A child stopped with no USR2 after this long (a plain scancel) was stopped for good.

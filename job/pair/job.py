@@ -112,6 +112,7 @@ class PairJob(Job):
         return PairResult.build(
             model=self.pair.model,
             fold=self.pair.fold,
+            repeat=self.pair.repeat,
             task_id=task_for_pair(self.pair, self.protocol.n_folds),
             protocol=self.protocol,
             outcome=outcome,

@@ -1,4 +1,4 @@
-"""The cross-validation protocol: one frozen dataclass, its config id, and the task-id <-> (model, fold) map.
+"""The cross-validation protocol: one frozen dataclass, its config id, and the task-id <-> (model, fold, repeat) map.
 
 Imports nothing heavy: the CLI validates arguments and lists pairs without loading TensorFlow.
 """
@@ -13,11 +13,15 @@ from typing import Any, NamedTuple
 
 from job.errors import UsageError
 
-# The two models the tutorial compares; task ids 0-4 are mlp folds 0-4, 5-9 are cnn folds 0-4.
+# The two models the tutorial compares; task ids 0-4 are mlp folds 0-4, 5-9 are cnn folds 0-4 (repeat 0), and each
+# further repeat r takes the next ten: task = r * 10 + model index * 5 + fold.
 DEFAULT_MODELS: tuple[str, ...] = ("mlp", "cnn")
 # numpy's legacy seeding (np.random.seed, which keras.utils.set_random_seed calls) and scikit-learn's
 # random_state take 0 to 2**32 - 1; SeedSequence refuses negative numbers.
 MAX_SEED = 2**32 - 1
+# Repeats of the cross-validation one run may hold: 100,000 tasks, beyond any Slurm array (MaxArraySize is at most
+# 4,000,001, 1001 by default); it keeps every repeat's weight stream below the final model's (job/pair/train.py).
+MAX_REPEATS = 10_000
 MIN_IMAGES_PER_FOLD = 10  # fewer makes a fold's score a handful of coin flips
 # ASCII digits only: str.isdigit() accepts '²' (which int() rejects) and int() turns '٣' into 3 silently.
 _TASK_ID = re.compile(r"[0-9]{1,9}")
@@ -74,16 +78,35 @@ class Protocol:
 
 
 class Pair(NamedTuple):
+    """One training of the cross-validation: a model on one fold of one repeat (repeat 0 is the tutorial's split).
+
+    A repeat is part of a pair's identity, not of its config: all repeats of a run share one config id.
+    """
+
     model: str
     fold: int
+    repeat: int = 0
 
     def __str__(self) -> str:
-        return f"{self.model}/fold-{self.fold}"
+        where = f"repeat-{self.repeat}/" if self.repeat else ""
+        return f"{self.model}/{where}fold-{self.fold}"
+
+    def stream(self, n_folds: int) -> int:
+        """The random stream of its weights and shuffling (job/pair/train.py): repeat 0's is the fold, as before
+        repeats existed, so its numbers stay those of the plain run; repeat r's is n_folds * r + fold.
+
+        No two pairs share one: repeat r's streams fill n_folds * r .. n_folds * r + n_folds - 1, an interval of its
+        own (repeat 0's being 0 .. n_folds - 1); and all stay below the final model's 1,000,000 (job/pair/final.py)
+        for up to 100 folds, MAX_REPEATS bounding r.
+        """
+        return n_folds * self.repeat + self.fold
 
 
-def all_pairs(n_folds: int = Protocol.n_folds) -> list[Pair]:
-    """The pairs in task-id order: all folds of the first model, then of the second."""
-    return [Pair(model, fold) for model in DEFAULT_MODELS for fold in range(n_folds)]
+def all_pairs(n_folds: int = Protocol.n_folds, repeats: int = 1) -> list[Pair]:
+    """The pairs in task-id order: per repeat, all folds of the first model, then of the second."""
+    return [
+        Pair(model, fold, repeat) for repeat in range(repeats) for model in DEFAULT_MODELS for fold in range(n_folds)
+    ]
 
 
 def parse_task_id(text: str, source: str = "task id") -> int:
@@ -97,20 +120,45 @@ def parse_task_id(text: str, source: str = "task id") -> int:
     return int(stripped)
 
 
-def pair_for_task(task_id: int, n_folds: int = Protocol.n_folds) -> Pair:
-    pairs = all_pairs(n_folds)
-    if not 0 <= task_id < len(pairs):
-        raise UsageError(f"task id {task_id} is outside 0-{len(pairs) - 1}")
-    return pairs[task_id]
+def pair_for_task(task_id: int, n_folds: int = Protocol.n_folds, repeats: int | None = 1) -> Pair:
+    """The pair of an array task id. `repeats` bounds the ids (0 to 10 * repeats - 1); None: the id says its repeat."""
+    per_repeat = len(DEFAULT_MODELS) * n_folds
+    limit = MAX_REPEATS if repeats is None else repeats
+    if not 0 <= task_id < per_repeat * limit:
+        raise UsageError(f"task id {task_id} is outside 0-{per_repeat * limit - 1}")
+    repeat, index = divmod(task_id, per_repeat)
+    model, fold = divmod(index, n_folds)
+    return Pair(DEFAULT_MODELS[model], fold, repeat)
 
 
 def task_for_pair(pair: Pair, n_folds: int = Protocol.n_folds) -> int | None:
-    """The array index of a default pair; None for models outside the ten default pairs."""
-    pairs = all_pairs(n_folds)
-    return pairs.index(pair) if pair in pairs else None
+    """The array index of a default pair; None for models outside the default ones."""
+    if pair.model not in DEFAULT_MODELS or not 0 <= pair.fold < n_folds:
+        return None
+    return (pair.repeat * len(DEFAULT_MODELS) + DEFAULT_MODELS.index(pair.model)) * n_folds + pair.fold
 
 
 def check_fold(fold: int, n_folds: int = Protocol.n_folds) -> int:
     if not 0 <= fold < n_folds:
         raise UsageError(f"fold {fold} is outside 0-{n_folds - 1}")
     return fold
+
+
+def check_repeats(repeats: int, protocol: Protocol) -> int:
+    """A number of repeats (--repeats R) this protocol can split: 1 to MAX_REPEATS, split_seed + R - 1 a seed."""
+    if repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {repeats}")
+    check_repeat(repeats - 1, protocol)
+    return repeats
+
+
+def check_repeat(repeat: int, protocol: Protocol) -> int:
+    """A repeat of this protocol: its split's random_state split_seed + repeat must be a seed numpy takes."""
+    if not 0 <= repeat < MAX_REPEATS:
+        raise UsageError(f"repeat {repeat} is outside 0-{MAX_REPEATS - 1}")
+    if protocol.split_seed + repeat > MAX_SEED:
+        raise UsageError(
+            f"repeat {repeat} needs the split seed {protocol.split_seed} + {repeat}, beyond {MAX_SEED}: "
+            f"at most {MAX_SEED - protocol.split_seed + 1} repeats with this split seed"
+        )
+    return repeat

@@ -223,12 +223,11 @@ def check_finite(values: dict[str, float], epoch: int, checkpoint: Checkpoint) -
 def fit_pair(
     pair: Pair, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, **fit_options: Any
 ) -> tuple[Outcome, PairData]:
-    """Train and score one (model, fold) pair on its fold of the (limited) training images."""
+    """Train and score one (model, fold, repeat) pair on its fold of the (limited) training images."""
     images, labels = dataset.x_train[: protocol.limit], dataset.y_train[: protocol.limit]
-    train_ix, val_ix = folds.split(len(images), pair.fold, protocol)
-    _, outcome = fit(
-        pair.model, protocol, images, labels, train_ix, val_ix, checkpoint, stream=pair.fold, **fit_options
-    )
+    train_ix, val_ix = folds.split(len(images), pair.fold, protocol, pair.repeat)
+    stream = pair.stream(protocol.n_folds)
+    _, outcome = fit(pair.model, protocol, images, labels, train_ix, val_ix, checkpoint, stream=stream, **fit_options)
     data = PairData(
         **dataset.provenance(),
         n_train=len(train_ix),

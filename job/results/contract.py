@@ -252,6 +252,7 @@ class SummaryData:
 class MissingPair:
     model: str
     fold: int
+    repeat: int
     task_id: int | None
     reason: str
 
@@ -265,6 +266,7 @@ class Skipped:
 @dataclass(frozen=True)
 class FoldScore:
     fold: int
+    repeat: int
     accuracy: float
     loss: float
     fit_seconds: float
@@ -285,16 +287,30 @@ class FinalStats:
 
 
 @dataclass(frozen=True)
-class ModelStats:
+class RepeatStats:
+    """One repeat of one model: complete when every fold of it is there."""
+
+    repeat: int
     n: int
+    mean: float | None
+    complete: bool
+    missing_folds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    n: int  # the results the numbers below are of: those of the complete repeats (`repeats_used`)
     mean: float | None
     std: float | None
     min: float | None
     max: float | None
     mean_fit_seconds: float | None
-    folds: tuple[FoldScore, ...]
-    missing_folds: tuple[int, ...]
+    folds: tuple[FoldScore, ...]  # every result found, partial repeats too
+    missing_folds: tuple[int, ...]  # the folds missing in at least one repeat (per repeat: `repeats`)
     final: FinalStats | None
+    repeats: tuple[RepeatStats, ...]
+    repeats_used: tuple[int, ...]  # the complete repeats; with none, every repeat with a result (a partial run)
+    std_of_repeat_means: float | None  # over the complete repeats' means; None below two
 
 
 @dataclass(frozen=True)
@@ -302,8 +318,9 @@ class Comparison:
     baseline: str
     candidate: str
     test: str
-    folds: tuple[int, ...]
-    k: int
+    folds: tuple[int, ...]  # the fold of each paired difference
+    repeats: tuple[int, ...]  # its repeat (all 0 for the one-split comparison)
+    k: int  # the paired differences: folds x repeats
     differences: tuple[float, ...]
     mean_difference: float | None
     test_train_ratio: float | None
@@ -330,8 +347,10 @@ class Summary:
     missing: tuple[MissingPair, ...]
     skipped: tuple[Skipped, ...]
     models: Mapping[str, ModelStats]
-    comparison: Comparison
+    comparison: Comparison  # on the tutorial's split (repeat 0)
     figures: tuple[str, ...]
+    repeats: int  # the repeats summarised: asked for (collect --repeats), or found in the files
+    repeated_comparison: Comparison | None  # over the repeats complete for both models; None for one repeat
 
     SCHEMA = "summary"
 

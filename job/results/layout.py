@@ -2,6 +2,7 @@
 
 RESULTS/RUN/
   MODEL/fold-K.json      a pair's result          MODEL/fold-K.ckpt/    its checkpoint while training
+  MODEL/repeat-R/fold-K.json (.ckpt/, .lease)     the same of repeat R >= 1 (repeat 0 lives in MODEL/ itself)
   final/MODEL.json       a final model's result   final/MODEL.keras     the model it names
   final/MODEL.ckpt/      its checkpoint           logs/                 the Slurm tasks' logs
   MODEL/fold-K.lease     who trains the pair now  submissions.jsonl     the arrays submitted for this run
@@ -29,6 +30,7 @@ SUMMARY_MD = "summary.md"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 _PAIR_FILE = re.compile(r"fold-(\d+)\.(json|ckpt)")
+_REPEAT_FOLDER = re.compile(r"repeat-([1-9][0-9]*)")  # repeat 0 has none: its files are where they always were
 # Names that would be special or hidden in the run folder; a model or run can never be called this.
 _RESERVED = {".", "..", FINAL, LOGS, CODE, MLFLOW_ARTIFACTS}
 NAME_MAX = 255  # bytes in one path component on ext4, XFS, Lustre, NFS: a longer run is "File name too long" later
@@ -52,6 +54,14 @@ def check_name(name: str, what: str = "run name") -> str:
     return name
 
 
+def short_name(path: Path) -> str:
+    """A file of a run as collect names it without its layout: MODEL/fold-K.json, MODEL/repeat-R/fold-K.json or
+    final/MODEL.json (the folders under the run that say what it is)."""
+    path = Path(path)
+    depth = 3 if _REPEAT_FOLDER.fullmatch(path.parent.name) and _PAIR_FILE.fullmatch(path.name) else 2
+    return "/".join(path.parts[-depth:])
+
+
 @dataclass(frozen=True)
 class RunLayout:
     results_dir: Path
@@ -66,11 +76,16 @@ class RunLayout:
         return self.results_dir / self.run
 
     # --- pairs
+    def pair_folder(self, pair: Pair) -> Path:
+        """MODEL/ for repeat 0 (the layout of a run without repeats), MODEL/repeat-R/ for the others."""
+        folder = self.folder / check_name(pair.model, "model name")
+        return folder / f"repeat-{pair.repeat}" if pair.repeat else folder
+
     def pair_result(self, pair: Pair) -> Path:
-        return self.folder / check_name(pair.model, "model name") / f"fold-{pair.fold}.json"
+        return self.pair_folder(pair) / f"fold-{pair.fold}.json"
 
     def pair_checkpoint(self, pair: Pair) -> Path:
-        return self.folder / check_name(pair.model, "model name") / f"fold-{pair.fold}.ckpt"
+        return self.pair_folder(pair) / f"fold-{pair.fold}.ckpt"
 
     def pair_lease(self, pair: Pair) -> Path:
         return self.pair_result(pair).with_suffix(".lease")
@@ -85,18 +100,29 @@ class RunLayout:
 
     def pair_results(self) -> list[Path]:
         """Every file that looks like a pair's result, whatever it holds."""
-        return sorted(p for p in self.folder.glob("*/fold-*.json") if self.pair_of(p) is not None)
+        return self._pair_paths("json")
 
     def pair_checkpoints(self) -> list[Path]:
-        return sorted(p for p in self.folder.glob("*/fold-*.ckpt") if p.is_dir() and self.pair_of(p) is not None)
+        return [p for p in self._pair_paths("ckpt") if p.is_dir()]
+
+    def _pair_paths(self, suffix: str) -> list[Path]:
+        found = [*self.folder.glob(f"*/fold-*.{suffix}"), *self.folder.glob(f"*/repeat-*/fold-*.{suffix}")]
+        return sorted(p for p in found if self.pair_of(p) is not None)
 
     def pair_of(self, path: Path) -> Pair | None:
-        """The (model, fold) a RUN/MODEL/fold-K.json or .ckpt path names; None for any other path."""
+        """The (model, fold, repeat) a RUN/MODEL/[repeat-R/]fold-K.json or .ckpt path names; None for any other."""
         path = Path(path)
         match = _PAIR_FILE.fullmatch(path.name)
-        if not match or path.parent.parent != self.folder or path.parent.name in _RESERVED:
+        if not match:
             return None
-        return Pair(path.parent.name, int(match[1]))
+        model, repeat = path.parent, 0
+        if model.parent != self.folder:
+            if not (repeat_match := _REPEAT_FOLDER.fullmatch(model.name)) or model.parent.parent != self.folder:
+                return None
+            model, repeat = model.parent, int(repeat_match[1])
+        if model.name in _RESERVED:
+            return None
+        return Pair(model.name, int(match[1]), repeat)
 
     # --- final models
     @property
@@ -174,5 +200,5 @@ class RunLayout:
         return self.folder / MLFLOW_ARTIFACTS
 
     def relative(self, path: Path) -> str:
-        """A path as collect names it: relative to the run folder (MODEL/fold-K.json)."""
+        """A path as collect names it: relative to the run folder (MODEL/fold-K.json, MODEL/repeat-R/fold-K.json)."""
         return str(Path(path).relative_to(self.folder))

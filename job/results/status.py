@@ -72,13 +72,16 @@ class PairStatus:
     def to_json(self) -> dict[str, Any]:
         rest = {k: v for k, v in vars(self).items() if k not in ("task_id", "pair", "state", "path", "log")}
         where = {"path": str(self.path), "log": None if self.log is None else str(self.log)}
-        head = {"task_id": self.task_id, "model": self.pair.model, "fold": self.pair.fold, "state": self.state.value}
+        pair = {"model": self.pair.model, "fold": self.pair.fold, "repeat": self.pair.repeat}
+        head = {"task_id": self.task_id, **pair, "state": self.state.value}
         return head | rest | where
 
 
-def status(results_dir: Path, run: str, protocol: Protocol, *, slurm: bool | None = None) -> list[PairStatus]:
-    """One PairStatus per pair, in task-id order; `slurm` None asks Slurm when it is installed."""
-    pairs = all_pairs(protocol.n_folds)
+def status(
+    results_dir: Path, run: str, protocol: Protocol, *, repeats: int = 1, slurm: bool | None = None
+) -> list[PairStatus]:
+    """One PairStatus per pair of `repeats` repeats, in task-id order; `slurm` None asks Slurm when it is installed."""
+    pairs = all_pairs(protocol.n_folds, repeats)
     submitted = read_submissions(results_dir, run)
     holders = {pair: _holder(lease_path(results_dir, run, pair)) for pair in pairs}
     job_ids = {s.job_id for s in submitted} | {h.slurm_task for h in holders.values() if h and h.slurm_task}

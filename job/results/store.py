@@ -93,26 +93,31 @@ def read_result(path: Path) -> dict[str, Any]:
 def check_pair(path: Path, layout: RunLayout) -> PairResult:
     """The result in `path` if it is a valid result for the pair its path names; ResultError saying why not.
 
-    Valid: schema-valid JSON with finite numbers; model and fold those of the path and the fold one of its config;
-    config_id the hash of its config; the held-out indices those of that fold of the (limited) training images;
-    a history as long as its epochs, whose last validation numbers are the score.
+    Valid: schema-valid JSON with finite numbers; model, fold and repeat those of the path and the fold one of its
+    config; config_id the hash of its config; the held-out indices those of that fold of that repeat's split of the
+    (limited) training images; a history as long as its epochs, whose last validation numbers are the score.
     """
-    from job.pair import folds  # deferred: scikit-learn, needed only here and to train
+    from job.pair import folds  # deferred: numpy, needed only here and to train
 
     pair = layout.pair_of(path)
     if pair is None:
-        raise ResultError(f"{path}: not a pair result's path (RUN/MODEL/fold-K.json)")
+        raise ResultError(f"{path}: not a pair result's path (RUN/MODEL/fold-K.json or RUN/MODEL/repeat-R/fold-K.json)")
     result = PairResult.from_json(load_json(path), str(path))
     config = result.config
-    if (result.model, result.fold) != pair:
-        raise ResultError(f"{path}: holds {Pair(result.model, result.fold)}, not the pair its path names")
+    held = Pair(result.model, result.fold, result.repeat)
+    if held != pair:
+        raise ResultError(f"{path}: holds {held}, not the pair its path names")
     if result.fold >= config.n_folds:
         raise ResultError(f"{path}: fold {result.fold} of a {config.n_folds}-fold config")
     if result.config_id != config.config_id:
         raise ResultError(f"{path}: config_id {result.config_id} is not its config's ({config.config_id})")
-    _, held_out = folds.split(result.data.n_train + result.data.n_val, result.fold, config)
+    try:
+        _, held_out = folds.split(result.data.n_train + result.data.n_val, result.fold, config, result.repeat)
+    except JobError as error:  # a repeat beyond what the split seed allows
+        raise ResultError(f"{path}: {error}") from None
     if folds.indices_sha256(held_out) != result.data.val_indices_sha256:
-        raise ResultError(f"{path}: its held-out images are not fold {result.fold} of its config")
+        where = f"fold {result.fold}" + (f" of repeat {result.repeat}" if result.repeat else "")
+        raise ResultError(f"{path}: its held-out images are not {where} of its config")
     if config.limit is not None and result.data.n_train + result.data.n_val != config.limit:
         raise ResultError(f"{path}: {result.data.n_train + result.data.n_val} images, its config says {config.limit}")
     check_history(result, str(path))
