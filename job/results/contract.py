@@ -4,7 +4,8 @@ Each is a frozen dataclass with one builder (`build`), `to_json()` and `from_jso
 against the type's schema (job/results/*.schema.json) before it builds anything, so a typed result is always a
 valid one; tests/test_contract.py checks every schema against its dataclass, field by field.
 
-schema_version 2 is the current version of all three. Version 1 files still read: a v1 pair result is repeat 0 of
+schema_version 2 is the current version of all three. Version 1 results still read (a summary is only ever read
+back by the collect that wrote it, so a summary is version 2 only): a v1 pair result is repeat 0 of
 its run and, like a v1 final result, says nothing of the resources it used (`resources` None); see `_V1_DEFAULTS`.
 Imports no TensorFlow (collect, pairs and the launchers use it).
 """
@@ -404,7 +405,6 @@ _T = TypeVar("_T")
 _V1_DEFAULTS: dict[str, dict[str, Any]] = {
     "result": {"repeat": 0, "resources": None},
     "final": {"resources": None},
-    "summary": {},
 }
 
 
