@@ -53,3 +53,39 @@ def test_data_anatomy_of_the_real_mnist(mnist_full: Path, tmp_path: Path) -> Non
     assert anatomy is not None and set(anatomy) == {"read_s", "gunzip_s", "sha256_s"}
     assert all(seconds >= 0 for seconds in anatomy.values())
     assert startup.data_anatomy(str(tmp_path)) is None  # no MNIST files there
+
+
+def test_tensorflow_imports_without_the_optional_packages_which_stay_importable() -> None:
+    """runtime.import_tensorflow skips what Keras imports only because it is installed; the job still can."""
+    import subprocess
+    import sys
+
+    from job.pair import runtime
+
+    code = (
+        "import sys; from job.pair import runtime; tf = runtime.import_tensorflow(); "
+        "print(sorted(m for m in runtime.OPTIONAL_IMPORTS if m in sys.modules)); "
+        "import keras, sklearn.model_selection, scipy.sparse; "
+        "print(keras.layers.Dense(2)(tf.ones((1, 3))).shape, sys.meta_path[0].__class__.__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    skipped, after = done.stdout.strip().splitlines()
+    assert skipped == "[]"
+    assert after.startswith("(1, 2)") and not after.endswith("_Skip")
+    assert set(runtime.OPTIONAL_IMPORTS) == {"sklearn", "pandas", "matplotlib", "scipy"}
+
+
+def test_a_package_already_imported_is_left_alone() -> None:
+    """With scikit-learn (and so scipy and pandas) imported before TensorFlow, its submodules load normally for Keras;
+    what nothing imported yet is still skipped."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sklearn; from job.pair import runtime; runtime.import_tensorflow(); "
+        "import sys; print('sklearn' in sys.modules, 'matplotlib' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"]
