@@ -53,3 +53,67 @@ def test_data_anatomy_of_the_real_mnist(mnist_full: Path, tmp_path: Path) -> Non
     assert anatomy is not None and set(anatomy) == {"read_s", "gunzip_s", "sha256_s"}
     assert all(seconds >= 0 for seconds in anatomy.values())
     assert startup.data_anatomy(str(tmp_path)) is None  # no MNIST files there
+
+
+def test_tensorflow_imports_without_the_optional_packages_which_stay_importable() -> None:
+    """runtime.import_tensorflow skips what Keras imports only because it is installed; the job still can."""
+    import subprocess
+    import sys
+
+    from job.pair import runtime
+
+    code = (
+        "import sys; from job.pair import runtime; tf = runtime.import_tensorflow(); "
+        "print(sorted(m for m in runtime.OPTIONAL_IMPORTS if m in sys.modules)); "
+        "import keras, sklearn.model_selection, scipy.sparse; "
+        "print(keras.layers.Dense(2)(tf.ones((1, 3))).shape, sys.meta_path[0].__class__.__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    skipped, after = done.stdout.strip().splitlines()
+    assert skipped == "[]"
+    assert after.startswith("(1, 2)") and not after.endswith("_Skip")
+    assert set(runtime.OPTIONAL_IMPORTS) == {"sklearn", "pandas", "matplotlib", "scipy"}
+
+
+def test_a_package_already_imported_is_left_alone() -> None:
+    """With scikit-learn (and so scipy and pandas) imported before TensorFlow, its submodules load normally for Keras;
+    what nothing imported yet is still skipped."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sklearn; from job.pair import runtime; runtime.import_tensorflow(); "
+        "import sys; print('sklearn' in sys.modules, 'matplotlib' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"]
+
+
+def test_the_task_is_the_run_command_on_the_pair() -> None:
+    from job.perf.bench import Spec
+    from job.perf.task import run_args, task_limit
+
+    spec = Spec(model="cnn", fold=3, epochs=2, limit=12000, data_dir="/data", custom_data=True)
+    assert run_args(spec, "/tmp/r") == [
+        "run", "--model", "cnn", "--fold", "3", "--epochs", "1", "--limit", "2000",  # 20 steps a call: 41 need 1640
+        "--results", "/tmp/r", "--allow-cpu", "--data-dir", "/data", "--custom-data",
+    ]  # fmt: skip
+    mlp = run_args(Spec(model="mlp", fold=0, epochs=3), "/tmp/r")  # 500 steps a call: 1001 steps need 40,040
+    assert mlp[mlp.index("--limit") + 1] == "40040"
+    assert task_limit(Spec(model="mlp", fold=0, epochs=3, limit=1000)) == 1000  # never more than the spec's
+
+
+def test_first_step_takes_off_the_first_calls_other_steps() -> None:
+    marks = {"at": {"first_call": 6.0}, "first_call_steps": 20}
+    assert startup.first_step(marks, step_s=0.05) == pytest.approx(6.0 - 19 * 0.05)
+    # With a second call, at its own step time: 10 steps in 0.2 s.
+    marks = {"at": {"first_call": 6.0, "second_call": 6.2}, "first_call_steps": 20, "second_call_steps": 10}
+    assert startup.first_step(marks, step_s=0.05) == pytest.approx(6.0 - 19 * 0.02)
+
+
+def test_first_step_never_goes_back_past_the_fits_start() -> None:
+    # One call only, and a step time from another process's first epoch (tracing included): too long to trust.
+    marks = {"at": {"build": 5.0, "first_call": 6.0}, "first_call_steps": 25}
+    assert startup.first_step(marks, step_s=3.0) == 5.0

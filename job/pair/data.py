@@ -2,8 +2,9 @@
 
 A dataset is read from (in this order) the ``data_dir`` argument, the data folder setting (job/settings.py), the
 Keras cache ``$KERAS_HOME/datasets/mnist.npz``, or a download of the four IDX ``.gz`` files into a local cache.
-Whatever the source, each file's uncompressed content is hashed once and its IDX structure validated;
-the original MNIST must match the published hashes unless ``custom=True``.
+Whatever the source, each file's uncompressed content is hashed at every load and its IDX structure validated;
+the original MNIST must match the published hashes unless ``custom=True``. A folder's gzipped files are gunzipped
+once: later loads read a checked copy while the file is unchanged (job.pair.verified).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from job.errors import JobError
+from job.pair import verified
 from job.pair.checkpoint import sha256_file
 from job.pair.protocol import MIN_IMAGES_PER_FOLD, Protocol
 from job.results import atomic
@@ -113,7 +115,10 @@ def load(
     local = _local_source(data_dir)
     if local is None:
         folder = Path(cache_dir or _default_cache_dir()).expanduser()
-        parts = {name: _ensure(folder, name, _mirror(mirror)) for name in MNIST_FILES}
+        cache = verified.Cache(folder) if folder.is_dir() else None  # nothing to cache before a first download
+        parts = {name: _ensure(folder, name, _mirror(mirror), cache) for name in MNIST_FILES}
+        if cache is not None:
+            cache.commit()
         return _dataset(parts, str(folder), custom=custom)
     if local.is_dir():
         return _load_folder(local, custom=custom)
@@ -166,8 +171,25 @@ def _load_folder(folder: Path, *, custom: bool) -> Dataset:
             f"{folder / missing[0]}.gz: missing (neither {missing[0]}.gz nor {missing[0]} is there) - "
             f"the folder needs all of {', '.join(MNIST_FILES)} (.gz or plain) or a mnist.npz"
         )
-    parts = {name: read_idx(path, name) for name, path in found.items() if path is not None}
+    parts = _read_through_cache(folder, {name: path for name, path in found.items() if path is not None})
     return _dataset(parts, str(folder), custom=custom)
+
+
+def _read_through_cache(folder: Path, paths: dict[str, Path]) -> dict[str, IdxFile]:
+    """Each file parsed, checked and hashed, gunzipped only if the cache holds no copy of it as it is now."""
+    cache = verified.Cache(folder)
+    parts = {name: _read_cached(cache, path, name, MAX_IDX_BYTES) for name, path in paths.items()}
+    cache.commit()
+    return parts
+
+
+def _read_cached(cache: verified.Cache, path: Path, name: str, max_bytes: int) -> IdxFile:
+    return cache.read(
+        path,
+        name,
+        read_source=lambda p: read_idx(p, name, max_bytes),
+        read_copy=lambda p: _read_npy_part(p, name, max_bytes),
+    )
 
 
 def _idx_path(folder: Path, name: str) -> Path | None:
@@ -310,6 +332,12 @@ def read_npy(f: BinaryIO, where: str, max_bytes: int) -> np.ndarray:
     return np.frombuffer(content, dtype).reshape(shape, order="F" if fortran_order else "C")
 
 
+def _read_npy_part(path: Path, name: str, max_bytes: int) -> IdxFile:
+    """A .npy file read and checked as the IDX file it stands for (the verified cache's copies)."""
+    with open_regular(path) as f:
+        return _npz_part(read_npy(f, str(path), max_bytes), name, str(path))
+
+
 def _npz_part(array: np.ndarray, name: str, where: str) -> IdxFile:
     """Hash an array as the IDX file it stands for, so npz and IDX copies of MNIST verify alike."""
     _check_array(array, name, where)
@@ -359,12 +387,17 @@ def _mismatch(got: str, name: str) -> str:
 # ---- download
 
 
-def _ensure(folder: Path, name: str, mirror: str) -> IdxFile:
-    """The verified NAME.gz in ``folder``, downloaded unless a valid copy is already there."""
+def _ensure(folder: Path, name: str, mirror: str, cache: verified.Cache | None = None) -> IdxFile:
+    """The verified NAME.gz in ``folder``, downloaded unless a valid copy is already there (read through `cache`)."""
     dest = folder / f"{name}.gz"
     if dest.is_file():
         try:
-            return _verified(read_idx(dest, name, MNIST_MAX_BYTES), name)
+            part = (
+                read_idx(dest, name, MNIST_MAX_BYTES)
+                if cache is None
+                else _read_cached(cache, dest, name, MNIST_MAX_BYTES)
+            )
+            return _verified(part, name)
         except DataError:
             pass  # a broken or foreign copy: replace it with a fresh download
     return _download(f"{mirror.rstrip('/')}/{name}.gz", dest, name)

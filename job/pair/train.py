@@ -29,7 +29,8 @@ from job.pair.usage import ProcessUsage, Spent
 from job.results.contract import History, Outcome, PairData, Resume, Score, Timings
 
 # Batches per compiled call: the same sequence of updates with a fraction of the Python overhead per step.
-STEPS_PER_EXECUTION = 50
+# None: each model's own (job.pair.models.steps_per_call), sized so that one call stays well under 2 s.
+STEPS_PER_EXECUTION = None
 # Evaluation never updates weights, so its batch changes nothing but speed (and summation order). 4x the
 # training batch: at 1000 the CNN's activations (~0.2 GB) outgrow the caches and the peak RSS (`mnist-cv bench`).
 EVAL_BATCH_SIZE = 128

@@ -10,7 +10,8 @@ run keeps one variant's graphs, caches and allocator high-water mark out of the 
   times its start-up, phase by phase (job.perf.startup).
 - bare: the same model and batches in a bare compiled loop on tensors in memory (job.perf.bare).
 - floor: the model's GEMMs timed with the job's threads (job.perf.floor): the arithmetic floor of an epoch.
-- import: a bare `python -c "import tensorflow"`, the yardstick of ours' start-up.
+- task: the real `mnist-cv run` on the pair, one epoch on a few images, timed to its first step (job.perf.task).
+- import: a bare `python -c "import tensorflow"`, the yardstick of the task's start-up.
 
 Training variants draw their initial weights from the same seed; each reports a fingerprint of them.
 With `load` > 0, that many busy loops (job.perf.load) run beside every measurement.
@@ -35,10 +36,10 @@ from typing import Any
 
 from job.errors import JobError
 from job.pair.protocol import Pair, Protocol
-from job.perf import load, startup
+from job.perf import load, startup, task
 from job.perf.report import VARIANTS, report
 
-MEASURES = (*VARIANTS, "floor", "import")  # everything a repeat measures, in its (alternating) order
+MEASURES = (*VARIANTS, "floor", "task", "import")  # everything a repeat measures, in its (alternating) order
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ def _progress_line(kind: str, run: dict[str, Any]) -> str:
         return f"floor {run['floor_samples_per_s']:,.0f} samples/s at {run['gemm_gflops']['best']:.1f} GFLOP/s"
     if kind == "import":
         return f"import tensorflow {run['import_s']:.2f}s"
+    if kind == "task":
+        return f"task's first call ended at {run['task_marks']['at']['first_call']:.2f}s"
     return f"{run['wall_s']:.1f}s, accuracy {run['accuracy']:.4f}"
 
 
@@ -106,6 +109,7 @@ def _training(kind: str) -> Callable[[Spec], dict[str, Any]]:
 MEASURE: dict[str, Callable[[Spec], dict[str, Any]]] = {
     **{variant: _training(variant) for variant in VARIANTS},
     "floor": lambda spec: _spawn("floor", spec),
+    "task": lambda spec: task.measure(spec, _worker_env()),
     "import": lambda spec: startup.bare_import(_worker_env()),
 }
 
@@ -119,6 +123,7 @@ def _derived(run: dict[str, Any], spec: Spec) -> dict[str, Any]:
         **run,
         **({"startup_phases": startup.phases(marks, step_s)} if marks else {}),
         "train_s_per_epoch": steady,
+        "step_s": step_s,
         "samples_per_s": run["n_train"] / steady,
         "train_cpu_s_per_epoch": _steady(run["train_cpu_seconds"]),
         "first_epoch_train_s": run["train_seconds"][0],

@@ -3,7 +3,8 @@
 The parent stamps the wall-clock time just before it starts a worker (SPAWNED_AT_ENV); the worker marks
 the end of each phase against that stamp, so both the job's start-up and the bare import include the
 interpreter's own start. The first compiled call runs several steps (steps_per_execution); all but the
-first are taken off at the steady-state step time, so that what is left is start-up and one step.
+first are taken off at the step time of the second call (else the steady-state one), so that what is left is
+start-up and one step.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("python", "interpreter, job imports"),
     ("tensorflow", "import tensorflow"),
     ("keras", "import keras"),
-    ("data", "read, gunzip, sha256, check"),
-    ("configure", "threads, determinism"),
+    ("data", "data.load: cached copy read, sha256, check"),
+    ("configure", "import train (folds: sklearn), threads"),
     ("build", "model, checkpoint, pipeline"),
     ("first_call", "tracing and one step"),
 )
@@ -59,6 +60,7 @@ class Marks:
         self._spawned = float(stamp) if stamp else None
         self.at: dict[str, float] = {}
         self.first_call_steps = 0
+        self.second_call_steps = 0
 
     def mark(self, phase: str) -> None:
         if self._spawned is not None and phase not in self.at:
@@ -75,14 +77,18 @@ class Marks:
                 marks.mark("build")
 
             def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+                # Keras passes the call's last step index; the second call times a step once traced.
                 if "first_call" not in marks.at:
-                    marks.first_call_steps = batch + 1  # Keras passes the call's last step index
-                marks.mark("first_call")
+                    marks.first_call_steps = batch + 1
+                    marks.mark("first_call")
+                elif "second_call" not in marks.at:
+                    marks.second_call_steps = batch + 1 - marks.first_call_steps
+                    marks.mark("second_call")
 
         return Startup()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "first_call_steps": self.first_call_steps}
+        return {"at": self.at, "first_call_steps": self.first_call_steps, "second_call_steps": self.second_call_steps}
 
 
 def phases(marks: dict[str, Any], step_s: float) -> dict[str, float] | None:
@@ -91,13 +97,23 @@ def phases(marks: dict[str, Any], step_s: float) -> dict[str, float] | None:
     if any(phase not in at for phase, _ in PHASES):
         return None
     ends = [at[phase] for phase, _ in PHASES]
-    ends[-1] -= (marks["first_call_steps"] - 1) * step_s
+    ends[-1] = first_step(marks, step_s)
     starts = [0.0, *ends[:-1]]
     return {phase: end - start for (phase, _), start, end in zip(PHASES, starts, ends, strict=True)}
 
 
+def first_step(marks: dict[str, Any], step_s: float) -> float:
+    """Seconds from the start to the end of the first training step: the first call's end less its other steps,
+    each at the step time of the second call when there was one (same process, traced), else at `step_s` (from
+    another process: never taken back past the fit's start)."""
+    at, second = marks["at"], marks.get("second_call_steps", 0)
+    if "second_call" in at and second > 0:
+        return at["first_call"] - (marks["first_call_steps"] - 1) * (at["second_call"] - at["first_call"]) / second
+    return max(at.get("build", 0.0), at["first_call"] - (marks["first_call_steps"] - 1) * step_s)
+
+
 def data_anatomy(folder: str) -> dict[str, float] | None:
-    """What reading a folder of MNIST IDX files costs, step by step (the cost of data.load without a cache)."""
+    """What reading a folder of MNIST IDX files costs, step by step: data.load's work without its verified cache."""
     from job.pair.data import MNIST_FILES
 
     paths = [next((p for p in (Path(folder) / f"{n}.gz", Path(folder) / n) if p.is_file()), None) for n in MNIST_FILES]
