@@ -206,8 +206,6 @@ def compare(
         else:
             t = float(diffs.mean() / math.sqrt((1 / k + ratio) * variance))
             p_value = _two_sided_p(t, k - 1)
-            if p_value is None:
-                notes.append("scipy is not installed: no p-value")
     return Comparison(
         baseline=baseline,
         candidate=candidate,
@@ -240,11 +238,9 @@ def compare_repeats(
     return comparison
 
 
-def _two_sided_p(t: float, df: int) -> float | None:
-    try:
-        from scipy import stats  # deferred: arrives with scikit-learn, costs a second to import
-    except ImportError:
-        return None
+def _two_sided_p(t: float, df: int) -> float:
+    from scipy import stats  # deferred: a second to import, and only a comparison needs it
+
     return float(2 * stats.t.sf(abs(t), df))
 
 

@@ -53,7 +53,7 @@ def train(
     model_name: str, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, **fit_options: Any
 ) -> tuple[Any, Outcome, TestScore, FinalData]:
     """Train on the (limited) training images, score on all test images: the model and the result's sections."""
-    from job.pair.train import fit  # deferred: the done-check of `final` needs no scikit-learn
+    from job.pair.train import fit  # deferred: the done-check of `final` loads nothing of training
 
     x_train, y_train = dataset.x_train[: protocol.limit], dataset.y_train[: protocol.limit]
     # fit() takes one image array and two index sets: the test images go after the training ones.

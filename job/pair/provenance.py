@@ -13,7 +13,7 @@ from typing import Any
 
 from job.settings import settings
 
-PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "mnist-cv")
+PACKAGES = ("tensorflow", "keras", "numpy", "mnist-cv")
 
 # Slurm's variables worth keeping, under shorter names.
 SLURM_VARS = {

@@ -29,7 +29,7 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("tensorflow", "import tensorflow"),
     ("keras", "import keras"),
     ("data", "data.load: cached copy read, sha256, check"),
-    ("configure", "import train (folds: sklearn), threads"),
+    ("configure", "import train, threads"),
     ("build", "model, checkpoint, pipeline"),
     ("first_call", "tracing and one step"),
 )
