@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from job.cli.options import add_protocol_args, add_repeats_arg, add_results_args, protocol_from_args, repeats_from_args
@@ -37,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
     repeats = repeats_from_args(args, protocol)
     statuses = status(args.results, args.run, protocol, repeats=repeats)
     if args.missing:
+        for s in statuses:
+            if s.state.blocked:  # a task for it would fail at once: said, not listed
+                print(
+                    f"mnist-cv pairs: left out task {s.task_id} {s.pair}: {s.state.value} ({s.detail})", file=sys.stderr
+                )
         spec = array_spec([s.task_id for s in statuses if s.state.needs_run])
         if not spec:
             return 1

@@ -20,6 +20,7 @@ STATE_STYLES = {
     "missing": "dim",
     "corrupt": "red",
     "other config": "red",
+    "bad lease": "red",
 }
 
 

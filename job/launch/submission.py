@@ -147,20 +147,22 @@ def pairs_to_submit(request: Request) -> list[Any]:
     as job.results.status sees them."""
     from job.results.status import status
 
-    chosen = [
+    asked = [
         s
         for s in status(request.layout.results_dir, request.layout.run, request.protocol, repeats=request.repeats)
-        # Queued and running pairs are never submitted again, --all or not: that is a second training of one pair.
-        if (request.task_ids is None or s.task_id in request.task_ids)
-        and (s.state.needs_run or (request.all and s.state == "done"))
+        if request.task_ids is None or s.task_id in request.task_ids
     ]
-    clashes = [f"{s.pair} ({s.detail})" for s in chosen if s.state == "other config"]
+    clashes = [f"{s.pair} ({s.detail})" for s in asked if s.state == "other config"]
     if clashes:  # `job run` would refuse them one by one, after queueing
         raise JobError(
             f"results of another config would be overwritten: {', '.join(clashes)}; use another --run "
             f"(this one is config {request.protocol.config_id})"
         )
-    return chosen
+    bad_leases = [f"{s.pair} ({s.detail})" for s in asked if s.state == "bad lease"]
+    if bad_leases:
+        raise JobError(f"a task would fail at once on an unreadable lease: {'; '.join(bad_leases)}")
+    # Queued and running pairs are never submitted again, --all or not: that is a second training of one pair.
+    return [s for s in asked if s.state.needs_run or (request.all and s.state == "done")]
 
 
 def describe_code(code: Any, workdir: str) -> str:

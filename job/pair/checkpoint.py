@@ -27,6 +27,8 @@ from job.results import atomic
 # What a save writes beside the variables' raw bytes (HDF5's groups and names: 18 KB for the mlp; state.json):
 # asked for on top, so a save that starts has room to finish.
 H5_OVERHEAD_BYTES = 256 << 10
+# state.json holds a few numbers per epoch: 10 epochs are about 2 KB, 1,000 epochs well under 1 MB.
+MAX_STATE_BYTES = 16 << 20
 
 
 @dataclass
@@ -62,11 +64,22 @@ class Checkpoint:
     def exists(self) -> bool:
         return self.state_file.exists()
 
+    def read_state(self) -> Any:
+        """state.json's JSON, read as a regular file of bounded size: a FIFO or /dev/zero put there (`status` reads
+        every checkpoint) is refused at once instead of hanging the reader."""
+        from job.pair.data import open_regular  # deferred: data imports this module's sha256_file
+
+        with open_regular(self.state_file) as f:
+            text = f.read(MAX_STATE_BYTES + 1)
+        if len(text) > MAX_STATE_BYTES:
+            raise ValueError(f"larger than {MAX_STATE_BYTES} bytes, which no save writes")
+        return json.loads(text)
+
     def epochs_done(self) -> int | None:
         """How far the saved state got, without loading any weights; None without a readable checkpoint."""
         try:
-            return int(json.loads(self.state_file.read_text())["epochs_done"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return int(self.read_state()["epochs_done"])
+        except (JobError, OSError, ValueError, KeyError, TypeError):
             return None
 
     def save(self, model: Any, state: TrainState) -> None:
@@ -112,11 +125,11 @@ class Checkpoint:
         state.json was edited into something a save never writes.
         """
         try:
-            saved = json.loads(self.state_file.read_text())
+            saved = self.read_state()
             weights_name = saved.pop("weights")
             expected = saved.pop("sha256")
             state = TrainState(**saved)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        except (JobError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise CorruptCheckpoint(f"{self.state_file}: unreadable ({error})") from None
         if state.config_id != config_id:
             return None

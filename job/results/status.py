@@ -41,11 +41,18 @@ class PairState(str, Enum):
     MISSING = "missing"
     CORRUPT = "corrupt"  # a result file that cannot be read
     OTHER_CONFIG = "other config"  # a result of another config holds the pair's path
+    BAD_LEASE = "bad lease"  # a lease file that is not a lease: `run` refuses the pair until someone removes it
+
+    @property
+    def blocked(self) -> bool:
+        """Whether a task for the pair would fail at once: a person has to act first (another --run, rm)."""
+        return self in (PairState.OTHER_CONFIG, PairState.BAD_LEASE)
 
     @property
     def needs_run(self) -> bool:
-        """Whether submitting the pair again makes sense: it is neither done nor queued nor running."""
-        return self not in (PairState.DONE, PairState.RUNNING, PairState.QUEUED, PairState.REQUEUED)
+        """Whether submitting the pair again makes sense: neither done nor queued nor running nor blocked."""
+        done_or_coming = (PairState.DONE, PairState.RUNNING, PairState.QUEUED, PairState.REQUEUED)
+        return self not in done_or_coming and not self.blocked
 
 
 FINISHED_AS = {"CANCELLED": PairState.CANCELLED, "PREEMPTED": PairState.PREEMPTED}
@@ -84,7 +91,9 @@ def status(
     pairs = all_pairs(protocol.n_folds, repeats)
     submitted = read_submissions(results_dir, run)
     holders = {pair: _holder(lease_path(results_dir, run, pair)) for pair in pairs}
-    job_ids = {s.job_id for s in submitted} | {h.slurm_task for h in holders.values() if h and h.slurm_task}
+    job_ids = {s.job_id for s in submitted} | {
+        h.slurm_task for h in holders.values() if isinstance(h, Holder) and h.slurm_task
+    }
     use_slurm = scheduler.available() if slurm is None else slurm
     states = scheduler.tasks(job_ids) if use_slurm and job_ids else {}
     return [
@@ -102,11 +111,12 @@ def status(
     ]
 
 
-def _holder(path: Path) -> Holder | None:
+def _holder(path: Path) -> Holder | JobError | None:
+    """The lease's holder, None without a lease, or the error that says why the lease cannot be read."""
     try:
         return read_holder(path)
-    except JobError:
-        return None  # an unreadable lease is not a holder; `run` reports it when it gets there
+    except JobError as error:
+        return error
 
 
 def _status_of(
@@ -115,7 +125,7 @@ def _status_of(
     results_dir: Path,
     run: str,
     protocol: Protocol,
-    holder: Holder | None,
+    holder: Holder | JobError | None,
     submitted: list[Submission],
     states: dict[str, TaskState],
 ) -> PairStatus:
@@ -131,6 +141,8 @@ def _status_of(
             return PairStatus(state=PairState.OTHER_CONFIG, detail=f"config {result.config_id}", **base)
         accuracy = result.score.accuracy
         return PairStatus(state=PairState.DONE, detail=f"{accuracy * 100:.3f}%", accuracy=accuracy, **base)
+    if isinstance(holder, JobError):
+        return PairStatus(state=PairState.BAD_LEASE, detail=str(holder), **base)
     epochs = Checkpoint(layout.pair_checkpoint(pair)).epochs_done()
     stale = ""
     if holder is not None:
