@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from job.analysis import sizing
 from job.errors import JobError
 from job.pair.data import MNIST_FILES
 from job.pair.protocol import DEFAULT_MODELS, Pair, all_pairs, task_for_pair
@@ -245,4 +246,5 @@ def summarise(
         models=models,
         comparison=compare(by_model, *DEFAULT_MODELS),
         figures=tuple(figures),
+        sizing=sizing.sizing({m: [r.result for r in by_model.get(m, [])] for m in models}),
     )
