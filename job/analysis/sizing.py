@@ -1,5 +1,6 @@
 """Right-sizing: what each model's pairs really used (the `resources` their results record) and the Slurm request that
-fits it with a stated margin; and, for a pair still training, when it should end against its time limit.
+fits it with a stated margin. The limit must also leave room for the requeue warning (WARNING_S): a limit shorter than
+the pair plus the warning would requeue it every time.
 
 Pure: typed results in, typed sizing and lines of text out; reads no file, imports no TensorFlow. A pair whose result
 records no resources (a version 1 file) is counted as unmeasured and said so, never guessed.
@@ -11,11 +12,9 @@ import math
 from collections.abc import Mapping, Sequence
 
 from job.results.contract import ModelSizing, PairResult, Resources, Sizing, SlurmRequest
+from job.results.projection import WARNING_S, clock
 
 TIME_MARGIN = 1.5
-# slurm/array.sh's `--signal=B:USR1@180`: a task is told to checkpoint and requeue this long before its limit, so a
-# limit shorter than the pair plus this would requeue it every time (tests/test_sizing.py pins it to the script).
-WARNING_S = 180
 TIME_STEP_S = 5 * 60
 MEM_MARGIN = 1.25
 MEM_STEP_MIB = 512
@@ -27,12 +26,6 @@ MARGIN = (
     f"{TIME_STEP_S // 60} min; --mem: the largest peak RSS x{MEM_MARGIN:g}, rounded up to {MEM_STEP_MIB} MiB; "
     "-c: the busiest pair's CPU seconds per wall second, rounded up; --gres: the GPUs the pairs used"
 )
-
-
-def clock(seconds: float) -> str:
-    """Seconds as Slurm's H:MM:SS (rounded up to the second)."""
-    hours, rest = divmod(math.ceil(seconds), 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 def slurm_memory(n_bytes: int) -> str:
@@ -122,17 +115,3 @@ def lines(found: Sizing, quote: str = "") -> list[str]:
         )
         out.append(f"{model}: suggested request {quote}{s.request.options}{quote}")
     return out
-
-
-def projection(
-    elapsed_s: int, epochs_done: int, epochs: int, latest_epoch_s: float, limit_s: int | None
-) -> tuple[int, str]:
-    """A running pair's projected total seconds (its latest epoch's pace for the epochs left), and in words."""
-    total = math.ceil(elapsed_s + max(0, epochs - epochs_done) * latest_epoch_s)
-    text = f"ends at about {clock(total)}"
-    if limit_s is not None:
-        over = total > limit_s - WARNING_S
-        text += f", {'over' if over else 'within'} its {clock(limit_s)} limit"
-        if over:
-            text += " less the requeue warning: it will requeue and resume"
-    return total, text
