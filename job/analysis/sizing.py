@@ -111,7 +111,7 @@ def lines(found: Sizing, quote: str = "") -> list[str]:
         out.append(
             f"{model}: {s.n_measured} of {n} pairs measured{unmeasured}: slowest {s.max_wall_seconds:.1f} s "
             f"(fold {s.slowest_fold}, start-up up to {s.max_startup_seconds:.1f} s), peak RSS "
-            f"{_size(s.max_peak_rss_bytes)}, CPU up to {s.max_effective_cores:.2f} of {s.cpu_count} cores, {gpu}"
+            f"{_size(s.max_peak_rss_bytes)}, CPU up to {s.max_effective_cores:.2f} of {s.cpu_count} core{'s' * (s.cpu_count != 1)}, {gpu}"
         )
         out.append(f"{model}: suggested request {quote}{s.request.options}{quote}")
     return out
