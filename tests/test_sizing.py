@@ -177,7 +177,7 @@ def test_a_gpu_pair_asks_for_its_gpus_and_reports_its_memory(
     mlp = Summary.from_json(json.loads((folder / "summary.json").read_text())).sizing.models["mlp"]
     assert (mlp.gpu_count, mlp.max_gpu_memory_bytes) == (2, 3 * GIB)
     assert mlp.request is not None and mlp.request.options.endswith("--gres=gpu:2")
-    assert "2 GPU, GPU memory peak 3.00 GiB" in out
+    assert "2 GPUs, GPU memory peak 3.00 GiB" in out
 
 
 @pytest.mark.slow

@@ -92,26 +92,27 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes / GIB:.2f} GiB" if n_bytes >= GIB else f"{n_bytes / MIB:.0f} MiB"
 
 
+def _count(n: int | None, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
+
+
 def lines(found: Sizing, quote: str = "") -> list[str]:
     """Two lines per model: the measured peaks, and the request that fits them (between `quote`s), or why none."""
     out = []
     for model, s in found.models.items():
         n = s.n_measured + s.n_unmeasured
-        unmeasured = (
-            f"; {s.n_unmeasured} without resources (written before they were measured): not counted"
-            if s.n_unmeasured
-            else ""
-        )
+        unmeasured = f"; {s.n_unmeasured} without resources{BEFORE}: not counted" if s.n_unmeasured else ""
         if s.request is None or s.max_wall_seconds is None or s.max_peak_rss_bytes is None:
             out.append(f"{model}: none of its {n} pairs records the resources it used{BEFORE}: no request suggested")
             continue
-        gpu = "no GPU" if not s.gpu_count else f"{s.gpu_count} GPU"
+        gpu = "no GPU" if not s.gpu_count else _count(s.gpu_count, "GPU")
         if s.max_gpu_memory_bytes is not None:
             gpu += f", GPU memory peak {_size(s.max_gpu_memory_bytes)}"
         out.append(
             f"{model}: {s.n_measured} of {n} pairs measured{unmeasured}: slowest {s.max_wall_seconds:.1f} s "
             f"(fold {s.slowest_fold}, start-up up to {s.max_startup_seconds:.1f} s), peak RSS "
-            f"{_size(s.max_peak_rss_bytes)}, CPU up to {s.max_effective_cores:.2f} of {s.cpu_count} core{'s' * (s.cpu_count != 1)}, {gpu}"
+            f"{_size(s.max_peak_rss_bytes)}, CPU up to {s.max_effective_cores:.2f} of {_count(s.cpu_count, 'core')}, "
+            f"{gpu}"
         )
         out.append(f"{model}: suggested request {quote}{s.request.options}{quote}")
     return out
