@@ -41,9 +41,9 @@ def request(max_wall_s: float, max_rss_bytes: int, max_cores: float, cpu_count: 
     mem = max(1, math.ceil(max_rss_bytes * MEM_MARGIN / step)) * step
     # Never more CPUs than the pairs had: a ratio a hair over a whole number is clock noise, not a core more.
     cpus = max(1, math.ceil(min(max_cores, cpu_count)))
-    gres = f"gpu:{gpus}" if gpus else "none"
-    options = f"--time={clock(time_s)} --mem={slurm_memory(mem)} -c {cpus} --gres={gres}"
-    return SlurmRequest(time=clock(time_s), mem=slurm_memory(mem), cpus=cpus, gres=gres, options=options)
+    time, memory, gres = clock(time_s), slurm_memory(mem), f"gpu:{gpus}" if gpus else "none"
+    options = f"--time={time} --mem={memory} -c {cpus} --gres={gres}"
+    return SlurmRequest(time=time, mem=memory, cpus=cpus, gres=gres, options=options)
 
 
 def effective_cores(resources: Resources) -> float:
@@ -53,15 +53,15 @@ def effective_cores(resources: Resources) -> float:
 
 def model_sizing(results: Sequence[PairResult]) -> ModelSizing:
     """The peaks over one model's results, and the request that fits them (None when none was measured)."""
-    measured = [r for r in results if r.resources is not None]
-    used = [r.resources for r in measured if r.resources is not None]  # the same, typed for the checker
+    measured = [(r, r.resources) for r in results if r.resources is not None]
+    used = [u for _, u in measured]
     if not used:
         return ModelSizing(
             n_measured=0, n_unmeasured=len(results), max_wall_seconds=None, slowest_fold=None,
             max_startup_seconds=None, max_peak_rss_bytes=None, max_effective_cores=None, cpu_count=None,
             gpu_count=0, max_gpu_memory_bytes=None, request=None,
         )  # fmt: skip
-    slowest = max(measured, key=lambda r: r.resources.wall_seconds if r.resources else 0.0)
+    slowest, _ = max(measured, key=lambda m: m[1].wall_seconds)
     wall = max(u.wall_seconds for u in used)
     rss = max(u.peak_rss_bytes for u in used)
     cores = max(effective_cores(u) for u in used)
