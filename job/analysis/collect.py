@@ -154,6 +154,7 @@ def _plan_figures(
     request: Request,
 ) -> tuple[list[Figure], list[Path], dict[str, list[str]]]:
     """The figures to draw, the old figures to remove (a grid that cannot be drawn now), and notes per final model."""
+    from job.analysis import figures as timing_and_reference
     from job.analysis import plots
 
     fmt = request.fmt
@@ -168,6 +169,7 @@ def _plan_figures(
     repeats = {model: [f.repeat for f in stats.folds] for model, stats in found.models.items()}
     used = {model: list(stats.repeats_used) for model, stats in found.models.items()}
     figures.append((layout.boxplot(fmt), lambda: plots.boxplot(accuracies, repeats, used)))
+    figures += timing_and_reference.plan(layout, list(found.models), [r.result for r in chosen], fmt)
 
     stale: list[Path] = []
     notes: dict[str, list[str]] = {}

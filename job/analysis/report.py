@@ -10,11 +10,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from job.analysis import sizing
 from job.results.contract import Comparison, MissingPair, ModelStats, Summary
 
 HEADERS = ("model", "n", "mean ± std %", "min %", "max %", "fit s (mean)", "missing / failed")
 FINAL_HEADERS = ("model", "CV mean ± std %", "final test %", "test loss", "misclassified", "trained on", "config")
 FINAL_TITLE = "Final models: scored on the test images, beside the cross-validation estimate"
+SIZING_TITLE = "Right-sizing: what the pairs used, and a Slurm request that fits"
 NONE = "-"
 
 
@@ -184,6 +186,8 @@ def print_report(summary: Summary, console: Console) -> None:
     if finals:
         console.print(_rich_table(FINAL_TITLE, FINAL_HEADERS, finals))
         _print_lines(final_notes(summary), console)
+    if summary.sizing.models:
+        _print_lines([f"{SIZING_TITLE} ({summary.sizing.margin}):", *sizing.lines(summary.sizing)], console)
 
 
 def _print_lines(lines: list[str], console: Console) -> None:
@@ -202,6 +206,9 @@ def markdown(summary: Summary) -> str:
         lines += ["", f"## {FINAL_TITLE}", "", *_markdown_table(FINAL_HEADERS, finals)]
         if notes := final_notes(summary):
             lines += ["", *(f"- {line}" for line in notes)]
+    if summary.sizing.models:
+        lines += ["", f"## {SIZING_TITLE}", "", f"Margin: {summary.sizing.margin}.", ""]
+        lines += [f"- {line}" for line in sizing.lines(summary.sizing, quote="`")]
     lines.append("")
     # PDFs do not render inline, so they are linked; PNG and SVG are shown.
     lines += [f"{'' if name.endswith('.pdf') else '!'}[{name}]({name})" for name in summary.figures]

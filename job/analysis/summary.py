@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from job.analysis import sizing
 from job.errors import JobError
 from job.pair.data import MNIST_FILES
 from job.pair.protocol import DEFAULT_MODELS, Pair, all_pairs, task_for_pair
@@ -313,4 +314,5 @@ def summarise(
         figures=tuple(figures),
         repeats=repeats,
         repeated_comparison=compare_repeats(by_model, models, *DEFAULT_MODELS) if repeats > 1 else None,
+        sizing=sizing.sizing({m: [r.result for r in by_model.get(m, [])] for m in models}),
     )

@@ -29,8 +29,9 @@ def add_parser(subparsers: Any) -> None:
         "status",
         help="one row per pair: done, running, queued, failed (with its log), requeued or missing",
         description="Show where each pair of RESULTS/RUN stands: done (accuracy), running (job, node, epochs done, "
-        "elapsed), queued (job, reason), requeued, failed/cancelled/preempted (Slurm state, exit code, log and its "
-        "last error line), interrupted (a checkpoint, nothing running) or missing. Reads the result files, leases, "
+        "elapsed, when it should end at its latest epoch's pace against its time limit), queued (job, reason), "
+        "requeued, failed/cancelled/preempted (Slurm state, exit code, log and its last error line), interrupted "
+        "(a checkpoint, nothing running) or missing. Reads the result files, leases, "
         "checkpoints and RESULTS/RUN/submissions.jsonl, and asks squeue/sacct when Slurm is installed. Give the "
         "same protocol overrides as the run, so 'done' means done with that config.",
     )

@@ -30,7 +30,7 @@ FINISHED = frozenset(
 )
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 # squeue's --Format, "|"-separated; the name last because it is the one field a user may fill with anything.
-_SQUEUE_FIELDS = "ArrayJobID:|,ArrayTaskID:|,State:|,Reason:|,NodeList:|,TimeUsed:|,Restartcnt:|,Name:"
+_SQUEUE_FIELDS = "ArrayJobID:|,ArrayTaskID:|,State:|,Reason:|,NodeList:|,TimeUsed:|,Restartcnt:|,TimeLimit:|,Name:"
 _SACCT_FIELDS = "JobID,State,ExitCode,Reason,NodeList,ElapsedRaw,JobName"
 
 
@@ -53,6 +53,7 @@ class TaskState:
     signal: int | None = None  # from sacct's ExitCode "0:9" -> 9
     restarts: int = 0  # requeues so far (squeue's restart count; at least 1 when sacct shows a REQUEUED run)
     name: str = ""
+    time_limit_s: int | None = None  # squeue's TimeLimit; None when UNLIMITED or from sacct
 
     @property
     def job_id(self) -> str:
@@ -132,10 +133,10 @@ def _squeue(selection: list[str]) -> list[TaskState]:
         raise SchedulerError(f"squeue failed: {_first_line(out.stderr)}")
     found = []
     for line in out.stdout.splitlines():
-        fields = line.split("|", 7)
-        if len(fields) != 8:
+        fields = line.split("|", 8)
+        if len(fields) != 9:
             continue  # not a line of ours (a site's squeue wrapper chatter)
-        array_job, task_ids, state, reason, node, used, restarts, name = (f.strip() for f in fields)
+        array_job, task_ids, state, reason, node, used, restarts, limit, name = (f.strip() for f in fields)
         for task_id in _task_ids(task_ids):
             found.append(
                 TaskState(
@@ -148,6 +149,7 @@ def _squeue(selection: list[str]) -> list[TaskState]:
                     elapsed_s=_seconds(used),
                     restarts=int(restarts) if restarts.isdigit() else 0,
                     name=name,
+                    time_limit_s=_seconds(limit),
                 )
             )
     return found

@@ -332,6 +332,40 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class SlurmRequest:
+    """The request that fits what a model's pairs used, with Sizing.margin on top (job/analysis/sizing.py)."""
+
+    time: str  # --time, H:MM:SS
+    mem: str  # --mem, whole G or M
+    cpus: int  # -c
+    gres: str  # --gres: "gpu:N" when the pairs used a GPU, "none" when they did not
+    options: str  # the sbatch options as one line: --time=0:05:00 --mem=1536M -c 1 --gres=none
+
+
+@dataclass(frozen=True)
+class ModelSizing:
+    """What one model's pairs used, measured (the peaks over its pairs), and the request that fits it."""
+
+    n_measured: int  # pairs whose result says what it used
+    n_unmeasured: int  # pairs without resources (version 1 files): counted, never guessed
+    max_wall_seconds: float | None
+    slowest_fold: int | None
+    max_startup_seconds: float | None
+    max_peak_rss_bytes: int | None
+    max_effective_cores: float | None  # the busiest pair's cpu_seconds / wall_seconds
+    cpu_count: int | None  # the most CPUs a pair could run on
+    gpu_count: int  # the most GPUs a pair saw; 0 on the CPU
+    max_gpu_memory_bytes: int | None  # None without a GPU or when TensorFlow could not tell
+    request: SlurmRequest | None  # None when no pair was measured
+
+
+@dataclass(frozen=True)
+class Sizing:
+    margin: str  # the margin the requests carry, in words
+    models: Mapping[str, ModelSizing]  # the models with at least one valid result
+
+
+@dataclass(frozen=True)
 class Summary:
     """collect's summary of a run (RESULTS/RUN/summary.json): built once, with the figures drawn beside it."""
 
@@ -352,6 +386,7 @@ class Summary:
     figures: tuple[str, ...]
     repeats: int  # the repeats summarised: asked for (collect --repeats), or found in the files
     repeated_comparison: Comparison | None  # over the repeats complete for both models; None for one repeat
+    sizing: Sizing
 
     SCHEMA = "summary"
 

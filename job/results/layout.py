@@ -181,6 +181,12 @@ class RunLayout:
     def learning_curves(self, model: str, fmt: str) -> Path:
         return self.folder / f"learning-curves-{model}.{fmt}"
 
+    def fold_accuracy(self, model: str, fmt: str) -> Path:
+        return self.folder / f"fold-accuracy-{model}.{fmt}"
+
+    def epoch_seconds(self, model: str, fmt: str) -> Path:
+        return self.folder / f"epoch-seconds-{model}.{fmt}"
+
     def boxplot(self, fmt: str) -> Path:
         return self.folder / f"boxplot.{fmt}"
 

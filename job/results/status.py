@@ -7,7 +7,7 @@ Without Slurm the same files still tell done, running (a live lease), interrupte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -21,6 +21,7 @@ from job.pair.protocol import Pair, Protocol, all_pairs
 from job.results import store
 from job.results.layout import RunLayout
 from job.results.lease import Holder, gone_because, lease_path, read_holder
+from job.results.projection import latest_epoch_seconds, projection
 from job.results.submissions import Submission, read_submissions
 
 LOG_TAIL_BYTES = 64 * 1024  # the last error line is near the end; a log can be megabytes of epochs
@@ -75,6 +76,8 @@ class PairStatus:
     exit_code: int | None = None
     log: Path | None = None
     last_error: str | None = None
+    time_limit_s: int | None = None  # the Slurm task's limit, when squeue tells it
+    projected_s: int | None = None  # a running pair's projected total, from its latest epoch's pace
 
     def to_json(self) -> dict[str, Any]:
         rest = {k: v for k, v in vars(self).items() if k not in ("task_id", "pair", "state", "path", "log")}
@@ -148,11 +151,11 @@ def _status_of(
     if holder is not None:
         gone = gone_because(holder, states.get)  # the one query's answers; empty without Slurm: alive then
         if gone is None:
-            return _running(base, holder, states.get(holder.slurm_task or ""), epochs)
+            return _projected(_running(base, holder, states.get(holder.slurm_task or ""), epochs), layout, protocol)
         stale = f"; stale lease: {gone}"
     submission, task = _latest(submitted, states)
     if task is not None and not task.finished:
-        return _live(base, submission, task, epochs)
+        return _projected(_live(base, submission, task, epochs), layout, protocol)
     if task is not None and task.state != "COMPLETED":
         return _ended(base, submission, task, epochs, stale)
     if submission is not None and task is None and any(s.startswith(f"{submission.array_job_id}_") for s in states):
@@ -198,8 +201,18 @@ def _running(base: dict[str, Any], holder: Holder, task: TaskState | None, epoch
         node=node,
         epochs_done=epochs,
         elapsed_s=elapsed,
+        time_limit_s=None if task is None else task.time_limit_s,
         **base,
     )
+
+
+def _projected(found: PairStatus, layout: RunLayout, protocol: Protocol) -> PairStatus:
+    """A running pair with an epoch done, with when it should end at its latest epoch's pace (others unchanged)."""
+    pace = latest_epoch_seconds(layout.pair_checkpoint(found.pair)) if found.state == PairState.RUNNING else None
+    if pace is None or not found.epochs_done or found.elapsed_s is None:
+        return found
+    total, text = projection(found.elapsed_s, found.epochs_done, protocol.epochs, pace, found.time_limit_s)
+    return replace(found, detail=f"{found.detail}; {text}", projected_s=total)
 
 
 def _live(base: dict[str, Any], submission: Submission | None, task: TaskState, epochs: int | None) -> PairStatus:
@@ -212,6 +225,7 @@ def _live(base: dict[str, Any], submission: Submission | None, task: TaskState, 
             epochs_done=epochs,
             elapsed_s=task.elapsed_s,
             slurm_state=task.state,
+            time_limit_s=task.time_limit_s,
             **base,
         )
     requeued = task.restarts > 0 or task.state.startswith("REQUEUE")
