@@ -57,7 +57,8 @@ def assign(items: list[pytest.Item]) -> dict[pytest.Item, str]:
 def distribute(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under `--dist loadgroup`: mark each item's group, and order the groups biggest first (the slurm group, then
     the shared fixtures', then single tests), so that the long ones start at once and the short ones fill the end."""
-    if getattr(config.option, "dist", "no") != "loadgroup" or not hasattr(config, "workerinput"):
+    # On a worker xdist sets `dist` to "no" and keeps whether it was loadgroup here.
+    if not (hasattr(config, "workerinput") and getattr(config.option, "loadgroup", False)):
         return
     groups = assign(items)
     for item, group in groups.items():
