@@ -63,5 +63,15 @@ def distribute(config: pytest.Config, items: list[pytest.Item]) -> None:
     groups = assign(items)
     for item, group in groups.items():
         item.add_marker(pytest.mark.xdist_group(group))
+        _suffix(item, group)
     rank = {item: 0 if groups.get(item) == SLURM else 1 if item in groups else 2 for item in items}
     items.sort(key=rank.__getitem__)
+
+
+def _suffix(item: pytest.Item, group: str) -> None:
+    """loadgroup reads a test's group from the `@GROUP` end of its id, which xdist (3.8) writes into `_nodeid`;
+    pytest 9.2 reads ids from `_id` instead, so without this every test would be a group of its own."""
+    if hasattr(item, "_id") and not item.nodeid.endswith(f"@{group}"):
+        from _pytest.nodeid import NodeId
+
+        item._id = NodeId.parse(f"{item.nodeid}@{group}")
