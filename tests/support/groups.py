@@ -1,13 +1,14 @@
 """Which tests must run in the same pytest-xdist worker (`--dist loadgroup`, pyproject.toml's addopts).
 
-Two kinds of tests may not be split between the two workers:
+Three kinds of tests may not be split between the two workers:
 - the tests that submit to the one local Slurm cluster (marked `slurm`): some restart it with another GPU count
   (tests/support/cluster.py's reconfigure), which must never happen under another test's jobs, and each waits
   for the node's two CPUs, so two of them at once would only queue behind each other;
 - the tests that share a module- or session-scoped fixture of their own module (ten pairs trained once, say):
-  split, each worker would train them again.
+  split, each worker would train them again;
+- the tests that watch processes machine-wide (TOGETHER).
 So the tests are joined wherever they share such a fixture; a group holding a `slurm` test is the `slurm` group,
-any other one is named after its module, and a test that shares nothing is scheduled on its own.
+any other one is named after its module (or TOGETHER's name), and a test that shares nothing is scheduled alone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from collections.abc import Iterable
 import pytest
 
 SLURM = "slurm"
+# Modules whose tests watch processes machine-wide (the bench's busy loops: every one gone after the bench), so
+# they must not run beside each other.
+TOGETHER = {"tests/test_bench.py": "busy-loops", "tests/test_perf_load.py": "busy-loops"}
 _SHARED_SCOPES = {"module", "package", "session"}
 
 
@@ -44,13 +48,17 @@ def assign(items: list[pytest.Item]) -> dict[pytest.Item, str]:
             parent[root(item)] = root(fixture)
         if item.get_closest_marker(SLURM):
             parent[root(item)] = root(SLURM)
+        if together := TOGETHER.get(item.nodeid.split("::")[0]):
+            parent[root(item)] = root(together)
     groups: dict[pytest.Item, str] = {}
     for item in items:
         top = root(item)
         if top == root(SLURM):
             groups[item] = SLURM
         elif top != item:
-            groups[item] = item.nodeid.split("::")[0].removeprefix("tests/").removesuffix(".py")
+            groups[item] = (
+                top if isinstance(top, str) else item.nodeid.split("::")[0].split("/")[-1].removesuffix(".py")
+            )
     return groups
 
 
