@@ -1,4 +1,5 @@
-"""Fixtures shared by the test files: the MNIST they train on (tests/support/mnist.py says where it comes from)."""
+"""Fixtures shared by the test files: the MNIST they train on (tests/support/mnist.py says where it comes from);
+and which tests share a pytest-xdist worker (tests/support/groups.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from support import mnist
+from support import groups, mnist
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups.distribute(config, items)
 
 
 @pytest.fixture(scope="session")

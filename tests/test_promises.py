@@ -125,8 +125,20 @@ def tmpfs(where: Path, size: str, *options: str) -> Iterator[Path]:
         ([], "no pair given"),
         (["--model", "mlp", "--fold", "0", "--seed", "-1"], "--seed must be 0 to 4294967295, got -1"),
         (["--model", "mlp", "--fold", "x"], "invalid int value: 'x'"),
+        (["--model", "mlp", "--fold", "0", "--epochs", "\u0663"], "--epochs: not a whole number: '\u0663'"),
+        (["--model", "mlp", "--fold", "0", "--limit", "1_000"], "--limit: not a whole number: '1_000'"),
     ],
-    ids=["unknown-model", "fold-5", "task-10", "task-and-model", "no-pair", "negative-seed", "not-a-number"],
+    ids=[
+        "unknown-model",
+        "fold-5",
+        "task-10",
+        "task-and-model",
+        "no-pair",
+        "negative-seed",
+        "not-a-number",
+        "arabic-indic-epochs",
+        "underscored-limit",  # int() reads the last two as 3 and 1000
+    ],
 )
 def test_a_usage_error_exits_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     done = cli("run", *args, "--results", str(tmp_path), env={"SLURM_ARRAY_TASK_ID": ""}, timeout=60)

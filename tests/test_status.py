@@ -102,7 +102,11 @@ def test_status_shows_every_state_of_a_run_and_pairs_missing_skips_queued_and_ru
             return statuses if statuses[2].state == PairState.RUNNING and statuses[2].epochs_done else None
 
         during: list[PairStatus] = wait_for("task 2 to train an epoch", training)  # type: ignore[assignment]
-        out = cli("status", "--results", str(run.results), *PROTOCOL)
+        missing = cli("pairs", "--missing", "--results", str(run.results), *PROTOCOL)
+        # Cancelled at once: task 2 (an mlp) trains its 60 epochs in seconds, and a busy machine would let it finish.
+        subprocess.run(["scancel", f"{cancelled}_2"], check=True)
+        # Wide enough that no cell wraps: the test folder's path is longer under xdist (popen-gw0/).
+        out = cli("status", "--results", str(run.results), *PROTOCOL, env={"COLUMNS": "200"})
         assert out.returncode == 0, out.stderr
         print(out.stdout)  # the table, as a user sees it (pytest -s)
         shown = json.loads(cli("status", "--json", "--results", str(run.results), *PROTOCOL).stdout)
@@ -127,10 +131,8 @@ def test_status_shows_every_state_of_a_run_and_pairs_missing_skips_queued_and_ru
         assert during[5].job_id == f"{leased}_5" and "no epoch done yet" in during[5].detail
         assert f"{leased}_5" in out.stdout and "no-such-folder" in out.stdout
 
-        missing = cli("pairs", "--missing", "--results", str(run.results), *PROTOCOL)
         assert (missing.returncode, missing.stdout) == (0, "1,6-9\n")  # not the running, queued, requeued ones
 
-        subprocess.run(["scancel", f"{cancelled}_2"], check=True)
         wait_for("task 2 to be cancelled", lambda: row(run.status(), 2).state == PairState.CANCELLED)
         after = row(run.status(), 2)
         assert after.slurm_state == "CANCELLED" and "checkpoint after epoch" in after.detail

@@ -169,6 +169,7 @@ def test_task_ids_take_slurms_array_syntax(spec: str, ids: set[int]) -> None:
         (["--task-ids", "0_5"], "not task ids like 0,5 or 5-9"),  # int() reads '0_5' as 5
         (["--task-ids", " 3"], "not task ids like 0,5 or 5-9"),
         (["--time", "\u0663"], "not a whole number"),
+        (["--epochs", "\u0663"], "--epochs: not a whole number"),  # a shared option: `run` and `final` too
         (["--mem-gb", "nan"], "not a positive number"),
         (["--mem-gb", "inf"], "not a positive number"),
         (["--mem-gb", "0"], "not a positive number"),

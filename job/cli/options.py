@@ -5,6 +5,7 @@ so every command spells them the same way."""
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,17 @@ from job.pair.protocol import Protocol
 
 if TYPE_CHECKING:
     from job.pair.session import Inputs
+
+
+# ASCII digits only: int() also reads '٣' as 3, '1_0' as 10 and ' 3' as 3, none of which a user meant as given.
+_WHOLE = re.compile(r"-?[0-9]+")
+
+
+def whole_number(text: str) -> int:
+    """An int option's value; the range is checked where the value is used (Protocol), so a sign is kept."""
+    if not _WHOLE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -75,10 +87,10 @@ DATA_OPTIONS = (
     ),
 )
 PROTOCOL_OPTIONS = (
-    Option("--epochs", f"epochs per pair (default {Protocol.epochs})", type=int),
-    Option("--batch-size", f"training batch size (default {Protocol.batch_size})", type=int),
-    Option("--seed", f"seed for weights and shuffling (default {Protocol.seed})", type=int),
-    Option("--limit", "use only the first N training images (default: all 60,000)", type=int),
+    Option("--epochs", f"epochs per pair (default {Protocol.epochs})", type=whole_number),
+    Option("--batch-size", f"training batch size (default {Protocol.batch_size})", type=whole_number),
+    Option("--seed", f"seed for weights and shuffling (default {Protocol.seed})", type=whole_number),
+    Option("--limit", "use only the first N training images (default: all 60,000)", type=whole_number),
     Option("--mixed-precision", "train in mixed_float16 (GPU speed-up; changes numbers)", switch=True),
     Option("--xla", "compile with XLA (changes rounding; not deterministic)", switch=True),
 )
