@@ -76,12 +76,14 @@ def checkpoint_of(results: Path, fold: int = 0) -> Path:
     return results / "default" / "mlp" / f"fold-{fold}.ckpt"
 
 
-def stop_in_epoch_2(args: list[str], sig: signal.Signals) -> subprocess.CompletedProcess[str]:
-    """Run the CLI for 20 epochs and send `sig` once epoch 2 has started (epoch 1's checkpoint is on disk).
+# An epoch of 1,600 images is one compiled call of 30-100 ms: 100 epochs leave a loaded machine (CI's two workers)
+# seconds to deliver the signal before the training could end by itself; a stopped run costs 2-3 of them.
+STOP_EPOCHS = "100"
 
-    20 epochs: an epoch of 1,600 images takes 0.1 s, and the signal must find the training still running.
-    """
-    args = [*args, "--epochs", "20"]
+
+def stop_in_epoch_2(args: list[str], sig: signal.Signals) -> subprocess.CompletedProcess[str]:
+    """Run the CLI for STOP_EPOCHS epochs and send `sig` once epoch 2 has started (epoch 1's checkpoint is on disk)."""
+    args = [*args, "--epochs", STOP_EPOCHS]
     child = subprocess.Popen(
         [sys.executable, "-m", "job", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -311,7 +313,7 @@ def test_a_stop_signal_exits_3_keeps_the_checkpoint_and_a_rerun_resumes(mnist_mi
     assert_one_line_after_the_signal_notice(stopped, 3, "stopped by a signal")
     assert json.loads((checkpoint_of(tmp_path) / "state.json").read_text())["epochs_done"] >= 1
     assert not (tmp_path / "default" / "mlp" / "fold-0.json").exists()
-    rerun = cli(*train_args(tmp_path, mnist_mini, "--epochs", "20"))
+    rerun = cli(*train_args(tmp_path, mnist_mini, "--epochs", STOP_EPOCHS))
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert result_of(tmp_path)["resume"]["count"] == 1
 
@@ -332,7 +334,7 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(mnist_mini: Pat
 
 
 def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(mnist_mini: Path, tmp_path: Path) -> None:
-    assert cli(*train_args(tmp_path, mnist_mini, "--epochs", "20")).returncode == 0
+    assert cli(*train_args(tmp_path, mnist_mini, "--epochs", STOP_EPOCHS)).returncode == 0
     written = (tmp_path / "default" / "mlp" / "fold-0.json").read_bytes()
     stopped = stop_in_epoch_2(train_args(tmp_path, mnist_mini, "--force"), signal.SIGTERM)
     assert stopped.returncode == 3, stopped.stderr[-2000:]
