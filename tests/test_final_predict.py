@@ -25,7 +25,9 @@ from job.pair import data, predict
 
 pytestmark = pytest.mark.slow  # a final model is trained, stopped, resumed: most tests need it
 
-LIMIT, EPOCHS = 3000, 6  # an MLP on 3,000 images: about a second of training, about 90% test accuracy
+# An MLP on 3,000 images, about 90% test accuracy. An epoch is one compiled call of well under a second: 30 of them
+# leave a loaded machine time to deliver the SIGTERM sent after epoch 2 before the training could end by itself.
+LIMIT, EPOCHS = 3000, 30
 
 
 def error_lines(stderr: str) -> list[str]:
