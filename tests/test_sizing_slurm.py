@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from support import cli, wait_for
-from support.cluster import ARRAY_SCRIPT, array_env, ensure_cluster, submit, submit_array, wait_for_jobs
+from support.cluster import ARRAY_SCRIPT, array_env, ensure_cluster, sacct, submit, submit_array, wait_for_jobs
 
 from job.launch import resources
 from job.pair.protocol import Pair, Protocol
@@ -26,18 +26,6 @@ pytestmark = pytest.mark.slurm
 
 QUICK = ("--epochs", "2", "--limit", "2000", "--custom-data")
 MLP_TASKS = "0-4"  # the five mlp pairs
-
-
-def sacct(job: str, *fields: str) -> dict[str, dict[str, str]]:
-    """Task -> {field: value} for each array task of `job`."""
-    out = subprocess.run(
-        ["sacct", "-j", job, "-X", "-n", "-P", "-o", ",".join(("JobID", *fields))],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    rows = (line.split("|") for line in out.stdout.splitlines())
-    return {row[0]: dict(zip(fields, row[1:], strict=True)) for row in rows}
 
 
 @pytest.mark.slow  # two arrays of five real pairs, one CPU each on a two-CPU node shared with other jobs

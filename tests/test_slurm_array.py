@@ -19,6 +19,7 @@ from support.cluster import (
     SlurmError,
     array_env,
     reconfigure,
+    sacct,
     wait_for_jobs,
     with_gpus,
 )
@@ -45,18 +46,6 @@ class ArrayRun(NamedTuple):
 
 def submit_array(folder: Path, data: Path, *sbatch_options: str) -> str:
     return cluster.submit_array(folder, array_env(data, folder / "results"), (*QUICK, "--custom-data"), *sbatch_options)
-
-
-def sacct(job: str, *fields: str) -> dict[str, dict[str, str]]:
-    """Task -> {field: value} for each array task of `job`."""
-    out = subprocess.run(
-        ["sacct", "-j", job, "-X", "-n", "-P", "-o", ",".join(("JobID", *fields))],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    rows = (line.split("|") for line in out.stdout.splitlines())
-    return {row[0]: dict(zip(fields, row[1:], strict=True)) for row in rows}
 
 
 def log_of(run: ArrayRun, task: int) -> str:

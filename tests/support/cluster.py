@@ -180,6 +180,18 @@ def wait_for_jobs(job_id: str, timeout: float = 120) -> dict[str, str]:
 ARRAY_SCRIPT = ROOT / "slurm" / "array.sh"
 
 
+def sacct(job: str, *fields: str) -> dict[str, dict[str, str]]:
+    """Task -> {field: value} for each array task of `job`."""
+    out = subprocess.run(
+        ["sacct", "-j", job, "-X", "-n", "-P", "-o", ",".join(("JobID", *fields))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = (line.split("|") for line in out.stdout.splitlines())
+    return {row[0]: dict(zip(fields, row[1:], strict=True)) for row in rows}
+
+
 def with_gpus() -> dict[str, str]:
     """The cluster with its fake GPUs: slurm/array.sh asks for one GPU per task."""
     info = ensure_cluster()
