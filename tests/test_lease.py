@@ -19,12 +19,13 @@ from job.errors import JobError
 from job.launch import scheduler
 from job.results.lease import Holder, Lease, LeaseHeld, LeaseLost, read_holder
 
-# A process that takes the lease once `go` exists, marks the pair as its own (as training would) and holds it.
+# A process that takes the lease once `go` exists, marks the pair as its own (as training would) and holds it until
+# `release` exists or `hold` seconds have passed.
 CONTENDER = """
 import os, sys, time
 from pathlib import Path
 from job.results.lease import Lease, LeaseHeld
-path, go, hold = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+path, go, hold, release = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4])
 (go.parent / f"ready-{os.getpid()}").touch()
 while not go.exists():
     time.sleep(0.001)
@@ -36,13 +37,17 @@ except LeaseHeld as error:
 with lease:
     (path.parent / f"trained-by-{os.getpid()}").touch()
     print("acquired", flush=True)
-    time.sleep(hold)
+    deadline = time.monotonic() + hold
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 """
 
 
 def contender(path: Path, go: Path, hold: float = 0.0, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    release = path.parent / "release"
+    release.unlink(missing_ok=True)
     return subprocess.Popen(
-        [*prefix, sys.executable, "-c", CONTENDER, str(path), str(go), str(hold)],
+        [*prefix, sys.executable, "-c", CONTENDER, str(path), str(go), str(hold), str(release)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -50,17 +55,23 @@ def contender(path: Path, go: Path, hold: float = 0.0, prefix: tuple[str, ...] =
 
 
 def race(path: Path, n: int) -> list[tuple[int, str, int]]:
-    """n processes acquire the same lease at once; (exit code, stderr, pid) of each."""
+    """n processes acquire the same lease at once; (exit code, stderr, pid) of each.
+
+    A holder keeps the lease until all but one contender have ended, however slow a loaded machine makes them: a
+    contender that came late to a lease already released would rightly take it, and prove nothing."""
     go = path.parent / "go"
     go.unlink(missing_ok=True)
     for ready in path.parent.glob("ready-*"):
         ready.unlink()
-    procs = [contender(path, go, hold=1.0) for _ in range(n)]
+    procs = [contender(path, go, hold=120) for _ in range(n)]
     deadline = time.monotonic() + 120
     while len(list(path.parent.glob("ready-*"))) < n:  # every interpreter is up: the start is simultaneous
         assert time.monotonic() < deadline, "contenders did not start"
         time.sleep(0.05)
     go.touch()
+    while sum(p.poll() is not None for p in procs) < n - 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (path.parent / "release").touch()
     return [(p.wait(timeout=120), p.communicate()[1], p.pid) for p in procs]
 
 
@@ -205,7 +216,7 @@ def as_other_host(path: Path) -> subprocess.CompletedProcess[str]:
     """Acquire the lease from a process whose host name differs (its own UTS namespace), as a second node would."""
     go = path.parent / "go-other"
     go.touch()
-    command = f'hostname node-b && exec "$0" -c "$1" {path} {go} 0'
+    command = f'hostname node-b && exec "$0" -c "$1" {path} {go} 0 {path.parent}/no-release'
     return subprocess.run(
         ["unshare", "--uts", "sh", "-c", command, sys.executable, CONTENDER],
         capture_output=True,
@@ -225,7 +236,9 @@ def test_a_lease_of_a_slurm_job_is_kept_while_it_runs_and_taken_over_once_it_end
     # A job holding the lease: another node cannot see its pid, so only Slurm can say it is alive.
     go = tmp_path / "go-job"
     go.touch()
-    job = submit([*small, "--wrap", f"{sys.executable} -c '{CONTENDER}' {path} {go} 600"], env=env)
+    job = submit(
+        [*small, "--wrap", f"{sys.executable} -c '{CONTENDER}' {path} {go} 600 {tmp_path}/no-release"], env=env
+    )
     try:
         wait_for("the job to take the lease", path.exists)
         assert read_holder(path).slurm_job_id == job

@@ -85,7 +85,13 @@ def stop_in_epoch_2(args: list[str], sig: signal.Signals) -> subprocess.Complete
     """Run the CLI for STOP_EPOCHS epochs and send `sig` once epoch 2 has started (epoch 1's checkpoint is on disk)."""
     args = [*args, "--epochs", STOP_EPOCHS]
     child = subprocess.Popen(
-        [sys.executable, "-m", "job", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "job", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As from a terminal: a shell without job control starts background commands (a CI script's, say) with
+        # SIGINT ignored, Python then leaves it ignored, and Ctrl-C could never reach the job.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     for line in child.stdout:
