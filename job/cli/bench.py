@@ -8,7 +8,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from job.cli.options import add_data_args
+from job.cli.options import add_data_args, whole_number
 from job.errors import UsageError
 from job.pair.protocol import Protocol, check_fold
 
@@ -71,12 +71,18 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="mlp", help="model name (default mlp)")
-    p.add_argument("--fold", type=int, default=0, help="held-out fold, 0-4 (default 0)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3; 2+ to see the steady state)")
-    p.add_argument("--limit", type=int, help="use only the first N training images (default: all 60,000)")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each variant (default 3)")
+    p.add_argument("--fold", type=whole_number, default=0, help="held-out fold, 0-4 (default 0)")
     p.add_argument(
-        "--load", type=int, default=0, metavar="N", help="busy loops running beside every measured run (default 0)"
+        "--epochs", type=whole_number, default=3, help="epochs per run (default 3; 2+ to see the steady state)"
+    )
+    p.add_argument("--limit", type=whole_number, help="use only the first N training images (default: all 60,000)")
+    p.add_argument("--repeats", type=whole_number, default=3, help="runs of each variant (default 3)")
+    p.add_argument(
+        "--load",
+        type=whole_number,
+        default=0,
+        metavar="N",
+        help="busy loops running beside every measured run (default 0)",
     )
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
     add_data_args(p)

@@ -29,6 +29,18 @@ def whole_number(text: str) -> int:
     return int(text)
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """A whole-number option that must be `minimum` or more (a Slurm time, a count), refused at parse time."""
+
+    def parse(text: str) -> int:
+        value = whole_number(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 @dataclass(frozen=True)
 class Option:
     flag: str

@@ -14,6 +14,7 @@ from job.cli.options import (
     add_results_args,
     inputs_from_args,
     protocol_from_args,
+    whole_number,
 )
 from job.errors import UsageError
 from job.pair.protocol import (
@@ -38,8 +39,10 @@ def add_parser(subparsers: Any) -> None:
     )
     which = p.add_argument_group("which pair (either --model and --fold [and --repeat], or a task id)")
     which.add_argument("--model", help=f"model name ({', '.join(DEFAULT_MODELS)}, or an extra one like cnn-small)")
-    which.add_argument("--fold", type=int, help="held-out fold, 0-4")
-    which.add_argument("--repeat", type=int, help="repeat of the cross-validation (default 0: the tutorial's split)")
+    which.add_argument("--fold", type=whole_number, help="held-out fold, 0-4")
+    which.add_argument(
+        "--repeat", type=whole_number, help="repeat of the cross-validation (default 0: the tutorial's split)"
+    )
     which.add_argument(
         "--task-id",
         type=task_id_arg,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from job.cli.options import (
     add_protocol_args,
     add_repeats_arg,
     add_results_args,
+    at_least,
     forward,
     protocol_from_args,
     repeats_from_args,
@@ -119,21 +119,7 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
-# ASCII digits only: int() also takes '٣' (as 3), '0_5' (as 5) and surrounding blanks, which sbatch would not.
-_WHOLE = re.compile(r"-?[0-9]+")
 _ARRAY_SPEC = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
-
-
-def at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not _WHOLE.fullmatch(text):
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def positive_gigabytes(text: str) -> float:

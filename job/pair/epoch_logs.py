@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from job.errors import JobError
+from job.pair import runtime
 from job.pair.checkpoint import TrainState
 from job.results import atomic
 
@@ -59,7 +60,7 @@ class EpochLogs:
             self.close()
             shutil.rmtree(self.tensorboard, ignore_errors=True)  # this training's event files, all of them stale
             self.tensorboard.mkdir(parents=True)
-            self._writer = _tensorflow().summary.create_file_writer(str(self.tensorboard))
+            self._writer = runtime.import_tensorflow().summary.create_file_writer(str(self.tensorboard))
             for row in past:
                 self._write_events(row)
             self._writer.flush()
@@ -81,7 +82,7 @@ class EpochLogs:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        tf = _tensorflow()
+        tf = runtime.import_tensorflow()
         try:
             yield
         except (OSError, tf.errors.OpError) as error:
@@ -92,16 +93,10 @@ class EpochLogs:
             ) from None
 
     def _write_events(self, row: dict[str, float]) -> None:
-        tf = _tensorflow()
+        tf = runtime.import_tensorflow()
         with self._writer.as_default():
             for tag in COLUMNS[1:]:
                 tf.summary.write(tag, tf.constant(row[tag], tf.float32), step=row["epoch"], metadata=_scalar_metadata())
-
-
-def _tensorflow() -> Any:
-    from job.pair import runtime
-
-    return runtime.import_tensorflow()
 
 
 @cache

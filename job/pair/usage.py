@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from job.pair import runtime
 from job.results.contract import GpuUse, Resources
 
 NVIDIA_SMI_TIMEOUT_S = 10
@@ -99,15 +100,9 @@ class ProcessUsage:
         )
 
 
-def _tensorflow() -> Any:
-    from job.pair import runtime
-
-    return runtime.import_tensorflow()
-
-
 def gpu_peak_memory() -> int | None:
     """Peak bytes TensorFlow allocated on GPU:0 in this process (the device training uses); None without a GPU."""
-    tf = _tensorflow()
+    tf = runtime.import_tensorflow()
     if not tf.config.list_physical_devices("GPU"):
         return None
     return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
@@ -115,7 +110,7 @@ def gpu_peak_memory() -> int | None:
 
 def gpu_use(peak_memory_bytes: int | None) -> GpuUse | None:
     """The GPUs TensorFlow sees, or None on the CPU."""
-    tf = _tensorflow()
+    tf = runtime.import_tensorflow()
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return None
