@@ -182,6 +182,16 @@ def test_damaged_copies_are_detected_and_rebuilt(mini: Path, reads: list[str]) -
     assert reads == []
 
 
+def test_a_copy_far_larger_than_its_header_says_is_rebuilt(mini: Path, reads: list[str]) -> None:
+    first = data.load(mini, custom=True)
+    images = cache_of(mini) / f"{TRAIN_IMAGES}.npy"
+    with open(images, "ab") as copy:
+        copy.write(bytes(10 << 20))  # 10 MB past the shape its .npy header declares
+    reads.clear()
+    assert_same(first, data.load(mini, custom=True))
+    assert reads == [TRAIN_IMAGES]  # its source read again; the other copies still trusted
+
+
 def test_a_copy_swapped_for_other_valid_data_is_not_trusted(mini: Path, reads: list[str]) -> None:
     first = data.load(mini, custom=True)
     cache = cache_of(mini)
