@@ -163,7 +163,7 @@ def add_repeats_arg(parser: argparse.ArgumentParser | Any, default: int | None =
 
 def repeats_arg(text: str) -> int:
     """A whole number of repeats, 1 or more (the protocol bounds it further: see repeats_from_args)."""
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
+    if not _WHOLE.fullmatch(text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a number of repeats (1 or more): {text!r}")
     return int(text)
 
