@@ -35,7 +35,7 @@ dataset = data.load(folder, custom=True)
 protocol = Protocol().with_overrides(epochs=2, limit=3000)
 out = {}
 for steps in (50, None):
-    train.STEPS_PER_EXECUTION = steps
+    train.STEPS_PER_CALL = steps
     with tempfile.TemporaryDirectory() as tmp:
         outcome, _ = train.fit_pair(Pair(model, 0), protocol, dataset, Checkpoint(Path(tmp)), callbacks=[], log=print)
     out[str(steps)] = {"history": dataclasses.asdict(outcome.history), "score": dataclasses.asdict(outcome.score)}

@@ -31,8 +31,8 @@ median over repeats):
   load 1 min    the machine's load average as the run started (other work there skews the timings)
 
 the machine's limit (fractions are per repeat, each against the reference measured in the same repeat):
-  bare          the same model, batches, loss and SGD in a bare compiled loop: a tf.function step over
-                tensors in memory, no tf.data, no callbacks, no metrics (job/perf/bare.py)
+  bare          the same model, batches, loss and SGD in a bare compiled loop: a whole epoch per call on
+                float32 tensors in memory, no gather, no callbacks, no metrics (job/perf/bare.py)
   GEMM floor    the time of a training step's GEMMs, each timed in its own shape on this CPU with the
                 job's threads, best of 5 trials, in TensorFlow and in numpy, the faster one counting: per
                 layer the forward pass (Dense 2*in*out FLOPs per sample, Conv2D 2*k*k*cin*cout*H*W), the

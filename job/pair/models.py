@@ -77,9 +77,9 @@ def build(name: str, *, steps_per_execution: int | None = 1, jit: bool = False) 
     return model
 
 
-# One thread: a 128-unit layer on a batch of 32 gains nothing from a second core, while the input pipeline does
-# (`mnist-cv bench`: 3.7x the tutorial's throughput at one thread, 2.2x at two, on a 2-core CPU).
-# 500 steps: 0.2-0.6 s a call at 25,000-80,000 samples/s; at 50 steps Keras's per-call work cost ~7% of the CPU time.
+# One thread: a 128-unit layer on a batch of 32 gains nothing from a second core; the threads' hand-offs cost more
+# (job/pair/steps.py, 4 epochs of fold 0 alternating on a 2-core CPU: 100,000-119,000 samples/s at one thread,
+# 84,000-93,000 at two). 500 steps: 0.15-0.6 s a call at 25,000-110,000 samples/s.
 @register("mlp", steps_per_call=500, max_threads=1)
 def _mlp() -> tuple[Any, Any]:
     """The tutorial's fully connected net: 101,770 parameters."""

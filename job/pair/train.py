@@ -1,4 +1,7 @@
-"""The only place that calls fit(): one (model, fold) pair, an epoch at a time, checkpointed at every epoch end.
+"""The only place that trains: one (model, fold) pair, an epoch at a time, checkpointed at every epoch end.
+
+The steps themselves are Keras's own train_step and test_step, run by job/pair/steps.py in compiled calls of many
+steps (the numbers of `model.fit`, to the bit, at a fraction of its overhead).
 
 Reproducibility: the weights are seeded from (seed, stream), a pair's stream being its fold; each epoch's
 shuffle is a permutation drawn from (seed, stream, epoch) alone, so a pair resumed at epoch k feeds exactly
@@ -20,17 +23,18 @@ from typing import Any
 import numpy as np
 
 from job.errors import JobError
-from job.pair import folds, models, runtime
+from job.pair import folds, models
 from job.pair.checkpoint import Checkpoint, CorruptCheckpoint, TrainState
 from job.pair.data import Dataset
 from job.pair.epoch_logs import EpochLogs
 from job.pair.protocol import Pair, Protocol
+from job.pair.steps import CompiledSteps
 from job.pair.usage import ProcessUsage, Spent
 from job.results.contract import History, Outcome, PairData, Resume, Score, Timings
 
 # Batches per compiled call: the same sequence of updates with a fraction of the Python overhead per step.
 # None: each model's own (job.pair.models.steps_per_call), sized so that one call stays well under 2 s.
-STEPS_PER_EXECUTION = None
+STEPS_PER_CALL: int | None = None
 # Evaluation never updates weights, so its batch changes nothing but speed (and summation order). 4x the
 # training batch: at 1000 the CNN's activations (~0.2 GB) outgrow the caches and the peak RSS (`mnist-cv bench`).
 EVAL_BATCH_SIZE = 128
@@ -55,33 +59,6 @@ def epoch_order(train_ix: np.ndarray, seed: int, stream: int, epoch: int) -> np.
     """This epoch's shuffled training indices, independent of how many epochs ran in this process."""
     rng = np.random.default_rng([seed, stream, epoch])
     return train_ix[rng.permutation(len(train_ix))]
-
-
-class Batches:
-    """Keeps the uint8 images once in memory and builds each batch by index, scaling to [0, 1] on the fly.
-
-    The tutorial materialises float32 copies of the whole set (four times the bytes) and one-hot labels.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        tf = runtime.import_tensorflow()
-        self._tf = tf
-        self.images = tf.constant(images, dtype=tf.uint8)
-        self.labels = tf.constant(labels, dtype=tf.int32)
-
-    def _gather(self, index: Any) -> tuple[Any, Any]:
-        tf = self._tf
-        pixels = tf.cast(tf.gather(self.images, index), tf.float32) / 255.0
-        return pixels[..., tf.newaxis], tf.gather(self.labels, index)
-
-    def of(self, indices: np.ndarray, batch_size: int) -> Any:
-        tf = self._tf
-        return (
-            tf.data.Dataset.from_tensor_slices(indices.astype(np.int64))
-            .batch(batch_size)
-            .map(self._gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .prefetch(tf.data.AUTOTUNE)
-        )
 
 
 def _utc_now() -> str:
@@ -131,7 +108,7 @@ def fit(
 
     def fresh_model() -> Any:
         keras.utils.set_random_seed(model_seed(protocol, stream))
-        return models.build(model_name, steps_per_execution=STEPS_PER_EXECUTION, jit=protocol.jit)
+        return models.build(model_name, steps_per_execution=None, jit=protocol.jit)
 
     model = fresh_model()
     had_checkpoint = checkpoint.exists()
@@ -154,35 +131,36 @@ def fit(
         nonlocal stopped_mid_epoch
         if stop_requested():
             stopped_mid_epoch = True  # the stop flag, not a step count, says so: fp16 overflow skips steps
-            model.stop_training = True  # Keras ends the epoch after this compiled call
+            model.stop_training = True  # the epoch ends after this compiled call
         elif logs and not math.isfinite(float(logs.get("loss", 0.0))):
             model.stop_training = True  # diverged: the rest of the epoch cannot bring it back
 
     watcher = keras.callbacks.LambdaCallback(on_train_batch_end=watch_batch)
-    batches = Batches(images, labels)
-    held_out = batches.of(held_out_ix, EVAL_BATCH_SIZE)
+    steps = CompiledSteps(model, images, labels, steps_per_call=STEPS_PER_CALL or models.steps_per_call(model_name))
+    hooks = keras.callbacks.CallbackList(
+        [*callbacks, watcher], model=model, epochs=protocol.epochs, steps=math.ceil(len(train_ix) / protocol.batch_size)
+    )
     with contextlib.ExitStack() as stack:
         if epoch_logs is not None:
             stack.callback(epoch_logs.close)
             epoch_logs.restart(state)
         if usage is not None:
             usage.training_starts()
+        hooks.on_train_begin()
         for epoch in range(state.epochs_done, protocol.epochs):
             started = time.perf_counter()
-            logs = model.fit(
-                batches.of(epoch_order(train_ix, protocol.seed, stream, epoch), protocol.batch_size),
-                validation_data=held_out,
-                initial_epoch=epoch,
-                epochs=epoch + 1,
-                shuffle=False,  # epoch_order already shuffled, reproducibly
-                verbose=0,
-                callbacks=[*callbacks, watcher],
-            ).history
+            hooks.on_epoch_begin(epoch)
+            # epoch_order shuffles, reproducibly; a resumed pair feeds the very batches an uninterrupted one does.
+            logs = steps.train(epoch_order(train_ix, protocol.seed, stream, epoch), protocol.batch_size, hooks)
             if stopped_mid_epoch:
                 # Keep the last epoch-end checkpoint, not these weights.
                 raise Preempted(f"stopped by a signal during epoch {epoch + 1}; rerun to resume from epoch {epoch}")
-            epoch_values = {key: float(logs[key][-1]) for key in state.history}
+            check_finite(logs, epoch, checkpoint)
+            held_out = steps.evaluate(held_out_ix, EVAL_BATCH_SIZE, hooks)
+            logs.update({f"val_{key}": value for key, value in held_out.items()})
+            epoch_values = {key: logs[key] for key in state.history}
             check_finite(epoch_values, epoch, checkpoint)
+            hooks.on_epoch_end(epoch, logs)
             for key, value in epoch_values.items():
                 state.history[key].append(value)
             state.epoch_seconds.append(round(time.perf_counter() - started, 3))
@@ -194,8 +172,9 @@ def fit(
                 epoch_logs.append(state)
             if stop_requested() and state.epochs_done < protocol.epochs:
                 raise Preempted(f"stopped by a signal after epoch {epoch + 1}; rerun to resume from there")
+        hooks.on_train_end()
 
-    score = model.evaluate(held_out, verbose=0, return_dict=True)
+    score = steps.evaluate(held_out_ix, EVAL_BATCH_SIZE, keras.callbacks.CallbackList([], model=model))
     outcome = Outcome(
         history=History(**{key: tuple(values) for key, values in state.history.items()}),
         score=Score(accuracy=float(score["accuracy"]), loss=float(score["loss"])),

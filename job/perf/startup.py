@@ -30,7 +30,7 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("keras", "import keras"),
     ("data", "data.load: cached copy read, sha256, check"),
     ("configure", "import train, threads"),
-    ("build", "model, checkpoint, pipeline"),
+    ("build", "model, checkpoint, compiled steps"),
     ("first_call", "tracing and one step"),
 )
 

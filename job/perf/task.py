@@ -1,7 +1,7 @@
 """The real task's start-up: `mnist-cv run` on the bench's pair, from process start to its first training step.
 
 The parent runs `python -m job.perf.task RUN-ARGS...`: the very process `python -m job RUN-ARGS` is (job.cli.main,
-the lease, the data load, the TensorFlow set-up, the model, the input pipeline), plus one callback appended to the
+the lease, the data load, the TensorFlow set-up, the model, the compiled steps), plus one callback appended to the
 training's own callbacks (job.pair.session.training hands them to train.fit) that marks the fit's start and the
 first compiled call's end against the parent's stamp (job.perf.startup). The marks are its last line of output.
 """

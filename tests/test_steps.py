@@ -1,0 +1,116 @@
+"""The compiled steps (job/pair/steps.py): Keras fit's numbers to the bit, and every batch once, in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from support import ROOT
+
+from job.pair.steps import call_plan
+
+
+@given(n=st.integers(0, 2000), batch_size=st.integers(1, 200), steps_per_call=st.integers(1, 60))
+def test_the_calls_feed_every_batch_once_in_order(n: int, batch_size: int, steps_per_call: int) -> None:
+    index = np.random.default_rng(n).permutation(n)
+    calls = call_plan(index, batch_size, steps_per_call)
+    assert np.array_equal(np.concatenate([b.ravel() for _, b in calls] or [np.empty(0, int)]), index)
+    step = 0
+    for first, batches in calls:
+        assert first == step  # the step numbers the callbacks see run on without a gap
+        assert 1 <= len(batches) <= steps_per_call
+        step += len(batches)
+    assert step == -(-n // batch_size)  # the last batch may be short, and is then a call of its own
+    assert all(b.shape[1] == batch_size for _, b in calls[:-1])
+
+
+# The path this module replaced, kept here as the reference: model.fit an epoch at a time on a tf.data pipeline that
+# gathers and scales each batch, validating on the held-out images, then model.evaluate. Against train.fit.
+_BOTH = """
+import dataclasses, hashlib, json, sys, tempfile
+from pathlib import Path
+import numpy as np
+from job.pair import data, folds, models, runtime, train
+from job.pair.checkpoint import Checkpoint
+from job.pair.protocol import Protocol
+
+name, folder, limit, epochs, per_call = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+runtime.configure(deterministic=True, precision="float32", allow_cpu=True, max_threads=models.max_threads(name))
+tf = runtime.import_tensorflow()
+import keras
+dataset = data.load(folder, custom=True)
+protocol = Protocol().with_overrides(epochs=epochs, limit=limit)
+images, labels = dataset.x_train[:limit], dataset.y_train[:limit]
+train_ix, val_ix = folds.split(limit, 0, protocol)
+
+def weights_sha256(model):
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(weight.tobytes())
+    return digest.hexdigest()
+
+def keras_fit():
+    x, y = tf.constant(images), tf.constant(labels.astype(np.int32))
+    def gather(i):
+        return tf.cast(tf.gather(x, i), tf.float32)[..., tf.newaxis] / 255.0, tf.gather(y, i)
+    def batches(ix, size):
+        return (tf.data.Dataset.from_tensor_slices(ix.astype(np.int64)).batch(size)
+                .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE))
+    keras.utils.set_random_seed(train.model_seed(protocol, 0))
+    model = models.build(name, steps_per_execution=per_call)
+    held_out = batches(val_ix, train.EVAL_BATCH_SIZE)
+    history = {key: [] for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
+    for epoch in range(epochs):
+        logs = model.fit(batches(train.epoch_order(train_ix, protocol.seed, 0, epoch), protocol.batch_size),
+                         validation_data=held_out, initial_epoch=epoch, epochs=epoch + 1, shuffle=False,
+                         verbose=0).history
+        for key in history:
+            history[key].append(float(logs[key][-1]))
+    score = model.evaluate(held_out, verbose=0, return_dict=True)
+    return {"history": history, "score": {"accuracy": float(score["accuracy"]), "loss": float(score["loss"])},
+            "weights": weights_sha256(model)}
+
+def ours():
+    train.STEPS_PER_CALL = per_call
+    with tempfile.TemporaryDirectory() as tmp:
+        model, outcome = train.fit(name, protocol, images, labels, train_ix, val_ix, Checkpoint(Path(tmp)),
+                                   stream=0, callbacks=[], log=print)
+    return {"history": {key: list(values) for key, values in dataclasses.asdict(outcome.history).items()},
+            "score": dataclasses.asdict(outcome.score), "weights": weights_sha256(model)}
+
+print(json.dumps({"keras_fit": keras_fit(), "ours": ours()}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "limit", "epochs", "per_call"),
+    [
+        # 2,392 training images: 74 batches of 32 and one of 24; calls of 7 steps; 598 held out: 4 batches of 128
+        # and one of 86.
+        ("mlp", 2990, 3, 7),
+        ("cnn-small", 2990, 2, 13),
+        ("cnn", 990, 2, 5),  # the 10-million-weight CNN, on 792 training images
+    ],
+)
+def test_the_numbers_are_keras_fits_to_the_bit(
+    model: str, limit: int, epochs: int, per_call: int, mnist_mini: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _BOTH, model, str(mnist_mini), str(limit), str(epochs), str(per_call)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runs["ours"] == runs["keras_fit"]  # every epoch's four numbers, the score and the weights' hash
+    assert len(runs["ours"]["history"]["loss"]) == epochs
