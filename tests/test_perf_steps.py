@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support import ROOT
+from support import script_json
 
 from job.pair import models
 
@@ -46,14 +42,6 @@ print(json.dumps(out))
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn-small"])
 def test_the_same_numbers_at_any_steps_per_call(model: str, mnist_mini: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _TWICE, model, str(mnist_mini)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    runs = script_json(_TWICE, model, str(mnist_mini))
     assert runs["50"] == runs["None"]  # bit for bit: history and score
     assert len(runs["50"]["history"]["loss"]) == 2

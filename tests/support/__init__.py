@@ -6,12 +6,14 @@ pytest puts ``tests/`` on ``sys.path`` (it holds conftest.py and is no package),
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,6 +30,20 @@ def cli(
         text=True,
         timeout=timeout,
     )
+
+
+def script_json(code: str, *args: str, timeout: float = 600) -> Any:
+    """Run `python -c CODE ARGS` on this checkout in a fresh interpreter (a training's own TensorFlow state); the
+    JSON its last line of output holds. Fails the test, with the script's stderr, when it exits non-zero."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(last_line(done.stdout))
 
 
 def last_line(text: str) -> str:
