@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from job.errors import JobError
 
@@ -137,21 +138,18 @@ def _squeue(selection: list[str]) -> list[TaskState]:
         if len(fields) != 9:
             continue  # not a line of ours (a site's squeue wrapper chatter)
         array_job, task_ids, state, reason, node, used, restarts, limit, name = (f.strip() for f in fields)
-        for task_id in _task_ids(task_ids):
-            found.append(
-                TaskState(
-                    array_job_id=array_job,
-                    task_id=task_id,
-                    state=_state(state),
-                    source="squeue",
-                    reason="" if reason == "None" else reason,
-                    node=node,
-                    elapsed_s=_seconds(used),
-                    restarts=int(restarts) if restarts.isdigit() else 0,
-                    name=name,
-                    time_limit_s=_seconds(limit),
-                )
-            )
+        found += _each_task(
+            array_job,
+            task_ids,
+            state=_state(state),
+            source="squeue",
+            reason="" if reason == "None" else reason,
+            node=node,
+            elapsed_s=_seconds(used),
+            restarts=int(restarts) if restarts.isdigit() else 0,
+            name=name,
+            time_limit_s=_seconds(limit),
+        )
     return found
 
 
@@ -167,22 +165,24 @@ def _sacct(selection: list[str]) -> list[TaskState]:
         job_id, state, exit_code, reason, node, elapsed, name = fields
         array_job, _, task_ids = job_id.partition("_")
         code, _, sig = exit_code.partition(":")
-        for task_id in _task_ids(task_ids):
-            found.append(
-                TaskState(
-                    array_job_id=array_job,
-                    task_id=task_id,
-                    state=_state(state),
-                    source="sacct",
-                    reason="" if reason == "None" else reason,
-                    node="" if node == "None assigned" else node,
-                    elapsed_s=int(elapsed) if elapsed.isdigit() else None,
-                    exit_code=int(code) if code.isdigit() else None,
-                    signal=int(sig) if sig.isdigit() else None,
-                    name=name,
-                )
-            )
+        found += _each_task(
+            array_job,
+            task_ids,
+            state=_state(state),
+            source="sacct",
+            reason="" if reason == "None" else reason,
+            node="" if node == "None assigned" else node,
+            elapsed_s=int(elapsed) if elapsed.isdigit() else None,
+            exit_code=int(code) if code.isdigit() else None,
+            signal=int(sig) if sig.isdigit() else None,
+            name=name,
+        )
     return found
+
+
+def _each_task(array_job: str, task_ids: str, **fields: Any) -> list[TaskState]:
+    """One TaskState per task id of a squeue or sacct line ('4', '[4-9%2]', ...), all with the line's fields."""
+    return [TaskState(array_job_id=array_job, task_id=task_id, **fields) for task_id in _task_ids(task_ids)]
 
 
 def _task_ids(text: str) -> list[int | None]:

@@ -6,9 +6,12 @@ import importlib.abc
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from job.errors import JobError
+
+if TYPE_CHECKING:
+    from job.pair.protocol import Protocol
 
 
 def allocated_cpus() -> int:
@@ -99,6 +102,19 @@ def configure(
         "threads": {"allocated": cpus, "intra_op": intra_op, "inter_op": min(2, cpus)},
         "deterministic": deterministic,
     }
+
+
+def configure_training(protocol: Protocol, model_name: str, *, allow_cpu: bool) -> dict[str, Any]:
+    """`configure` as a training of `model_name` under `protocol` needs it: determinism unless XLA, the protocol's
+    precision, the model's thread cap (job.pair.models.max_threads)."""
+    from job.pair import models
+
+    return configure(
+        deterministic=not protocol.jit,
+        precision=protocol.precision,
+        allow_cpu=allow_cpu,
+        max_threads=models.max_threads(model_name),
+    )
 
 
 def _describe_device(tf: Any, device: Any) -> dict[str, Any]:

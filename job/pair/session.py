@@ -65,7 +65,6 @@ class Session:
 def training(
     inputs: Inputs, protocol: Protocol, model_name: str, label: str, epoch_logs: EpochLogs
 ) -> Iterator[Session]:
-    from job.pair import models
 
     dataset = data.load(inputs.data_dir, custom=inputs.custom_data)
     if protocol.limit is not None and protocol.limit > len(dataset.x_train):
@@ -73,12 +72,7 @@ def training(
         raise UsageError(
             f"--limit {protocol.limit} is beyond the {len(dataset.x_train)} training images of {dataset.source}"
         )
-    runtime_info = runtime.configure(
-        deterministic=not protocol.jit,
-        precision=protocol.precision,
-        allow_cpu=inputs.allow_cpu,
-        max_threads=models.max_threads(model_name),
-    )
+    runtime_info = runtime.configure_training(protocol, model_name, allow_cpu=inputs.allow_cpu)
     from job.pair.progress import EpochProgress  # imports Keras: after runtime.configure
 
     stop = StopFlag()

@@ -24,12 +24,7 @@ def train(spec: Any, dataset: Any, clock: Any) -> dict[str, Any]:
 
     tf = runtime.import_tensorflow()
     protocol = spec.protocol()
-    info = runtime.configure(
-        deterministic=not protocol.jit,
-        precision=protocol.precision,
-        allow_cpu=True,
-        max_threads=models.max_threads(spec.model),
-    )
+    info = runtime.configure_training(protocol, spec.model, allow_cpu=True)
     images, labels = dataset.x_train[: protocol.limit], dataset.y_train[: protocol.limit]
     train_ix, val_ix = folds.split(len(images), spec.fold, protocol)
     x = tf.constant(images[..., np.newaxis].astype(np.float32) / 255.0)

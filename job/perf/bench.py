@@ -245,17 +245,12 @@ def _baseline(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks)
 
 def _ours(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> Outcome:
     """The production path: thread and determinism set-up as `run` does it, then train.fit_pair (start-up marked)."""
-    from job.pair import models, runtime
+    from job.pair import runtime
     from job.pair.checkpoint import Checkpoint
     from job.pair.train import fit_pair
 
     protocol = spec.protocol()
-    info = runtime.configure(
-        deterministic=not protocol.jit,
-        precision=protocol.precision,
-        allow_cpu=True,
-        max_threads=models.max_threads(spec.model),
-    )
+    info = runtime.configure_training(protocol, spec.model, allow_cpu=True)
     marks.mark("configure")
     with tempfile.TemporaryDirectory(prefix="mnist-cv-bench-") as folder:
         checkpoint = Checkpoint(Path(folder) / "checkpoint")
