@@ -14,6 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import ROOT
 
+from job.pair import models
+from job.pair.protocol import Protocol
 from job.pair.steps import call_plan
 
 
@@ -114,3 +116,50 @@ def test_the_numbers_are_keras_fits_to_the_bit(
     runs = json.loads(done.stdout.strip().splitlines()[-1])
     assert runs["ours"] == runs["keras_fit"]  # every epoch's four numbers, the score and the weights' hash
     assert len(runs["ours"]["history"]["loss"]) == epochs
+
+
+# The training calls of train.fit, as its callbacks see them: (first step, last step) of each.
+_CALLS = """
+import json, sys, tempfile
+from pathlib import Path
+import keras
+from job.pair import data, folds, models, runtime, train
+from job.pair.checkpoint import Checkpoint
+from job.pair.protocol import Protocol
+
+name, folder, limit, batch_size = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+runtime.configure(deterministic=True, precision="float32", allow_cpu=True, max_threads=models.max_threads(name))
+dataset = data.load(folder, custom=True)
+protocol = Protocol().with_overrides(epochs=1, limit=limit, batch_size=batch_size)
+images, labels = dataset.x_train[:limit], dataset.y_train[:limit]
+train_ix, val_ix = folds.split(limit, 0, protocol)
+calls = []
+recorder = keras.callbacks.LambdaCallback(
+    on_train_batch_begin=lambda batch, logs: calls.append([batch]),
+    on_train_batch_end=lambda batch, logs: calls[-1].append(batch),
+)
+with tempfile.TemporaryDirectory() as tmp:
+    train.fit(name, protocol, images, labels, train_ix, val_ix, Checkpoint(Path(tmp)), stream=0, callbacks=[recorder])
+print(json.dumps({"calls": calls, "n_train": len(train_ix)}))
+"""
+
+
+@pytest.mark.slow
+def test_a_larger_batch_makes_shorter_calls_so_a_stop_signal_waits_no_longer(mnist_mini: Path) -> None:
+    # A call's duration grows with the images it trains on, and a stop signal is honoured only between calls
+    # (Slurm kills after KillWait, 30 s): at batch 64 a call of the cnn's 20 steps would train on twice the
+    # images its steps per call were sized for. 792 training images: 12 batches of 64 and one of 24.
+    model, batch_size = "cnn", 64
+    done = subprocess.run(
+        [sys.executable, "-c", _CALLS, model, str(mnist_mini), "990", str(batch_size)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    steps = [last - first + 1 for first, last in run["calls"]]
+    assert sum(steps) == -(-run["n_train"] // batch_size)  # every batch, once
+    budget = models.steps_per_call(model) * Protocol().batch_size  # the images a call was sized for
+    assert max(steps) * batch_size <= budget, steps
