@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import ROOT
 
-from job.pair import models
+from job.pair import models, steps
 from job.pair.protocol import Protocol
 from job.pair.steps import call_plan
 
@@ -163,3 +163,51 @@ def test_a_larger_batch_makes_shorter_calls_so_a_stop_signal_waits_no_longer(mni
     assert sum(steps) == -(-run["n_train"] // batch_size)  # every batch, once
     budget = models.steps_per_call(model) * Protocol().batch_size  # the images a call was sized for
     assert max(steps) * batch_size <= budget, steps
+
+
+# Which element types TensorFlow can gather on a GPU (this build's kernel registry), and whether every pixel value
+# held as `steps.GPU_IMAGES_DTYPE` scales to the very float32 it does from uint8.
+_GPU_GATHER = """
+import json
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.python.framework import kernels
+from job.pair import steps
+
+dtype = tf.as_dtype(steps.GPU_IMAGES_DTYPE)
+gpu_types = {
+    types_pb2.DataType.Name(t)
+    for kernel in kernels.get_registered_kernels_for_op("GatherV2").kernel if kernel.device_type == "GPU"
+    for constraint in kernel.constraint if constraint.name == "Tparams"
+    for t in constraint.allowed_values.list.type
+}
+pixels = np.arange(256, dtype=np.uint8)
+max_pixel = tf.Variable(255.0)
+scaled = lambda held: (tf.cast(tf.constant(held), tf.float32) / max_pixel).numpy()
+print(json.dumps({
+    "built_with_cuda": tf.test.is_built_with_cuda(),
+    "gathers_on_gpu": types_pb2.DataType.Name(dtype.as_datatype_enum) in gpu_types,
+    "uint8_gathers_on_gpu": "DT_UINT8" in gpu_types,
+    "same_scaled_pixels": bool(np.array_equal(scaled(pixels.astype(dtype.as_numpy_dtype)), scaled(pixels))),
+}))
+"""
+
+
+def test_on_a_gpu_the_images_are_held_in_a_type_it_can_gather_with_the_same_pixels() -> None:
+    # TensorFlow has no GPU kernel gathering uint8: with the images on the GPU as uint8, every gather would be
+    # placed on the host, silently, and copy the images back from the GPU.
+    done = subprocess.run(
+        [sys.executable, "-c", _GPU_GATHER],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    if not found["built_with_cuda"]:
+        pytest.skip("this TensorFlow has no GPU kernels to look up")
+    assert not found["uint8_gathers_on_gpu"]  # why the images are not held as uint8 there
+    assert found["gathers_on_gpu"], steps.GPU_IMAGES_DTYPE
+    assert found["same_scaled_pixels"]  # the same numbers as uint8, to the bit
