@@ -165,8 +165,9 @@ def test_a_larger_batch_makes_shorter_calls_so_a_stop_signal_waits_no_longer(mni
     assert max(steps) * batch_size <= budget, steps
 
 
-# Which element types TensorFlow can gather on a GPU (this build's kernel registry), and whether every pixel value
-# held as `steps.GPU_IMAGES_DTYPE` scales to the very float32 it does from uint8.
+# Which element types TensorFlow gathers on a GPU and which it keeps in host memory there (this build's kernel
+# registry), and whether every pixel value held as `steps.GPU_IMAGES_DTYPE` scales to the very float32 it does from
+# uint8.
 _GPU_GATHER = """
 import json
 import numpy as np
@@ -176,12 +177,18 @@ from tensorflow.python.framework import kernels
 from job.pair import steps
 
 dtype = tf.as_dtype(steps.GPU_IMAGES_DTYPE)
-gpu_types = {
-    types_pb2.DataType.Name(t)
-    for kernel in kernels.get_registered_kernels_for_op("GatherV2").kernel if kernel.device_type == "GPU"
-    for constraint in kernel.constraint if constraint.name == "Tparams"
-    for t in constraint.allowed_values.list.type
-}
+
+def gpu_kernels(op, type_attr):
+    # {type name: the arguments its kernel keeps in host memory} of the GPU kernels of `op` in this build
+    return {
+        types_pb2.DataType.Name(t): list(kernel.host_memory_arg)
+        for kernel in kernels.get_registered_kernels_for_op(op).kernel if kernel.device_type == "GPU"
+        for constraint in kernel.constraint if constraint.name == type_attr
+        for t in constraint.allowed_values.list.type
+    }
+
+gpu_types = gpu_kernels("GatherV2", "Tparams")
+labels = types_pb2.DataType.Name(tf.as_dtype(steps.LABELS_DTYPE).as_datatype_enum)
 pixels = np.arange(256, dtype=np.uint8)
 max_pixel = tf.Variable(255.0)
 scaled = lambda held: (tf.cast(tf.constant(held), tf.float32) / max_pixel).numpy()
@@ -189,12 +196,14 @@ print(json.dumps({
     "built_with_cuda": tf.test.is_built_with_cuda(),
     "gathers_on_gpu": types_pb2.DataType.Name(dtype.as_datatype_enum) in gpu_types,
     "uint8_gathers_on_gpu": "DT_UINT8" in gpu_types,
+    "labels_gather_on_gpu": labels in gpu_types,
+    "labels_in_host_memory": gpu_kernels("Identity", "T")[labels],
     "same_scaled_pixels": bool(np.array_equal(scaled(pixels.astype(dtype.as_numpy_dtype)), scaled(pixels))),
 }))
 """
 
 
-def test_on_a_gpu_the_images_are_held_in_a_type_it_can_gather_with_the_same_pixels() -> None:
+def test_on_a_gpu_the_images_and_labels_are_held_in_types_it_gathers_in_its_own_memory() -> None:
     # TensorFlow has no GPU kernel gathering uint8: with the images on the GPU as uint8, every gather would be
     # placed on the host, silently, and copy the images back from the GPU.
     done = subprocess.run(
@@ -211,3 +220,5 @@ def test_on_a_gpu_the_images_are_held_in_a_type_it_can_gather_with_the_same_pixe
     assert not found["uint8_gathers_on_gpu"]  # why the images are not held as uint8 there
     assert found["gathers_on_gpu"], steps.GPU_IMAGES_DTYPE
     assert found["same_scaled_pixels"]  # the same numbers as uint8, to the bit
+    # int32 tensors of a GPU live in host memory: the labels would be copied to the GPU at every gather.
+    assert found["labels_gather_on_gpu"] and found["labels_in_host_memory"] == [], steps.LABELS_DTYPE
