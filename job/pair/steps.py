@@ -29,9 +29,9 @@ LABELS_DTYPE = "int64"
 class CompiledSteps:
     """One model's steps over one image set: `train` runs an epoch's batches, `evaluate` scores a set of images.
 
-    The uint8 images stay as they are, once, for every fold (the tutorial keeps float32 copies, four times the
-    bytes); labels are sparse class ids. `steps_per_call` bounds a call's duration, hence how soon a stop
-    signal is honoured (job.pair.models.steps_per_call).
+    The uint8 images are held once, for every fold, as they are (on a GPU as float16: GPU_IMAGES_DTYPE); the
+    tutorial keeps float32 copies, four times the bytes. Labels are sparse class ids. `steps_per_call` bounds a
+    call's duration, hence how soon a stop signal is honoured (job.pair.train.steps_per_call).
     """
 
     def __init__(self, model: Any, images: np.ndarray, labels: np.ndarray, *, steps_per_call: int) -> None:
