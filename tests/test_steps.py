@@ -14,6 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import ROOT
 
+from job.pair import models, steps
+from job.pair.protocol import Protocol
 from job.pair.steps import call_plan
 
 
@@ -114,3 +116,109 @@ def test_the_numbers_are_keras_fits_to_the_bit(
     runs = json.loads(done.stdout.strip().splitlines()[-1])
     assert runs["ours"] == runs["keras_fit"]  # every epoch's four numbers, the score and the weights' hash
     assert len(runs["ours"]["history"]["loss"]) == epochs
+
+
+# The training calls of train.fit, as its callbacks see them: (first step, last step) of each.
+_CALLS = """
+import json, sys, tempfile
+from pathlib import Path
+import keras
+from job.pair import data, folds, models, runtime, train
+from job.pair.checkpoint import Checkpoint
+from job.pair.protocol import Protocol
+
+name, folder, limit, batch_size = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+runtime.configure(deterministic=True, precision="float32", allow_cpu=True, max_threads=models.max_threads(name))
+dataset = data.load(folder, custom=True)
+protocol = Protocol().with_overrides(epochs=1, limit=limit, batch_size=batch_size)
+images, labels = dataset.x_train[:limit], dataset.y_train[:limit]
+train_ix, val_ix = folds.split(limit, 0, protocol)
+calls = []
+recorder = keras.callbacks.LambdaCallback(
+    on_train_batch_begin=lambda batch, logs: calls.append([batch]),
+    on_train_batch_end=lambda batch, logs: calls[-1].append(batch),
+)
+with tempfile.TemporaryDirectory() as tmp:
+    train.fit(name, protocol, images, labels, train_ix, val_ix, Checkpoint(Path(tmp)), stream=0, callbacks=[recorder])
+print(json.dumps({"calls": calls, "n_train": len(train_ix)}))
+"""
+
+
+@pytest.mark.slow
+def test_a_larger_batch_makes_shorter_calls_so_a_stop_signal_waits_no_longer(mnist_mini: Path) -> None:
+    # A call's duration grows with the images it trains on, and a stop signal is honoured only between calls
+    # (Slurm kills after KillWait, 30 s): at batch 64 a call of the cnn's 20 steps would train on twice the
+    # images its steps per call were sized for. 792 training images: 12 batches of 64 and one of 24.
+    model, batch_size = "cnn", 64
+    done = subprocess.run(
+        [sys.executable, "-c", _CALLS, model, str(mnist_mini), "990", str(batch_size)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    steps = [last - first + 1 for first, last in run["calls"]]
+    assert sum(steps) == -(-run["n_train"] // batch_size)  # every batch, once
+    budget = models.steps_per_call(model) * Protocol().batch_size  # the images a call was sized for
+    assert max(steps) * batch_size <= budget, steps
+
+
+# Which element types TensorFlow gathers on a GPU and which it keeps in host memory there (this build's kernel
+# registry), and whether every pixel value held as `steps.GPU_IMAGES_DTYPE` scales to the very float32 it does from
+# uint8.
+_GPU_GATHER = """
+import json
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.python.framework import kernels
+from job.pair import steps
+
+dtype = tf.as_dtype(steps.GPU_IMAGES_DTYPE)
+
+def gpu_kernels(op, type_attr):
+    # {type name: the arguments its kernel keeps in host memory} of the GPU kernels of `op` in this build
+    return {
+        types_pb2.DataType.Name(t): list(kernel.host_memory_arg)
+        for kernel in kernels.get_registered_kernels_for_op(op).kernel if kernel.device_type == "GPU"
+        for constraint in kernel.constraint if constraint.name == type_attr
+        for t in constraint.allowed_values.list.type
+    }
+
+gpu_types = gpu_kernels("GatherV2", "Tparams")
+labels = types_pb2.DataType.Name(tf.as_dtype(steps.LABELS_DTYPE).as_datatype_enum)
+pixels = np.arange(256, dtype=np.uint8)
+max_pixel = tf.Variable(255.0)
+scaled = lambda held: (tf.cast(tf.constant(held), tf.float32) / max_pixel).numpy()
+print(json.dumps({
+    "built_with_cuda": tf.test.is_built_with_cuda(),
+    "gathers_on_gpu": types_pb2.DataType.Name(dtype.as_datatype_enum) in gpu_types,
+    "uint8_gathers_on_gpu": "DT_UINT8" in gpu_types,
+    "labels_gather_on_gpu": labels in gpu_types,
+    "labels_in_host_memory": gpu_kernels("Identity", "T")[labels],
+    "same_scaled_pixels": bool(np.array_equal(scaled(pixels.astype(dtype.as_numpy_dtype)), scaled(pixels))),
+}))
+"""
+
+
+def test_on_a_gpu_the_images_and_labels_are_held_in_types_it_gathers_in_its_own_memory() -> None:
+    # TensorFlow has no GPU kernel gathering uint8: with the images on the GPU as uint8, every gather would be
+    # placed on the host, silently, and copy the images back from the GPU.
+    done = subprocess.run(
+        [sys.executable, "-c", _GPU_GATHER],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    if not found["built_with_cuda"]:
+        pytest.skip("this TensorFlow has no GPU kernels to look up")
+    assert not found["uint8_gathers_on_gpu"]  # why the images are not held as uint8 there
+    assert found["gathers_on_gpu"], steps.GPU_IMAGES_DTYPE
+    assert found["same_scaled_pixels"]  # the same numbers as uint8, to the bit
+    # int32 tensors of a GPU live in host memory: the labels would be copied to the GPU at every gather.
+    assert found["labels_gather_on_gpu"] and found["labels_in_host_memory"] == [], steps.LABELS_DTYPE

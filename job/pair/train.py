@@ -61,6 +61,17 @@ def epoch_order(train_ix: np.ndarray, seed: int, stream: int, epoch: int) -> np.
     return train_ix[rng.permutation(len(train_ix))]
 
 
+def steps_per_call(model_name: str, batch_size: int) -> int:
+    """Training steps per compiled call: the model's own, fewer for batches larger than the protocol's default.
+
+    A call's duration grows with the images it trains on, and a stop signal is honoured only between calls: the
+    model's steps per call were sized at the default batch, so a larger batch gets as many images per call, no more.
+    """
+    default_batch = Protocol.batch_size
+    per_call = STEPS_PER_CALL or models.steps_per_call(model_name)
+    return max(1, per_call * default_batch // max(batch_size, default_batch))
+
+
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -136,7 +147,7 @@ def fit(
             model.stop_training = True  # diverged: the rest of the epoch cannot bring it back
 
     watcher = keras.callbacks.LambdaCallback(on_train_batch_end=watch_batch)
-    steps = CompiledSteps(model, images, labels, steps_per_call=STEPS_PER_CALL or models.steps_per_call(model_name))
+    steps = CompiledSteps(model, images, labels, steps_per_call=steps_per_call(model_name, protocol.batch_size))
     hooks = keras.callbacks.CallbackList(
         [*callbacks, watcher], model=model, epochs=protocol.epochs, steps=math.ceil(len(train_ix) / protocol.batch_size)
     )
