@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import ROOT
+from support import script_json
 
 from job.pair import models, steps
 from job.pair.protocol import Protocol
@@ -105,15 +101,7 @@ print(json.dumps({"keras_fit": keras_fit(), "ours": ours()}))
 def test_the_numbers_are_keras_fits_to_the_bit(
     model: str, limit: int, epochs: int, per_call: int, mnist_mini: Path
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _BOTH, model, str(mnist_mini), str(limit), str(epochs), str(per_call)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    runs = script_json(_BOTH, model, str(mnist_mini), str(limit), str(epochs), str(per_call))
     assert runs["ours"] == runs["keras_fit"]  # every epoch's four numbers, the score and the weights' hash
     assert len(runs["ours"]["history"]["loss"]) == epochs
 
@@ -150,15 +138,7 @@ def test_a_larger_batch_makes_shorter_calls_so_a_stop_signal_waits_no_longer(mni
     # (Slurm kills after KillWait, 30 s): at batch 64 a call of the cnn's 20 steps would train on twice the
     # images its steps per call were sized for. 792 training images: 12 batches of 64 and one of 24.
     model, batch_size = "cnn", 64
-    done = subprocess.run(
-        [sys.executable, "-c", _CALLS, model, str(mnist_mini), "990", str(batch_size)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    run = json.loads(done.stdout.strip().splitlines()[-1])
+    run = script_json(_CALLS, model, str(mnist_mini), "990", str(batch_size))
     steps = [last - first + 1 for first, last in run["calls"]]
     assert sum(steps) == -(-run["n_train"] // batch_size)  # every batch, once
     budget = models.steps_per_call(model) * Protocol().batch_size  # the images a call was sized for
@@ -206,15 +186,7 @@ print(json.dumps({
 def test_on_a_gpu_the_images_and_labels_are_held_in_types_it_gathers_in_its_own_memory() -> None:
     # TensorFlow has no GPU kernel gathering uint8: with the images on the GPU as uint8, every gather would be
     # placed on the host, silently, and copy the images back from the GPU.
-    done = subprocess.run(
-        [sys.executable, "-c", _GPU_GATHER],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = script_json(_GPU_GATHER, timeout=300, env={"CUDA_VISIBLE_DEVICES": ""})
     if not found["built_with_cuda"]:
         pytest.skip("this TensorFlow has no GPU kernels to look up")
     assert not found["uint8_gathers_on_gpu"]  # why the images are not held as uint8 there

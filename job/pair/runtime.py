@@ -91,6 +91,9 @@ def configure(
     for gpu in gpus:
         # Several tasks may share a GPU node; grab memory as needed instead of all of it up front.
         tf.config.experimental.set_memory_growth(gpu, True)
+    if precision == "float32":
+        # Ampere and later GPUs round float32 matmuls and convolutions to TensorFloat-32 unless told not to.
+        tf.config.experimental.enable_tensor_float_32_execution(False)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(precision)

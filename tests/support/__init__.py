@@ -32,15 +32,16 @@ def cli(
     )
 
 
-def script_json(code: str, *args: str, timeout: float = 600) -> Any:
-    """Run `python -c CODE ARGS` on this checkout in a fresh interpreter (a training's own TensorFlow state); the
-    JSON its last line of output holds. Fails the test, with the script's stderr, when it exits non-zero."""
+def script_json(code: str, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> Any:
+    """Run `python -c CODE ARGS` on this checkout in a fresh interpreter (a training's own TensorFlow state), `env`
+    added to the environment; the JSON its last line of output holds. Fails the test, with the script's stderr,
+    when it exits non-zero."""
     done = subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(last_line(done.stdout))
