@@ -49,21 +49,23 @@ def _busy_loops() -> set[int]:
 
 
 @pytest.mark.slow
-def test_a_tiny_bench_under_load_reports_every_figure(mnist_mini: Path) -> None:
+def test_a_tiny_bench_reports_every_figure(mnist_mini: Path) -> None:
+    # Without --load: a busy loop would take one of CI's two cores for the whole bench from every other test.
+    # tests/test_perf_load.py holds the loops to their promises (burn inside the block, reaped after, die with it).
     loops_before = _busy_loops()
     done = cli(
-        "bench", "--model", "mlp", "--epochs", "1", "--limit", "1000", "--repeats", "1", "--load", "1", "--json",
+        "bench", "--model", "mlp", "--epochs", "1", "--limit", "1000", "--repeats", "1", "--load", "0", "--json",
         "--data-dir", str(mnist_mini), "--custom-data",
     )  # fmt: skip
     report = json.loads(done.stdout)
 
-    assert report["load"] == 1 and _busy_loops() == loops_before  # the bench's loops are gone
+    assert report["load"] == 0 and _busy_loops() == loops_before
     assert [run["variant"] for run in report["runs"]] == list(VARIANTS)  # in the order they ran
     for run in report["runs"]:
         assert (run["n_train"], run["n_val"]) == (800, 200)
         assert len(run["train_seconds"]) == len(run["train_cpu_seconds"]) == len(run["validation_seconds"]) == 1
         assert 0 <= run["accuracy"] <= 1 and run["peak_rss_mb"] > run["rss_above_import_mb"] > 0
-        assert run["load"] == 1 and run["load_1min"] >= 0
+        assert run["load"] == 0 and run["load_1min"] >= 0
     assert report["same_initial_weights"]
     figures = {key for key, _, _ in FIGURES}
     assert all(figures <= report["summary"][variant].keys() for variant in VARIANTS)

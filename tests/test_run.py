@@ -163,7 +163,7 @@ def test_pairs_lists_done_and_missing(mlp_run: tuple[Path, dict]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "batch_size", "limit"), [("mlp", 1, 2000), ("mlp", 3, 2000), ("cnn", 1, 1000)])
+@pytest.mark.parametrize(("model", "batch_size", "limit"), [("mlp", 1, 2000), ("mlp", 3, 2000), ("cnn", 1, 400)])
 def test_mixed_precision_with_skipped_steps_finishes_with_a_result(
     model: str, batch_size: int, limit: int, mnist_full: Path, tmp_path: Path
 ) -> None:

@@ -30,7 +30,8 @@ def test_the_calls_feed_every_batch_once_in_order(n: int, batch_size: int, steps
 
 
 # The path this module replaced, kept here as the reference: model.fit an epoch at a time on a tf.data pipeline that
-# gathers and scales each batch, validating on the held-out images, then model.evaluate. Against train.fit.
+# gathers and scales each batch, validating on the held-out images, then model.evaluate; at one step per call
+# (Keras's default), against train.fit at `per_call` steps per call: the steps per call change nothing either.
 _BOTH = """
 import dataclasses, hashlib, json, sys, tempfile
 from pathlib import Path
@@ -62,7 +63,7 @@ def keras_fit():
         return (tf.data.Dataset.from_tensor_slices(ix.astype(np.int64)).batch(size)
                 .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE))
     keras.utils.set_random_seed(train.model_seed(protocol, 0))
-    model = models.build(name, steps_per_execution=per_call)
+    model = models.build(name)  # one step per call, Keras's default: ours runs per_call, the numbers are the same
     held_out = batches(val_ix, train.EVAL_BATCH_SIZE)
     history = {key: [] for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
     for epoch in range(epochs):
@@ -95,7 +96,7 @@ print(json.dumps({"keras_fit": keras_fit(), "ours": ours()}))
         # and one of 86.
         ("mlp", 2990, 3, 7),
         ("cnn-small", 2990, 2, 13),
-        ("cnn", 990, 2, 5),  # the 10-million-weight CNN, on 792 training images
+        ("cnn", 490, 2, 5),  # the 10-million-weight CNN, on 392 training images
     ],
 )
 def test_the_numbers_are_keras_fits_to_the_bit(

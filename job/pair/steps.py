@@ -3,7 +3,7 @@
 Why not `model.fit`: the MLP's step is a fraction of a millisecond of arithmetic, and fit's machinery around it
 (a tf.data pipeline mapping every batch on other threads, an Optional and a tf.cond around every step of its
 while loop) cost about as much again (`mnist-cv bench`, the "x bare loop" row). Here one compiled call runs a run
-of steps, each gathering its batch from the uint8 images by index and scaling it in the same graph, then calling
+of steps, each gathering its batch from the images by index and scaling it in the same graph, then calling
 the model's own `train_step` (or `test_step`): the same loss, gradients, optimizer update and metrics as fit,
 in the same order, so the numbers are fit's to the bit (tests/test_steps.py). Keras callbacks get the calls
 fit would make, in fit's order.
