@@ -158,6 +158,7 @@ def fit(
         if usage is not None:
             usage.training_starts()
         hooks.on_train_begin()
+        held_out: dict[str, float] | None = None  # the last epoch's held-out metrics: the score, when one ran here
         for epoch in range(state.epochs_done, protocol.epochs):
             started = time.perf_counter()
             hooks.on_epoch_begin(epoch)
@@ -185,7 +186,9 @@ def fit(
                 raise Preempted(f"stopped by a signal after epoch {epoch + 1}; rerun to resume from there")
         hooks.on_train_end()
 
-    score = steps.evaluate(held_out_ix, EVAL_BATCH_SIZE, keras.callbacks.CallbackList([], model=model))
+    # The score is the final weights on the held-out images: the last epoch's validation, unless the checkpoint
+    # already held every epoch and none ran in this process.
+    score = held_out or steps.evaluate(held_out_ix, EVAL_BATCH_SIZE, keras.callbacks.CallbackList([], model=model))
     outcome = Outcome(
         history=History(**{key: tuple(values) for key, values in state.history.items()}),
         score=Score(accuracy=float(score["accuracy"]), loss=float(score["loss"])),
