@@ -7,6 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
+PROG = "mnist-cv"  # the command's name in every message
+
 
 class PipeConsole(Console):
     def on_broken_pipe(self) -> None:
@@ -16,3 +18,8 @@ class PipeConsole(Console):
 
 def console(**options: Any) -> Console:
     return PipeConsole(**options)
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: line breaks and other control characters, from file names or library errors, escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -23,11 +23,11 @@ from support import cli, cli_without_reader
 from job.analysis import plots, summary
 from job.cli import main
 from job.pair import data
-from job.pair.final import check_final
-from job.pair.protocol import DEFAULT_MODELS, Protocol, all_pairs
+from job.protocol import DEFAULT_MODELS, Protocol, all_pairs
 from job.results import store
 from job.results.contract import FinalResult, Score
 from job.results.layout import RunLayout
+from job.results.store import check_final
 
 pytestmark = pytest.mark.slow  # ten pairs and a final model are trained first: about a minute
 
@@ -144,7 +144,7 @@ def records(results_dir: Path, model: str) -> list[store.Record]:
 
 def typed_final(results_dir: Path) -> FinalResult:
     layout = RunLayout(results_dir, "default")
-    return check_final(layout.final_result("mlp"), layout)
+    return check_final(layout.final_paths("mlp").result, layout)
 
 
 def stderr_lines(err: str) -> list[str]:
@@ -626,7 +626,7 @@ def _no_confusion_matrix(folder: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "says"),
     [
-        (_other_model_file, "mlp.keras: missing or not the model mlp.json names"),
+        (_other_model_file, "mlp.keras: not the model mlp.json names"),
         (_index_beyond_the_test_set, "mlp.json: a misclassified index beyond its 10000 test images"),
         (_no_confusion_matrix, "mlp.json: not a valid final (test: 'confusion_matrix' is a required property)"),
     ],

@@ -21,8 +21,9 @@ import tomllib
 from support import ROOT, last_line
 from support.cluster import ensure_cluster, reconfigure, submit, wait_for_jobs
 
-from job.pair.protocol import Pair
+from job.protocol import Pair
 from job.results import store as results
+from job.results.layout import RunLayout
 
 DEF_FILE = ROOT / "containers" / "mnist-cv.def"
 BUILD_SH = ROOT / "containers" / "build.sh"
@@ -317,7 +318,7 @@ def test_array_sh_runs_the_pair_inside_the_image(gpu_cluster, mnist_full: Path, 
         argv = argv.replace(str(path), placeholder)
     assert argv == (GOLDEN / "array-apptainer-argv.txt").read_text()
 
-    result = results.read_result(results.pair_path(out, "default", Pair("mlp", 0)))
+    result = results.read_result(RunLayout(out, "default").pair_paths(Pair("mlp", 0)).result)
     assert result["environment"]["container"] == {"runtime": "apptainer", "image": str(image), "sha256": digest}
     assert result["environment"]["slurm"]["array_task_id"] == "0"
     assert (result["config"]["epochs"], result["config"]["limit"]) == (1, 1000)

@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import cli
 
+from job import atomic
 from job.errors import JobError, UsageError
-from job.pair.protocol import Pair, Protocol
-from job.results import atomic, store
+from job.protocol import Pair, Protocol
+from job.results import store
 from job.results.contract import FinalResult, PairResult, ResultError, Summary, schema
 from job.results.layout import RunLayout
 from job.results.status import status
@@ -100,7 +101,7 @@ def real_run(mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 @pytest.mark.slow  # trains two real pairs once (the fixture), ~12 s
 def test_a_real_result_round_trips_through_its_dataclass(real_run: Path) -> None:
     layout = RunLayout(real_run, "default")
-    path = layout.pair_result(Pair("mlp", 0))
+    path = layout.pair_paths(Pair("mlp", 0)).result
     raw = json.loads(path.read_text())
     typed = store.check_pair(path, layout)
     assert raw["schema_version"] == 2 and typed.to_json() == raw
@@ -110,7 +111,7 @@ def test_a_real_result_round_trips_through_its_dataclass(real_run: Path) -> None
 @pytest.mark.slow  # uses the trained pairs of the fixture
 def test_a_version_1_result_still_reads_as_repeat_0_with_no_resources(real_run: Path) -> None:
     layout = RunLayout(real_run, "default")
-    raw = json.loads(layout.pair_result(Pair("mlp", 0)).read_text())
+    raw = json.loads(layout.pair_paths(Pair("mlp", 0)).result.read_text())
     v1 = {key: value for key, value in raw.items() if key not in ("repeat", "resources")} | {"schema_version": 1}
     typed = PairResult.from_json(v1)
     assert (typed.repeat, typed.resources, typed.score) == (0, None, PairResult.from_json(raw).score)
@@ -165,7 +166,7 @@ def _recompute(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, 
 def test_an_edited_result_is_not_valid(real_run: Path, tmp_path: Path, edit: str, delta: float) -> None:
     layout = RunLayout(Path(tempfile.mkdtemp(dir=tmp_path)), "default")
     shutil.copytree(real_run / "default", layout.folder)
-    path = layout.pair_result(Pair("mlp", 0))
+    path = layout.pair_paths(Pair("mlp", 0)).result
     result = json.loads(path.read_text())
     EDITS[edit](delta)(result)
     path.write_text(json.dumps(result))
@@ -173,7 +174,7 @@ def test_an_edited_result_is_not_valid(real_run: Path, tmp_path: Path, edit: str
         store.check_pair(path, layout)
     # run's done-check, pairs/submit (status) and collect (scan) all agree: not done.
     assert not store.completed(path, PROTOCOL.config_id, read=lambda p: store.check_pair(p, layout))
-    assert status(layout.results_dir, "default", PROTOCOL)[0].state == "corrupt"
+    assert status(RunLayout(layout.results_dir, "default"), PROTOCOL)[0].state == "corrupt"
     assert path in store.scan(layout).problems
 
 
@@ -184,11 +185,11 @@ def test_a_result_copied_under_another_folds_name_is_not_that_pair(
 ) -> None:
     layout = RunLayout(tmp_path, "default")
     shutil.copytree(real_run / "default", layout.folder)
-    path = layout.pair_result(Pair("mlp", target))
-    shutil.copy(layout.pair_result(Pair("mlp", source)), path)
+    path = layout.pair_paths(Pair("mlp", target)).result
+    shutil.copy(layout.pair_paths(Pair("mlp", source)).result, path)
     with pytest.raises(ResultError, match=f"holds mlp/fold-{source}, not the pair its path names"):
         store.check_pair(path, layout)
-    assert status(tmp_path, "default", PROTOCOL)[target].state == "corrupt"
+    assert status(RunLayout(tmp_path, "default"), PROTOCOL)[target].state == "corrupt"
 
 
 # --- issue 13, class 2: numbers that are not numbers --------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_a_non_finite_number_in_a_result_file_makes_it_unusable(
 ) -> None:
     layout = RunLayout(tmp_path, "default")
     shutil.copytree(real_run / "default", layout.folder)
-    path = layout.pair_result(Pair("mlp", 0))
+    path = layout.pair_paths(Pair("mlp", 0)).result
     text = path.read_text()
     start = text.index(where) + len(where)
     end = min(text.index(c, start) for c in ",\n}" if c in text[start:])
@@ -211,7 +212,7 @@ def test_a_non_finite_number_in_a_result_file_makes_it_unusable(
     with pytest.raises(ResultError) as error:
         store.check_pair(path, layout)
     assert "\n" not in str(error.value)
-    assert status(tmp_path, "default", PROTOCOL)[0].state == "corrupt"
+    assert status(RunLayout(tmp_path, "default"), PROTOCOL)[0].state == "corrupt"
 
 
 def fifo(path: Path) -> None:
@@ -238,13 +239,13 @@ def test_a_result_that_is_not_a_small_regular_file_is_refused_without_reading_it
     # A FIFO never ends its open(), /dev/zero and a sparse terabyte never end their read: pairs and status hung
     # or exhausted the memory. Refused in one line instead, and the pair is corrupt, to be redone.
     layout = RunLayout(tmp_path, "default")
-    path = layout.pair_result(Pair("mlp", 0))
+    path = layout.pair_paths(Pair("mlp", 0)).result
     path.parent.mkdir(parents=True)
     make(path)
     with pytest.raises(ResultError, match="not a regular file|more than a result holds") as error:
         store.check_pair(path, layout)
     assert "\n" not in str(error.value)
-    assert status(tmp_path, "default", PROTOCOL)[0].state == "corrupt"
+    assert status(RunLayout(tmp_path, "default"), PROTOCOL)[0].state == "corrupt"
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
@@ -259,7 +260,7 @@ def test_a_non_finite_number_is_refused_when_writing(tmp_path: Path, value: floa
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_a_typed_result_with_a_non_finite_number_does_not_pass_its_own_check(real_run: Path, value: float) -> None:
     layout = RunLayout(real_run, "default")
-    typed = store.check_pair(layout.pair_result(Pair("mlp", 0)), layout)
+    typed = store.check_pair(layout.pair_paths(Pair("mlp", 0)).result, layout)
     broken = dataclasses.replace(typed, score=dataclasses.replace(typed.score, loss=value))
     with pytest.raises(ResultError, match="score/loss is not a finite number"):
         PairResult.from_json(broken.to_json())
@@ -290,18 +291,18 @@ def test_a_run_name_that_is_not_a_plain_name_is_refused(name: str) -> None:
 )
 def test_a_pair_path_names_its_pair(model: str, fold: int) -> None:
     layout = RunLayout(Path("results"), "run")
-    for path in (layout.pair_result(Pair(model, fold)), layout.pair_checkpoint(Pair(model, fold))):
+    for path in (layout.pair_paths(Pair(model, fold)).result, layout.pair_paths(Pair(model, fold)).checkpoint):
         assert layout.pair_of(path) == Pair(model, fold) and path.is_relative_to(layout.folder)
-    assert layout.pair_of(layout.final_result(model)) is None
+    assert layout.pair_of(layout.final_paths(model).result) is None
 
 
 @pytest.mark.slow  # trains two real pairs once (the fixture), ~12 s
 @pytest.mark.parametrize("name", ["../../escape.keras", "/tmp/x.keras", "cnn.keras", "mlp.json"])
 def test_a_final_result_naming_another_model_file_is_refused(real_run: Path, name: str) -> None:
-    from job.pair.final import check_final
+    from job.results.store import check_final
 
     layout = RunLayout(real_run, "default")
-    pair = json.loads(layout.pair_result(Pair("mlp", 0)).read_text())
+    pair = json.loads(layout.pair_paths(Pair("mlp", 0)).result.read_text())
     final = {**pair, "model_file": {"name": name, "sha256": "0" * 64}}
     final["test"] = {
         "n_images": 10,
@@ -313,9 +314,9 @@ def test_a_final_result_naming_another_model_file_is_refused(real_run: Path, nam
     final["data"] = {**{k: pair["data"][k] for k in ("name", "source", "sha256", "n_train")}, "n_test": 10}
     for key in ("fold", "task_id"):
         final.pop(key)
-    path = layout.final_result("mlp")
+    path = layout.final_paths("mlp").result
     atomic.write_json(path, final)
     with pytest.raises(ResultError, match=f"names the model file {name!r}, not mlp.keras"):
         check_final(path, layout)
     with pytest.raises(UsageError):
-        layout.final_result("../mlp")
+        layout.final_paths("../mlp")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from support import ROOT
 
+from job.files import FileError
 from job.pair import data
 from job.pair.data import MNIST_FILES, MNIST_SHA256, DataError
 
@@ -452,7 +453,7 @@ def test_a_plain_npy_file_or_a_fifo_as_the_data_is_one_line(tmp_path: Path) -> N
     with pytest.raises(DataError, match=r"x_train\.npy: not a \.npz file \(the data is a folder of IDX files"):
         data.load(tmp_path / "x_train.npy")
     os.mkfifo(tmp_path / "fifo")
-    with pytest.raises(DataError, match="fifo: not a regular file"):
+    with pytest.raises(FileError, match="fifo: not a regular file"):
         data.load(tmp_path / "fifo")
 
 

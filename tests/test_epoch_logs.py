@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from support import cli
 
-from job.pair.protocol import Pair
+from job.protocol import Pair
 from job.results import store
 from job.results.layout import RunLayout
 
@@ -46,7 +46,7 @@ def start(results: Path, data: Path, log: Path) -> subprocess.Popen[bytes]:
 
 def saved_state(layout: RunLayout) -> dict[str, Any] | None:
     try:
-        return json.loads((layout.pair_checkpoint(PAIR) / "state.json").read_text())
+        return json.loads((layout.pair_paths(PAIR).checkpoint / "state.json").read_text())
     except (OSError, ValueError):
         return None  # not saved yet, or replaced while read
 
@@ -89,10 +89,10 @@ def resumed(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     assert first.wait() == -9, log.read_text()
     killed = saved_state(layout)
     assert killed is not None and killed["epochs_done"] == KILL_AFTER, "epoch 4 ended before the kill: too fast"
-    assert not layout.pair_result(PAIR).exists()
+    assert not layout.pair_paths(PAIR).result.exists()
 
     # What a kill can leave besides: a torn last line, and the event files of a process before.
-    csv_path, tensorboard = layout.pair_csv(PAIR), layout.pair_tensorboard(PAIR)
+    csv_path, tensorboard = layout.pair_paths(PAIR).csv, layout.pair_paths(PAIR).tensorboard
     with open(csv_path, "a") as f:
         f.write("4,0.1,0.9")
     (event_file,) = tensorboard.iterdir()
@@ -100,7 +100,7 @@ def resumed(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
     second = start(results, mnist_mini, log)
     assert second.wait(timeout=600) == 0, log.read_text()
-    return {"layout": layout, "killed": killed, "result": store.read_result(layout.pair_result(PAIR)), "log": log}
+    return {"layout": layout, "killed": killed, "result": store.read_result(layout.pair_paths(PAIR).result), "log": log}
 
 
 def test_the_killed_pair_resumed_after_epoch_3(resumed: dict[str, Any]) -> None:
@@ -109,7 +109,7 @@ def test_the_killed_pair_resumed_after_epoch_3(resumed: dict[str, Any]) -> None:
 
 
 def test_its_csv_holds_each_epoch_once_in_order_as_the_result_says(resumed: dict[str, Any]) -> None:
-    result, rows = resumed["result"], csv_rows(resumed["layout"].pair_csv(PAIR))
+    result, rows = resumed["result"], csv_rows(resumed["layout"].pair_paths(PAIR).csv)
     assert [int(row["epoch"]) for row in rows] == list(range(1, EPOCHS + 1))
     for key, values in result["history"].items():
         assert [float(row[key]) for row in rows] == values  # the same floats, to the last bit
@@ -117,7 +117,7 @@ def test_its_csv_holds_each_epoch_once_in_order_as_the_result_says(resumed: dict
 
 
 def test_its_tensorboard_run_holds_each_epoch_once_in_order_as_the_result_says(resumed: dict[str, Any]) -> None:
-    folder = resumed["layout"].pair_tensorboard(PAIR)
+    folder = resumed["layout"].pair_paths(PAIR).tensorboard
     assert len(list(folder.iterdir())) == 1, "the stale event files are gone"
     scalars = events(folder)
     result = resumed["result"]
@@ -130,9 +130,12 @@ def test_its_tensorboard_run_holds_each_epoch_once_in_order_as_the_result_says(r
 
 def test_the_logs_are_not_results_and_stay_after_the_result(resumed: dict[str, Any]) -> None:
     layout = resumed["layout"]
-    assert layout.pair_results() == [layout.pair_result(PAIR)]
-    assert layout.pair_of(layout.pair_csv(PAIR)) is None and layout.pair_of(layout.pair_tensorboard(PAIR)) is None
-    assert not layout.pair_checkpoint(PAIR).exists()
+    assert layout.pair_results() == [layout.pair_paths(PAIR).result]
+    assert (
+        layout.pair_of(layout.pair_paths(PAIR).csv) is None
+        and layout.pair_of(layout.pair_paths(PAIR).tensorboard) is None
+    )
+    assert not layout.pair_paths(PAIR).checkpoint.exists()
 
 
 def test_the_resumed_results_resources_are_summed_over_both_processes(resumed: dict[str, Any]) -> None:
@@ -156,5 +159,5 @@ def test_a_fresh_start_empties_the_logs_of_an_earlier_training(
     done = cli("run", *args, "--data-dir", str(mnist_mini), "--results", str(tmp_path))
     assert done.returncode == 0, done.stderr
     fresh = RunLayout(tmp_path, "default")
-    assert [row["epoch"] for row in csv_rows(fresh.pair_csv(PAIR))] == ["1"]
-    assert [step for step, _ in events(fresh.pair_tensorboard(PAIR))["loss"]] == [1]
+    assert [row["epoch"] for row in csv_rows(fresh.pair_paths(PAIR).csv)] == ["1"]
+    assert [step for step, _ in events(fresh.pair_paths(PAIR).tensorboard)["loss"]] == [1]

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from support import ROOT, cli, wait_for
 
 from job.analysis import figures, reference
-from job.pair.protocol import Pair
+from job.protocol import Pair
 from job.results import store
 from job.results.contract import PairResult
 from job.results.layout import RunLayout
@@ -45,7 +45,7 @@ def real_run(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     for fold in (0, 1):
         done = cli(*run_args(results, mnist_mini, fold))
         assert done.returncode == 0, done.stderr[-2000:]
-    state = RunLayout(results, "default").pair_checkpoint(Pair("mlp", RESUMED)) / "state.json"
+    state = RunLayout(results, "default").pair_paths(Pair("mlp", RESUMED)).checkpoint / "state.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(
         [sys.executable, "-m", "job", *run_args(results, mnist_mini, RESUMED)], env=env, stderr=subprocess.DEVNULL

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support import cli
 
-from job.cli import one_line
+from job.console import one_line
 from job.errors import JobError, UsageError
 from job.pair import data, predict
-from job.pair.protocol import MAX_SEED, Protocol, parse_task_id
+from job.protocol import MAX_SEED, Protocol, parse_task_id
 
 PREFIX = "mnist-cv predict: error: "
 

@@ -16,8 +16,9 @@ from support.cluster import array_env, submit, wait_for_jobs, with_gpus
 
 from job.errors import JobError
 from job.launch import snapshot
-from job.pair.protocol import Pair
+from job.protocol import Pair
 from job.results import store as results
+from job.results.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ("--epochs", "1", "--limit", "1000")
@@ -111,7 +112,7 @@ def start_now(job: str) -> None:
 
 
 def assert_ran(out: Path, run: str, commit: str) -> None:
-    result = results.read_result(results.pair_path(out, run, Pair("mlp", 0)))
+    result = results.read_result(RunLayout(out, run).pair_paths(Pair("mlp", 0)).result)
     assert result["environment"]["git"] == {"commit": commit, "dirty": False}
     assert (result["config"]["epochs"], result["config"]["limit"]) == (1, 1000)
 

@@ -15,8 +15,8 @@ import pytest
 from support import wait_for
 from support.cluster import ensure_cluster, submit
 
+from job import slurm
 from job.errors import JobError
-from job.launch import scheduler
 from job.results.lease import Holder, Lease, LeaseHeld, LeaseLost, read_holder
 
 # A process that takes the lease once `go` exists, marks the pair as its own (as training would) and holds it until
@@ -249,7 +249,7 @@ def test_a_lease_of_a_slurm_job_is_kept_while_it_runs_and_taken_over_once_it_end
     finally:
         subprocess.run(["scancel", job], check=True)
     # scancel's SIGTERM kills the holder before it can release the lease: once sacct says so, it is stale.
-    wait_for("sacct to show the job ended", lambda: getattr(scheduler.task(job), "finished", False))
+    wait_for("sacct to show the job ended", lambda: getattr(slurm.task(job), "finished", False))
     assert path.exists()
     taken = as_other_host(path)
     assert taken.returncode == 0, taken.stderr

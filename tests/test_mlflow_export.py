@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from support import cli, last_line
 
-from job.pair.protocol import Pair
+from job.protocol import Pair
 from job.results import store
 from job.results.layout import RunLayout
 
@@ -70,7 +70,7 @@ def test_every_pair_becomes_one_finished_mlflow_run_in_the_run_folders_sqlite(ru
     client = mlflow.MlflowClient(tracking_uri=uri)
     for logged in runs:
         pair = Pair("mlp", int(logged.info.run_name[-1]))
-        result = store.read_result(run.pair_result(pair))
+        result = store.read_result(run.pair_paths(pair).result)
         assert logged.info.status == "FINISHED"
         params = logged.data.params
         assert params["model"] == "mlp" and params["fold"] == str(pair.fold) and params["repeat"] == "0"
@@ -90,7 +90,7 @@ def test_every_pair_becomes_one_finished_mlflow_run_in_the_run_folders_sqlite(ru
         (artifact,) = client.list_artifacts(logged.info.run_id)
         local = Path(client.download_artifacts(logged.info.run_id, artifact.path))
         assert json.loads(local.read_text()) == result
-    assert run.mlflow_artifacts.is_dir() and run.pair_results() == [run.pair_result(p) for p in PAIRS]
+    assert run.mlflow_artifacts.is_dir() and run.pair_results() == [run.pair_paths(p).result for p in PAIRS]
 
 
 def test_exporting_again_creates_nothing_new(run: RunLayout, mlflow: Any) -> None:
@@ -110,7 +110,7 @@ def test_an_export_killed_midway_is_redone_on_the_next(run: RunLayout, mlflow: A
     uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("mnist-cv/default", artifact_location=(tmp_path / "art").as_uri())
-    digest = hashlib.sha256(run.pair_result(PAIRS[0]).read_bytes()).hexdigest()
+    digest = hashlib.sha256(run.pair_paths(PAIRS[0]).result.read_bytes()).hexdigest()
     torn = client.create_run(experiment, tags={"mnist_cv.result_sha256": digest}, run_name="mlp/fold-0")
     done = collect_mlflow(run, env={"MLFLOW_TRACKING_URI": uri})
     assert done.returncode == 0, done.stderr

@@ -91,18 +91,15 @@ def test_a_package_already_imported_is_left_alone() -> None:
     assert done.stdout.split() == ["True", "False"]
 
 
-def test_the_task_is_the_run_command_on_the_pair() -> None:
-    from job.perf.bench import Spec
-    from job.perf.task import run_args, task_limit
+def test_the_task_is_one_epoch_of_the_pair_on_as_few_images_as_two_calls_need() -> None:
+    from job.perf.spec import Spec
+    from job.perf.task import task_spec
 
     spec = Spec(model="cnn", fold=3, epochs=2, limit=12000, data_dir="/data", custom_data=True)
-    assert run_args(spec, "/tmp/r") == [
-        "run", "--model", "cnn", "--fold", "3", "--epochs", "1", "--limit", "2000",  # 20 steps a call: 41 need 1640
-        "--results", "/tmp/r", "--allow-cpu", "--data-dir", "/data", "--custom-data",
-    ]  # fmt: skip
-    mlp = run_args(Spec(model="mlp", fold=0, epochs=3), "/tmp/r")  # 500 steps a call: 1001 steps need 40,040
-    assert mlp[mlp.index("--limit") + 1] == "40040"
-    assert task_limit(Spec(model="mlp", fold=0, epochs=3, limit=1000)) == 1000  # never more than the spec's
+    # 20 steps a call: 41 steps need 1640 images, the minimum is 2000
+    assert task_spec(spec) == Spec(model="cnn", fold=3, epochs=1, limit=2000, data_dir="/data", custom_data=True)
+    assert task_spec(Spec(model="mlp", fold=0, epochs=3)).limit == 40040  # 500 steps a call: 1001 steps
+    assert task_spec(Spec(model="mlp", fold=0, epochs=3, limit=1000)).limit == 1000  # never more than the spec's
 
 
 def test_first_step_takes_off_the_first_calls_other_steps() -> None:

@@ -25,8 +25,9 @@ import pytest
 from support import cluster, last_line
 from support.cluster import array_env, wait_for_jobs, with_gpus
 
-from job.pair.protocol import Pair
+from job.protocol import Pair
 from job.results import store as results
+from job.results.layout import RunLayout
 
 pytestmark = pytest.mark.slow
 
@@ -52,11 +53,11 @@ def numbers(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_path(out: Path, fold: int) -> Path:
-    return results.pair_path(out, "default", Pair("cnn", fold))
+    return RunLayout(out, "default").pair_paths(Pair("cnn", fold)).result
 
 
 def checkpoint_dir(out: Path, fold: int) -> Path:
-    return results.checkpoint_dir(out, "default", Pair("cnn", fold))
+    return RunLayout(out, "default").pair_paths(Pair("cnn", fold)).checkpoint
 
 
 def state_file(out: Path, fold: int) -> Path:

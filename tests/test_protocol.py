@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.model_selection import KFold
 
+from job import folds
 from job.errors import UsageError
-from job.pair import folds
-from job.pair.protocol import Pair, Protocol, all_pairs, pair_for_task, task_for_pair
+from job.protocol import Pair, Protocol, all_pairs, pair_for_task, task_for_pair
 from job.results.status import array_spec
 
 

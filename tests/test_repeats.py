@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from sklearn.model_selection import KFold
 from support import cli, cluster
 
+from job import atomic, folds
 from job.analysis import summary
 from job.errors import UsageError
-from job.pair import folds
-from job.pair.protocol import (
+from job.protocol import (
     MAX_REPEATS,
     MAX_SEED,
     Pair,
@@ -37,7 +37,7 @@ from job.pair.protocol import (
     pair_for_task,
     task_for_pair,
 )
-from job.results import atomic, store
+from job.results import store
 from job.results.contract import ResultError
 from job.results.layout import RunLayout, short_name
 
@@ -99,7 +99,7 @@ def test_a_repeat_beyond_the_seed_range_is_refused_cleanly() -> None:
 
 
 def test_the_split_imports_no_scikit_learn() -> None:
-    code = "import sys, job.pair.folds, job.results.store, job.pair.job; print('sklearn' in sys.modules)"
+    code = "import sys, job.folds, job.results.store, job.pair.job; print('sklearn' in sys.modules)"
     done = cli_python(code)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
 
@@ -150,13 +150,13 @@ def test_streams_keep_repeat_0_and_never_collide() -> None:
 
 def test_repeat_0_keeps_todays_paths_and_others_get_a_folder() -> None:
     layout = RunLayout(Path("results"), "run")
-    assert layout.pair_result(Pair("mlp", 3)) == Path("results/run/mlp/fold-3.json")
-    assert layout.pair_result(Pair("mlp", 3, 2)) == Path("results/run/mlp/repeat-2/fold-3.json")
-    assert layout.pair_checkpoint(Pair("cnn", 0, 1)) == Path("results/run/cnn/repeat-1/fold-0.ckpt")
-    assert layout.pair_lease(Pair("cnn", 0, 1)) == Path("results/run/cnn/repeat-1/fold-0.lease")
-    assert short_name(layout.pair_result(Pair("cnn", 0, 1))) == "cnn/repeat-1/fold-0.json"
-    assert short_name(layout.pair_result(Pair("cnn", 0))) == "cnn/fold-0.json"
-    assert short_name(layout.final_result("cnn")) == "final/cnn.json"
+    assert layout.pair_paths(Pair("mlp", 3)).result == Path("results/run/mlp/fold-3.json")
+    assert layout.pair_paths(Pair("mlp", 3, 2)).result == Path("results/run/mlp/repeat-2/fold-3.json")
+    assert layout.pair_paths(Pair("cnn", 0, 1)).checkpoint == Path("results/run/cnn/repeat-1/fold-0.ckpt")
+    assert layout.pair_paths(Pair("cnn", 0, 1)).lease == Path("results/run/cnn/repeat-1/fold-0.lease")
+    assert short_name(layout.pair_paths(Pair("cnn", 0, 1)).result) == "cnn/repeat-1/fold-0.json"
+    assert short_name(layout.pair_paths(Pair("cnn", 0)).result) == "cnn/fold-0.json"
+    assert short_name(layout.final_paths("cnn").result) == "final/cnn.json"
     for foreign in ("run/mlp/repeat-0/fold-1.json", "run/mlp/repeat-01/fold-1.json", "run/mlp/x/fold-1.json"):
         assert layout.pair_of(Path("results") / foreign) is None, foreign
     assert layout.pair_of(Path("results/run/mlp/repeat-1/repeat-2/fold-0.json")) is None
@@ -175,7 +175,11 @@ def test_repeat_0_keeps_todays_paths_and_others_get_a_folder() -> None:
 def test_a_repeat_pair_path_names_its_pair(model: str, fold: int, repeat: int) -> None:
     layout = RunLayout(Path("results"), "run")
     pair = Pair(model, fold, repeat)
-    for path in (layout.pair_result(pair), layout.pair_checkpoint(pair), layout.pair_lease(pair).with_suffix(".json")):
+    for path in (
+        layout.pair_paths(pair).result,
+        layout.pair_paths(pair).checkpoint,
+        layout.pair_paths(pair).lease.with_suffix(".json"),
+    ):
         assert layout.pair_of(path) == pair
 
 
@@ -298,7 +302,7 @@ def test_a_result_at_another_repeats_path_is_refused(trained: Path, tmp_path: Pa
     layout = RunLayout(tmp_path, "rep")
     first, second = trained / "rep" / "mlp" / "fold-0.json", trained / "rep" / "mlp" / "repeat-1" / "fold-0.json"
     store.check_pair(second, RunLayout(trained, "rep"))
-    target = layout.pair_result(Pair("mlp", 0, 2))
+    target = layout.pair_paths(Pair("mlp", 0, 2)).result
     atomic.write_json(target, json.loads(second.read_text()))
     with pytest.raises(ResultError, match="holds mlp/repeat-1/fold-0, not the pair its path names"):
         store.check_pair(target, layout)
@@ -308,7 +312,7 @@ def test_a_result_at_another_repeats_path_is_refused(trained: Path, tmp_path: Pa
     with pytest.raises(ResultError, match="held-out images are not fold 0 of repeat 2"):
         store.check_pair(target, layout)
     # A repeat-0 result moved into repeat 1, its repeat edited: refused the same way.
-    target = layout.pair_result(Pair("mlp", 0, 1))
+    target = layout.pair_paths(Pair("mlp", 0, 1)).result
     atomic.write_json(target, {**json.loads(first.read_text()), "repeat": 1})
     with pytest.raises(ResultError, match="held-out images are not fold 0 of repeat 1"):
         store.check_pair(target, layout)
@@ -337,8 +341,8 @@ def repeated_run(trained: Path, tmp_path: Path) -> Path:
             )
             result["score"]["accuracy"] = record.result.score.accuracy
             result["history"]["val_accuracy"] = [record.result.score.accuracy]
-            atomic.write_json(layout.pair_result(pair), result)
-            store.check_pair(layout.pair_result(pair), layout)
+            atomic.write_json(layout.pair_paths(pair).result, result)
+            store.check_pair(layout.pair_paths(pair).result, layout)
     return tmp_path
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from job.pair import usage
 from job.pair.checkpoint import TrainState, _inconsistency
-from job.pair.protocol import Pair
+from job.protocol import Pair
 from job.results import store
 from job.results.layout import RunLayout
 
@@ -71,7 +71,7 @@ def test_a_real_pair_records_plausible_resources(mnist_mini: Path, tmp_path: Pat
         preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
     )
     assert done.returncode == 0, done.stderr
-    result = store.read_result(RunLayout(tmp_path, "default").pair_result(Pair("mlp", 1)))
+    result = store.read_result(RunLayout(tmp_path, "default").pair_paths(Pair("mlp", 1)).result)
     resources, fit_seconds = result["resources"], result["timings"]["fit_seconds"]
     assert resources["wall_seconds"] >= resources["startup_seconds"] + fit_seconds
     assert resources["startup_seconds"] > 1  # python, TensorFlow and Keras imports at least

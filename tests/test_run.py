@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from support import cli, last_line
 
-from job.pair.protocol import Pair, Protocol
+from job.protocol import Pair, Protocol
 from job.results import store as results
 from job.results.contract import PairResult
+from job.results.layout import RunLayout
 
 QUICK = ("--epochs", "2", "--limit", "2000")
 
@@ -25,7 +26,7 @@ def mlp_run(mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     out = tmp_path_factory.mktemp("results")
     done = cli("run", "--model", "mlp", "--fold", "1", *QUICK, "--data-dir", str(mnist_full), "--results", str(out))
     assert done.returncode == 0, done.stderr
-    path = results.pair_path(out, "default", Pair("mlp", 1))
+    path = RunLayout(out, "default").pair_paths(Pair("mlp", 1)).result
     return out, json.loads(path.read_text())
 
 
@@ -48,7 +49,7 @@ def test_a_pair_writes_a_valid_result(mlp_run: tuple[Path, dict], mnist_full: Pa
 
 def test_a_done_pair_is_skipped_and_force_retrains_identically(mlp_run: tuple[Path, dict], mnist_full: Path) -> None:
     out, first = mlp_run
-    path = results.pair_path(out, "default", Pair("mlp", 1))
+    path = RunLayout(out, "default").pair_paths(Pair("mlp", 1)).result
     before = path.read_bytes()
     skipped = cli("run", "--task-id", "1", *QUICK, "--data-dir", str(mnist_full), "--results", str(out))
     assert skipped.returncode == 0 and "already done" in skipped.stdout
@@ -67,7 +68,7 @@ def test_the_task_id_comes_from_slurm_when_not_given(mnist_mini: Path, tmp_path:
         "--results", str(tmp_path), env={"SLURM_ARRAY_TASK_ID": "7"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    result = results.read_result(results.pair_path(tmp_path, "default", Pair("cnn", 2)))
+    result = results.read_result(RunLayout(tmp_path, "default").pair_paths(Pair("cnn", 2)).result)
     assert result["task_id"] == 7 and result["model"] == "cnn"
 
 
@@ -86,12 +87,12 @@ def test_the_task_id_comes_from_slurm_when_not_given(mnist_mini: Path, tmp_path:
 )
 def test_usage_errors_are_one_line_exit_2(args: list[str], message: str, mlp_run: tuple[Path, dict]) -> None:
     out, _ = mlp_run
-    before = results.pair_path(out, "default", Pair("mlp", 1)).read_bytes()
+    before = RunLayout(out, "default").pair_paths(Pair("mlp", 1)).result.read_bytes()
     done = cli("run", *args, "--results", str(out), env={"SLURM_ARRAY_TASK_ID": ""} if not args else None)
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
-    assert results.pair_path(out, "default", Pair("mlp", 1)).read_bytes() == before
+    assert RunLayout(out, "default").pair_paths(Pair("mlp", 1)).result.read_bytes() == before
 
 
 def _corrupt_copy(mnist_full: Path, folder: Path) -> Path:
@@ -132,7 +133,7 @@ def test_runtime_errors_are_one_line_exit_1(case: str, message: str, mnist_full:
 
 def test_a_result_of_another_config_is_never_overwritten(mlp_run: tuple[Path, dict], mnist_full: Path) -> None:
     out, _ = mlp_run
-    path = results.pair_path(out, "default", Pair("mlp", 1))
+    path = RunLayout(out, "default").pair_paths(Pair("mlp", 1)).result
     before = path.read_bytes()
     done = cli("run", "--task-id", "1", "--epochs", "1", "--limit", "2000", "--data-dir", str(mnist_full),
                "--results", str(out))  # fmt: skip
@@ -142,7 +143,7 @@ def test_a_result_of_another_config_is_never_overwritten(mlp_run: tuple[Path, di
 
 @pytest.mark.slow
 def test_a_torn_result_is_redone(mnist_mini: Path, tmp_path: Path) -> None:
-    path = results.pair_path(tmp_path, "default", Pair("mlp", 0))
+    path = RunLayout(tmp_path, "default").pair_paths(Pair("mlp", 0)).result
     path.parent.mkdir(parents=True)
     path.write_text('{"schema_version": 1, "model": "ml')
     done = cli("run", "--task-id", "0", "--epochs", "1", "--limit", "1000", "--data-dir", str(mnist_mini),
@@ -173,7 +174,7 @@ def test_mixed_precision_with_skipped_steps_finishes_with_a_result(
         "--limit", str(limit), "--epochs", "1", "--data-dir", str(mnist_full), "--results", str(tmp_path),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    result = results.read_result(results.pair_path(tmp_path, "default", Pair(model, 0)))
+    result = results.read_result(RunLayout(tmp_path, "default").pair_paths(Pair(model, 0)).result)
     assert result["config"]["precision"] == "mixed_float16" and result["resume"]["count"] == 0
 
 
@@ -186,7 +187,7 @@ import sys
 import numpy as np
 from job.pair import models, runtime
 from job.pair.checkpoint import Checkpoint, TrainState
-from job.pair.protocol import Protocol
+from job.protocol import Protocol
 
 folder, name, how = sys.argv[1:]
 runtime.configure(deterministic=True, precision="float32", allow_cpu=True)
@@ -214,7 +215,7 @@ Checkpoint(folder).save(model, state)
 def test_a_diverged_training_stops_with_one_line_and_keeps_its_checkpoint(
     model: str, how: str, mnist_full: Path, tmp_path: Path
 ) -> None:
-    checkpoint = results.checkpoint_dir(tmp_path, "default", Pair(model, 0))
+    checkpoint = RunLayout(tmp_path, "default").pair_paths(Pair(model, 0)).checkpoint
     made = subprocess.run(
         [sys.executable, "-c", _POISONED_CHECKPOINT, str(checkpoint), model, how], capture_output=True, text=True
     )
@@ -229,7 +230,7 @@ def test_a_diverged_training_stops_with_one_line_and_keeps_its_checkpoint(
     assert line.startswith("mnist-cv run: error: training diverged in epoch 2 (loss nan"), done.stderr
     assert f"the checkpoint after epoch 1 in {checkpoint} holds the history before it" in line
     assert "Traceback" not in done.stderr
-    assert not results.pair_path(tmp_path, "default", Pair(model, 0)).exists()
+    assert not RunLayout(tmp_path, "default").pair_paths(Pair(model, 0)).result.exists()
     assert json.loads((checkpoint / "state.json").read_text()) == state_before  # kept for a look, not overwritten
 
 
@@ -275,8 +276,8 @@ def test_a_misplaced_or_edited_result_is_redone_by_run_and_not_done_for_pairs(
     mlp_run: tuple[Path, dict], mnist_full: Path, tmp_path: Path
 ) -> None:
     out = Path(shutil.copytree(mlp_run[0], tmp_path / "results"))
-    fold1 = results.pair_path(out, "default", Pair("mlp", 1))
-    shutil.copy(fold1, results.pair_path(out, "default", Pair("mlp", 2)))  # a copy under another fold's name
+    fold1 = RunLayout(out, "default").pair_paths(Pair("mlp", 1)).result
+    shutil.copy(fold1, RunLayout(out, "default").pair_paths(Pair("mlp", 2)).result)  # a copy under another fold's name
     edited = json.loads(fold1.read_text())
     edited["score"]["accuracy"] = min(1.0, edited["score"]["accuracy"] + 0.05)  # a score edited by hand
     fold1.write_text(json.dumps(edited))

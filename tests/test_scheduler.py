@@ -1,4 +1,4 @@
-"""scheduler.py against the real local Slurm: every task state status relies on, as squeue and sacct report it."""
+"""job/slurm.py against the real local Slurm: every task state status relies on, as squeue and sacct report it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from support.cluster import ensure_cluster, submit
 
-from job.launch import scheduler
-from job.launch.scheduler import TaskState, _seconds, _state, _task_ids
+from job import slurm
+from job.slurm import TaskState, _seconds, _state, _task_ids
 
 SMALL = ["--cpus-per-task=1", "--mem=100M", "--time=5"]
 
@@ -41,17 +41,17 @@ def ended(job_id: str, *tasks: int) -> dict[str, TaskState]:
     expected = sorted(f"{job_id}_{t}" for t in tasks) or [job_id]
 
     def check() -> TaskState | None:
-        states = scheduler.tasks([job_id])
+        states = slurm.tasks([job_id])
         done = sorted(states) == expected and all(s.finished and s.source == "sacct" for s in states.values())
         return next(iter(states.values())) if done else None
 
     wait_for(f"job {job_id} to end", check, timeout=120)
-    return scheduler.tasks([job_id])
+    return slurm.tasks([job_id])
 
 
 def in_state(job_id: str, *states: str, restarted: bool = False) -> Callable[[], TaskState | None]:
     def check() -> TaskState | None:
-        task = scheduler.task(job_id)
+        task = slurm.task(job_id)
         if task is not None and task.state in states and (task.restarts > 0 or not restarted):
             return task
         return None
@@ -70,8 +70,8 @@ def test_task_ranges_states_and_times_parse_as_slurm_prints_them() -> None:
 
 
 def test_bad_job_ids_are_refused_before_any_command_runs() -> None:
-    with pytest.raises(scheduler.SchedulerError, match="not a Slurm job id"):
-        scheduler.tasks(["12", "--all"])
+    with pytest.raises(slurm.SchedulerError, match="not a Slurm job id"):
+        slurm.tasks(["12", "--all"])
 
 
 @pytest.mark.slurm
@@ -80,7 +80,7 @@ def test_a_held_array_is_pending_task_by_task_then_cancelled_from_one_range_line
 ) -> None:
     job = submit([*SMALL, "--hold", "--array=0-3", "-J", "sched-held", "--wrap", "sleep 60"], cwd=tmp_path)
     try:
-        states = scheduler.tasks([job])
+        states = slurm.tasks([job])
         assert sorted(states) == [f"{job}_{i}" for i in range(4)]
         assert {(s.state, s.reason, s.source) for s in states.values()} == {("PENDING", "JobHeldUser", "squeue")}
     finally:
@@ -103,7 +103,7 @@ def test_a_running_task_shows_its_node_and_elapsed_time_and_a_failed_one_its_exi
         assert task.node == cluster["node"]
         assert task.elapsed_s is not None and task.elapsed_s >= 0
         assert not task.finished
-        assert scheduler.named_tasks("sched-run")[f"{running}_7"].state == "RUNNING"
+        assert slurm.named_tasks("sched-run")[f"{running}_7"].state == "RUNNING"
     finally:
         subprocess.run(["scancel", running], check=True)
     exit3 = ended(failed)[failed]
@@ -127,6 +127,6 @@ def test_a_requeued_task_is_pending_again_with_a_restart(cluster: dict[str, str]
 
 def test_without_slurm_on_the_path_nothing_is_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no squeue, as on a laptop
-    assert not scheduler.available()
-    assert scheduler.tasks(["12_3"]) == {}
-    assert scheduler.named_tasks("mnist-cv-pairs") == {}
+    assert not slurm.available()
+    assert slurm.tasks(["12_3"]) == {}
+    assert slurm.named_tasks("mnist-cv-pairs") == {}

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
+from job import atomic
 from job.analysis import sizing
 from job.cli import main
 from job.launch import resources as launch_resources
-from job.pair.protocol import Pair
-from job.results import atomic
+from job.protocol import Pair
 from job.results.contract import GpuUse, PairResult, Resources, Summary
 from job.results.layout import RunLayout
 from job.results.projection import WARNING_S, clock, projection
@@ -86,7 +86,9 @@ def train_measured(results: Path, fold: int, data: Path) -> Resources:
         wall = time.monotonic() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     assert proc.returncode == 0, log.read_text()[-2000:]
-    result = PairResult.from_json(json.loads(RunLayout(results, "default").pair_result(Pair("mlp", fold)).read_text()))
+    result = PairResult.from_json(
+        json.loads(RunLayout(results, "default").pair_paths(Pair("mlp", fold)).result.read_text())
+    )
     return Resources(
         wall_seconds=wall,
         # Start-up as seen from outside: everything but the fit (an upper bound of the in-process figure).
@@ -103,7 +105,7 @@ def measured_run(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """RESULTS with mlp folds 0-2 trained for real, and what the kernel measured of each; fold 2 as a v1 file."""
     results = tmp_path_factory.mktemp("measured")
     outside = {fold: train_measured(results, fold, mnist_mini) for fold in (*MEASURED_FOLDS, 2)}
-    path = RunLayout(results, "default").pair_result(Pair("mlp", 2))
+    path = RunLayout(results, "default").pair_paths(Pair("mlp", 2)).result
     data = json.loads(path.read_text())
     v1 = {key: value for key, value in data.items() if key not in ("repeat", "resources")}
     atomic.write_json(path, {**v1, "schema_version": 1})
@@ -111,7 +113,7 @@ def measured_run(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def recorded(results: Path, fold: int) -> Resources:
-    path = RunLayout(results, "default").pair_result(Pair("mlp", fold))
+    path = RunLayout(results, "default").pair_paths(Pair("mlp", fold)).result
     resources = PairResult.from_json(json.loads(path.read_text())).resources
     assert resources is not None
     return resources

@@ -17,7 +17,7 @@ from support import cli, wait_for
 from support.cluster import ARRAY_SCRIPT, array_env, ensure_cluster, sacct, submit, submit_array, wait_for_jobs
 
 from job.launch import resources
-from job.pair.protocol import Pair, Protocol
+from job.protocol import Pair, Protocol
 from job.results.contract import Summary
 from job.results.layout import RunLayout
 from job.results.status import PairState, PairStatus, status
@@ -57,7 +57,7 @@ def test_a_second_array_with_the_suggested_request_completes(mnist_mini: Path, t
         assert int(row["AllocCPUS"]) == mlp.request.cpus and "gres/gpu" not in row["AllocTRES"], task
     layout = RunLayout(results, "sized")
     for fold in range(5):
-        result = json.loads(layout.pair_result(Pair("mlp", fold)).read_text())
+        result = json.loads(layout.pair_paths(Pair("mlp", fold)).result.read_text())
         # Slurm 22.05's sacct has no Restarts field: the task's own record says whether it was requeued.
         assert result["environment"]["slurm"].get("restart_count") in (None, "0"), f"fold {fold} was requeued"
         assert result["resume"]["count"] == 0, f"fold {fold} resumed: its time limit left no room"
@@ -79,7 +79,7 @@ def test_status_projects_a_running_pair_against_its_time_limit(mnist_mini: Path,
     try:
 
         def projected() -> PairStatus | None:
-            row = status(results, "default", CONFIG)[0]
+            row = status(RunLayout(results, "default"), CONFIG)[0]
             return row if row.state == PairState.RUNNING and row.projected_s is not None else None
 
         row: PairStatus = wait_for("mlp/fold-0 to train an epoch under Slurm", projected)  # type: ignore[assignment]

@@ -24,8 +24,9 @@ from support.cluster import (
     with_gpus,
 )
 
-from job.pair.protocol import all_pairs
+from job.protocol import all_pairs
 from job.results import store as results
+from job.results.layout import RunLayout
 
 pytestmark = pytest.mark.slurm
 
@@ -77,7 +78,7 @@ def ten_pairs(gpu_cluster: dict[str, str], mnist_mini: Path, tmp_path_factory: p
 def test_the_unchanged_script_runs_the_ten_pairs_one_log_each(ten_pairs: ArrayRun) -> None:
     assert ten_pairs.states == {f"{ten_pairs.job}_{task}": "COMPLETED" for task in TASKS}
     for task, pair in enumerate(all_pairs()):
-        result = results.read_result(results.pair_path(ten_pairs.results, "default", pair))
+        result = results.read_result(RunLayout(ten_pairs.results, "default").pair_paths(pair).result)
         assert result["task_id"] == task
         assert (result["config"]["epochs"], result["config"]["limit"]) == (1, 1000)
         assert f"{pair}: held-out accuracy" in log_of(ten_pairs, task)
@@ -91,7 +92,7 @@ def test_each_result_records_its_slurm_job_task_node_cpus_and_gpu(
 ) -> None:
     accounting = sacct(ten_pairs.job, "JobIDRaw", "NodeList", "AllocTRES")
     for task, pair in enumerate(all_pairs()):
-        result = results.read_result(results.pair_path(ten_pairs.results, "default", pair))
+        result = results.read_result(RunLayout(ten_pairs.results, "default").pair_paths(pair).result)
         allocation = result["environment"]["slurm"]
         row = accounting[f"{ten_pairs.job}_{task}"]
         assert allocation["job_id"] == row["JobIDRaw"]
@@ -118,7 +119,7 @@ def partial_failure(ten_pairs: ArrayRun, tmp_path_factory: pytest.TempPathFactor
     folder = tmp_path_factory.mktemp("partial")
     shutil.copytree(ten_pairs.results, folder / "results")
     for task in LOST:
-        results.pair_path(folder / "results", "default", all_pairs()[task]).unlink()
+        RunLayout(folder / "results", "default").pair_paths(all_pairs()[task]).result.unlink()
     job = submit_array(folder, folder / "no-such-data")
     return ArrayRun(folder, job, wait_for_jobs(job, timeout=300))
 
@@ -149,7 +150,7 @@ def test_resubmitting_the_missing_pairs_runs_only_those(partial_failure: ArrayRu
     assert {path: after[path] for path in done_before} == done_before, "a done result was rewritten"
     assert len(after) == len(TASKS) and missing_pairs(partial_failure.results) == ""
     for task in LOST:
-        result = results.read_result(results.pair_path(partial_failure.results, "default", all_pairs()[task]))
+        result = results.read_result(RunLayout(partial_failure.results, "default").pair_paths(all_pairs()[task]).result)
         assert result["environment"]["slurm"]["array_job_id"] == job
 
 

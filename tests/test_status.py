@@ -12,9 +12,9 @@ import pytest
 from support import ROOT, cli, cli_without_reader, last_line, wait_for
 from support.cluster import ensure_cluster, submit
 
-from job.launch import scheduler
-from job.pair.protocol import Pair, Protocol
-from job.results.lease import lease_path
+from job import slurm
+from job.protocol import Pair, Protocol
+from job.results.layout import RunLayout
 from job.results.status import PairState, PairStatus, status
 from job.results.submissions import read_submissions, record_submission
 
@@ -43,8 +43,7 @@ class Run:
         sbatch = ["--cpus-per-task=1", "--mem=3G", "--time=10", f"--array={task_id}", "-J", JOB_NAME, f"-o{log}"]
         job = submit([*sbatch, *options, "--wrap", command], cwd=self.logs, env=self.env)
         record_submission(
-            self.results,
-            "default",
+            RunLayout(self.results, "default"),
             array_job_id=job,
             tasks={task_id: task_id},
             config_id=CONFIG.config_id,
@@ -59,7 +58,7 @@ class Run:
         return f"{sys.executable} -m job run {options}"  # the task id comes from $SLURM_ARRAY_TASK_ID
 
     def status(self) -> list[PairStatus]:
-        return status(self.results, "default", CONFIG)
+        return status(RunLayout(self.results, "default"), CONFIG)
 
 
 def row(statuses: list[PairStatus], task_id: int) -> PairStatus:
@@ -86,11 +85,11 @@ def test_status_shows_every_state_of_a_run_and_pairs_missing_skips_queued_and_ru
         jobs.append(cancelled := run.submit(2, run.run_command(), "--hold"))  # released once the rest is set
         jobs.append(queued := run.submit(3, run.run_command(), "--hold"))
         jobs.append(requeued := run.submit(4, run.run_command()))
-        lease = lease_path(run.results, "default", Pair("cnn", 0))
+        lease = RunLayout(run.results, "default").pair_paths(Pair("cnn", 0)).lease
         jobs.append(leased := run.submit(5, f"{sys.executable} -c '{HOLD_LEASE}' {lease} {CONFIG.config_id}"))
-        assert sorted(s.task_id for s in read_submissions(run.results, "default")) == [1, 2, 3, 4, 5]
+        assert sorted(s.task_id for s in read_submissions(RunLayout(run.results, "default"))) == [1, 2, 3, 4, 5]
 
-        wait_for("task 4 to run", lambda: getattr(scheduler.task(f"{requeued}_4"), "state", "") == "RUNNING")
+        wait_for("task 4 to run", lambda: getattr(slurm.task(f"{requeued}_4"), "state", "") == "RUNNING")
         subprocess.run(["scontrol", "requeuehold", f"{requeued}_4"], check=True)  # requeued, and kept pending
         assert done.wait(timeout=600) == 0, done.stderr.read()  # type: ignore[union-attr]
         wait_for("the lease of task 5", lease.exists)
@@ -149,8 +148,7 @@ def test_pairs_missing_prints_nothing_and_exits_1_when_every_pair_is_queued(tmp_
     job = submit(["--hold", "--array=0-9", "--mem=100M", "-J", JOB_NAME, "--wrap", "true"], cwd=tmp_path)
     try:
         record_submission(
-            results,
-            "default",
+            RunLayout(results, "default"),
             array_job_id=job,
             tasks={i: i for i in range(10)},
             config_id=CONFIG.config_id,
@@ -174,15 +172,17 @@ def test_pairs_missing_prints_nothing_and_exits_1_when_every_pair_is_queued(tmp_
         assert guarded.returncode == 1 and guarded.stdout == ""  # the README's form submits nothing
     finally:
         subprocess.run(["scancel", job], check=True)
-    assert [s.state for s in status(results, "default", CONFIG, slurm=False)] == [PairState.MISSING] * 10
+    assert [s.state for s in status(RunLayout(results, "default"), CONFIG, queue=lambda ids: {})] == [
+        PairState.MISSING
+    ] * 10
 
 
 def test_status_without_slurm_reads_leases_and_names_are_printed_as_text(tmp_path: Path) -> None:
     from job.results.lease import Lease
 
     run = "x[red]y[bold]z"  # rich markup, but a plain name (no slash)
-    with Lease.acquire(lease_path(tmp_path, run, Pair("mlp", 3)), CONFIG.config_id):
-        states = [s.state for s in status(tmp_path, run, CONFIG, slurm=False)]
+    with Lease.acquire(RunLayout(tmp_path, run).pair_paths(Pair("mlp", 3)).lease, CONFIG.config_id):
+        states = [s.state for s in status(RunLayout(tmp_path, run), CONFIG, queue=lambda ids: {})]
         assert states == [PairState.MISSING] * 3 + [PairState.RUNNING] + [PairState.MISSING] * 6
         table = cli("status", "--results", str(tmp_path), "--run", run, *PROTOCOL, env={"COLUMNS": "200"})
         listing = cli("pairs", "--results", str(tmp_path), "--run", run, *PROTOCOL, env={"COLUMNS": "200"})
@@ -206,8 +206,8 @@ def test_a_task_of_sbatch_array_sh_records_itself_once_with_its_log(tmp_path: Pa
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    wait_for("the task to end", lambda: getattr(scheduler.task(f"{job}_7"), "finished", False))
-    (recorded,) = read_submissions(results, "default")
+    wait_for("the task to end", lambda: getattr(slurm.task(f"{job}_7"), "finished", False))
+    (recorded,) = read_submissions(RunLayout(results, "default"))
     assert (recorded.job_id, recorded.task_id, recorded.config_id) == (f"{job}_7", 7, "cfg")
     assert recorded.log_path() == tmp_path / f"{JOB_NAME}_{job}_7.out"
     assert len((results / "default" / "submissions.jsonl").read_text().splitlines()) == 1
@@ -241,5 +241,5 @@ def test_submitting_the_same_ten_pairs_twice_in_a_row_runs_each_pair_once(mnist_
     array = first.stdout.split("  mlp/fold-0  job ")[1].split("_")[0]
     states = wait_for_jobs(array, timeout=600)
     assert sorted(states) == sorted(f"{array}_{i}" for i in range(10)) and set(states.values()) == {"COMPLETED"}
-    finished = status(tmp_path, "default", Protocol().with_overrides(epochs=1, limit=1000))
+    finished = status(RunLayout(tmp_path, "default"), Protocol().with_overrides(epochs=1, limit=1000))
     assert [s.state for s in finished] == [PairState.DONE] * 10

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from support import script_json
 
 from job.pair import models, steps
-from job.pair.protocol import Protocol
 from job.pair.steps import call_plan
+from job.protocol import Protocol
 
 
 @given(n=st.integers(0, 2000), batch_size=st.integers(1, 200), steps_per_call=st.integers(1, 60))
@@ -36,9 +36,10 @@ _BOTH = """
 import dataclasses, hashlib, json, sys, tempfile
 from pathlib import Path
 import numpy as np
-from job.pair import data, folds, models, runtime, train
+from job import folds
+from job.pair import data, models, runtime, train
 from job.pair.checkpoint import Checkpoint
-from job.pair.protocol import Protocol
+from job.protocol import Protocol
 
 name, folder, limit, epochs, per_call = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
 runtime.configure(deterministic=True, precision="float32", allow_cpu=True, max_threads=models.max_threads(name))
@@ -112,9 +113,10 @@ _CALLS = """
 import json, sys, tempfile
 from pathlib import Path
 import keras
-from job.pair import data, folds, models, runtime, train
+from job import folds
+from job.pair import data, models, runtime, train
 from job.pair.checkpoint import Checkpoint
-from job.pair.protocol import Protocol
+from job.protocol import Protocol
 
 name, folder, limit, batch_size = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
 runtime.configure(deterministic=True, precision="float32", allow_cpu=True, max_threads=models.max_threads(name))

@@ -30,9 +30,8 @@ from job.cli import build_parser, submit
 from job.cli.options import protocol_from_args
 from job.launch import argv as launch_argv
 from job.launch import task as launch
-from job.pair import final
-from job.pair.protocol import Pair, all_pairs
 from job.pair.train import Preempted
+from job.protocol import Pair, all_pairs
 from job.results import store as results
 from job.results.layout import RunLayout
 
@@ -263,7 +262,7 @@ def test_the_local_executor_runs_two_pairs_and_waits_for_them(mnist_mini: Path, 
     assert "[2/2]" in done.stdout and "held-out accuracy" in done.stdout
     assert last_line(done.stdout) == "collect: skipped, 8 pairs not done (task ids 1-4,6-9)"
     for pair in (Pair("mlp", 0), Pair("cnn", 0)):
-        result = results.read_result(results.pair_path(out, "default", pair))
+        result = results.read_result(RunLayout(out, "default").pair_paths(pair).result)
         assert result["config"]["epochs"] == 1 and result["environment"]["slurm"] is None
 
 
@@ -274,7 +273,7 @@ def test_the_final_model_is_submitted_the_same_way(mnist_mini: Path, tmp_path: P
     assert "submitted 1 final model" in done.stdout and "  mlp/final  job " in done.stdout
     assert "[1/1] mlp/final: test accuracy" in done.stdout
     layout = RunLayout(out, "default")
-    result = final.check_final(layout.final_result("mlp"), layout)
+    result = results.check_final(layout.final_paths("mlp").result, layout)
     assert result.config.epochs == 1 and result.data.n_train == 1000
 
 
@@ -333,7 +332,7 @@ def test_a_failed_pair_is_reported_and_resubmitting_runs_only_the_missing_ones(
     assert (out / "default" / "summary.json").is_file(), "collect did not run"
     assert "wrote summary.json" in second.stdout
     for pair in all_pairs():
-        result = results.read_result(results.pair_path(out, "default", pair))
+        result = results.read_result(RunLayout(out, "default").pair_paths(pair).result)
         slurm = result["environment"]["slurm"]
         assert slurm["job_name"] == "mnist-cv-pairs" and slurm["cpus_per_task"] == "1"
         if gpus == "1":
@@ -363,7 +362,7 @@ def test_a_preempted_pair_is_requeued_and_ends_as_if_uninterrupted(
     try:
         job_id = next((ids[0] for line in waiting.stdout if (ids := job_ids(line))), None)
         assert job_id is not None, waiting.communicate()
-        state = results.checkpoint_dir(out, "preempted", Pair("cnn", 0)) / "state.json"
+        state = RunLayout(out, "preempted").pair_paths(Pair("cnn", 0)).checkpoint / "state.json"
         deadline = time.monotonic() + 120
         while not (state.exists() and json.loads(state.read_text())["epochs_done"] >= 1):
             assert time.monotonic() < deadline, "no epoch checkpointed in time"
@@ -382,8 +381,8 @@ def test_a_preempted_pair_is_requeued_and_ends_as_if_uninterrupted(
     assert runs.stdout.split() == ["REQUEUED", "COMPLETED"]
     log = (out / "preempted" / "logs" / f"{job_id}_0_log.out").read_text()
     assert "Calling checkpoint method" in log and "resuming from the checkpoint after epoch" in log
-    preempted = results.read_result(results.pair_path(out, "preempted", Pair("cnn", 0)))
-    uninterrupted = results.read_result(results.pair_path(out, "reference", Pair("cnn", 0)))
+    preempted = results.read_result(RunLayout(out, "preempted").pair_paths(Pair("cnn", 0)).result)
+    uninterrupted = results.read_result(RunLayout(out, "reference").pair_paths(Pair("cnn", 0)).result)
     assert preempted["resume"]["count"] >= 1 and preempted["resume"]["from_epochs"][0] >= 1
     assert preempted["environment"]["slurm"]["restart_count"] == "1"
     assert uninterrupted["resume"] == {"count": 0, "from_epochs": []}

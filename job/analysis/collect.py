@@ -19,12 +19,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from job.analysis import report, summary
+from job import atomic
+from job.analysis import figures as timing_and_reference
+from job.analysis import plots, report, summary
 from job.analysis.summary import FinalRecord
 from job.console import console as pipe_console
 from job.errors import JobError
-from job.pair.protocol import Pair
-from job.results import atomic, store
+from job.mnist import TEST_IMAGES
+from job.protocol import Pair
+from job.results import store
 from job.results.contract import Skipped, Summary
 from job.results.layout import RunLayout
 from job.results.status import array_spec
@@ -40,6 +43,9 @@ class Request:
     allow_partial: bool = False
     json: bool = False  # print the summary as JSON on stdout, and nothing else there
     repeats: int | None = None  # the repeats to expect; None: as many as the files show (the highest repeat + 1)
+    # (sha256, images) of the test images in a data source, for the misclassified grids: the data loader, handed
+    # in by the command (collect reads results only); None draws no grid.
+    test_images: Callable[[Path], tuple[str, Any]] | None = None
 
 
 # A figure to draw: its path, and how to draw it (called only when the summary is published).
@@ -125,12 +131,11 @@ def _checked_json(found: Summary) -> str:
 
 def _read_finals(layout: RunLayout) -> tuple[dict[str, FinalRecord], dict[Path, str]]:
     """The valid final results in RUN/final/ by model, and the others with why."""
-    from job.pair.final import check_final  # imports no TensorFlow: Keras is loaded only to train or predict
 
     finals, problems = {}, {}
     for path in layout.final_results():
         try:
-            finals[layout.final_model_of(path)] = FinalRecord(path, check_final(path, layout))
+            finals[layout.final_model_of(path)] = FinalRecord(path, store.check_final(path, layout))
         except JobError as error:
             problems[path] = str(error)
     return finals, problems
@@ -154,8 +159,6 @@ def _plan_figures(
     request: Request,
 ) -> tuple[list[Figure], list[Path], dict[str, list[str]]]:
     """The figures to draw, the old figures to remove (a grid that cannot be drawn now), and notes per final model."""
-    from job.analysis import figures as timing_and_reference
-    from job.analysis import plots
 
     fmt = request.fmt
     figures: list[Figure] = []
@@ -173,7 +176,7 @@ def _plan_figures(
 
     stale: list[Path] = []
     notes: dict[str, list[str]] = {}
-    load = cache(_load_test_images)  # final models of one run share their data, which is read once
+    load = cache(request.test_images) if request.test_images else None  # one run's finals share their data
     for model, final in finals.items():
         figures.append((layout.confusion(model, fmt), lambda m=model, r=final.result: plots.confusion_matrix(m, r)))
         grid = layout.misclassified(model, fmt)
@@ -188,22 +191,13 @@ def _plan_figures(
     return figures, stale, notes
 
 
-def _load_test_images(source: Path) -> tuple[str, Any]:
-    """(sha256, images) of the test images in `source`."""
-    from job.pair import data
-
-    # custom=True: whatever the data, the test-image hash recorded in the final result decides.
-    dataset = data.load(source, custom=True)
-    return dataset.sha256[data.TEST_IMAGES], dataset.x_test
-
-
-def _test_images(final: FinalRecord, data_dir: Path | None, load: Callable[[Path], tuple[str, Any]]) -> Any:
+def _test_images(final: FinalRecord, data_dir: Path | None, load: Callable[[Path], tuple[str, Any]] | None) -> Any:
     """The test images a final model was scored on, or a JobError saying why they are not at hand."""
-    from job.pair.data import TEST_IMAGES
-
     result = final.result
     if not result.test.misclassified:
         raise JobError("every test digit was classified right")
+    if load is None:
+        raise JobError("no data loader was given to read the test images")
     source = Path(data_dir or result.data.source)
     found, images = load(source)
     recorded = result.data.sha256.get(TEST_IMAGES)

@@ -18,8 +18,8 @@ import numpy as np
 
 from job.analysis import sizing
 from job.errors import JobError
-from job.pair.data import MNIST_FILES
-from job.pair.protocol import DEFAULT_MODELS, Pair, all_pairs, task_for_pair
+from job.mnist import MNIST_FILES
+from job.protocol import DEFAULT_MODELS, Pair, all_pairs, task_for_pair
 from job.results.contract import (
     Comparison,
     FinalResult,

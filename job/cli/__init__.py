@@ -18,9 +18,9 @@ import time
 import traceback
 from typing import NoReturn
 
+from job.console import PROG, one_line
 from job.errors import JobError
 
-PROG = "mnist-cv"
 COMMANDS = ("run", "pairs", "status", "fetch_data", "collect", "submit", "final", "predict", "bench")
 
 
@@ -104,11 +104,6 @@ def _save_traceback(error: Exception, argv: list[str], debug: bool) -> str:
     except OSError as failed:
         return f"its traceback could not be saved ({failed.strerror or failed}): rerun with --debug to see it"
     return f"traceback in {path}"
-
-
-def one_line(text: str) -> str:
-    """`text` on one line: line breaks and other control characters, from file names or library errors, escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":

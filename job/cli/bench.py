@@ -6,14 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from rich.table import Table
 
 from job.cli.options import add_data_args, whole_number
+from job.console import console as Console
 from job.errors import UsageError
-from job.pair.protocol import Protocol, check_fold
-
-if TYPE_CHECKING:
-    from job.perf.bench import Spec
+from job.pair import models
+from job.perf.bench import bench
+from job.perf.report import FIGURES, VARIANTS
+from job.perf.spec import Spec
+from job.perf.startup import PHASES
+from job.protocol import Protocol, check_fold
 
 EPILOG = """\
 figures (ours/baseline ratios are per repeat, the two runs of a repeat back to back in ABBA order, then the
@@ -90,8 +95,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> Spec:
-    from job.pair import models
-    from job.perf.bench import Spec
 
     if args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
@@ -109,7 +112,6 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job.perf.bench import bench
 
     spec = spec_from_args(args)
     result = bench(spec, args.repeats, args.load, progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -121,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_report(result: dict[str, Any]) -> None:
-    from job.console import console as Console
 
     console = Console()
     console.print(_runs_table(result))
@@ -149,9 +150,6 @@ def _title(result: dict[str, Any]) -> str:
 
 def _runs_table(result: dict[str, Any]) -> Any:
     """One column per run, in the order they ran (figures as rows, so that a few repeats fit 80 columns)."""
-    from rich.table import Table
-
-    from job.perf.report import FIGURES
 
     runs = result["runs"]
     table = Table(title=_title(result))
@@ -166,9 +164,6 @@ def _runs_table(result: dict[str, Any]) -> Any:
 
 
 def _summary_table(result: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    from job.perf.report import FIGURES, VARIANTS
 
     table = Table(title=f"median of {result['repeats']} repeats; steady state = epochs {result['steady_epochs']}")
     for column in ("figure", *VARIANTS, "ours/baseline"):
@@ -190,7 +185,6 @@ def _summary_table(result: dict[str, Any]) -> Any:
 
 def _floor_table(result: dict[str, Any]) -> Any:
     """The floor's arithmetic: each layer's GEMM and the rate this CPU multiplies it at."""
-    from rich.table import Table
 
     floor = result["floor"]
     table = Table(
@@ -218,9 +212,6 @@ def _floor_table(result: dict[str, Any]) -> Any:
 
 def _startup_table(result: dict[str, Any]) -> Any:
     """Ours' seconds from process start to the first training step, by phase, beside a bare TensorFlow import."""
-    from rich.table import Table
-
-    from job.perf.startup import PHASES
 
     startup = result["startup"]
     anatomy = startup.get("data_anatomy")

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from job import settings
+from job.analysis.mlflow_export import export
 from job.cli.options import add_repeats_arg, add_results_args
+from job.pair import data
+from job.results.layout import RunLayout
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -66,15 +69,20 @@ def config_id(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job.analysis.collect import Request, collect
+    from job.analysis.collect import Request, collect  # deferred: matplotlib
 
     request = Request(
-        args.results, args.run, args.config, args.format, args.data_dir, args.allow_partial, args.json, args.repeats
+        args.results,
+        args.run,
+        args.config,
+        args.format,
+        args.data_dir,
+        args.allow_partial,
+        args.json,
+        args.repeats,
+        test_images=data.test_images,
     )
     status = collect(request)
     if args.mlflow:
-        from job.analysis.mlflow_export import export
-        from job.results.layout import RunLayout
-
         print(export(RunLayout(args.results, args.run)).line(), file=sys.stderr if args.json else sys.stdout)
     return status

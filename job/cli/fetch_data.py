@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from job import settings
+from job.pair import data
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +26,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job.pair import data  # lazy: keeps numpy out of the CLI's start-up
 
     folder = data.fetch(args.to, mirror=args.mirror)
     print(f"MNIST is in {folder.resolve()} (sha256 of the uncompressed files, verified):")

@@ -13,6 +13,9 @@ from job.cli.options import (
     inputs_from_args,
     protocol_from_args,
 )
+from job.pair import models
+from job.pair.job import Options, run_final
+from job.results.layout import RunLayout
 
 
 def add_parser(subparsers: Any) -> None:
@@ -36,10 +39,11 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job.pair import models
-    from job.pair.job import FinalJob, Options, execute
-    from job.results.layout import RunLayout
-
-    job = FinalJob(RunLayout(args.results, args.run), protocol_from_args(args), models.check_name(args.model))
-    print(execute(job, inputs_from_args(args), Options(args.force, args.keep_checkpoint)), flush=True)
+    layout, model = RunLayout(args.results, args.run), models.check_name(args.model)
+    print(
+        run_final(
+            layout, protocol_from_args(args), model, inputs_from_args(args), Options(args.force, args.keep_checkpoint)
+        ),
+        flush=True,
+    )
     return 0

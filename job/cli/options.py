@@ -9,14 +9,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from job import settings
-from job.pair.protocol import Protocol
-
-if TYPE_CHECKING:
-    from job.pair.session import Inputs
-
+from job.pair.session import Inputs
+from job.protocol import Protocol, check_repeats
 
 # ASCII digits only: int() also reads '٣' as 3, '1_0' as 10 and ' 3' as 3, none of which a user meant as given.
 _WHOLE = re.compile(r"-?[0-9]+")
@@ -170,8 +167,6 @@ def repeats_arg(text: str) -> int:
 
 def repeats_from_args(args: argparse.Namespace, protocol: Protocol) -> int:
     """--repeats, checked against the protocol (every repeat's split seed must be a seed); 1 when not given."""
-    from job.pair.protocol import check_repeats
-
     return check_repeats(1 if args.repeats is None else args.repeats, protocol)
 
 
@@ -188,6 +183,4 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
 
 def inputs_from_args(args: argparse.Namespace) -> Inputs:
     """The typed part of the data and device options that a training takes."""
-    from job.pair.session import Inputs
-
     return Inputs(data_dir=args.data_dir, custom_data=args.custom_data, allow_cpu=args.allow_cpu)

@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
+from rich.table import Table
+from rich.text import Text
+
 from job.cli.options import add_protocol_args, add_repeats_arg, add_results_args, protocol_from_args, repeats_from_args
+from job.cli.status import STATE_STYLES
+from job.console import console as rich_console
+from job.results.layout import RunLayout
+from job.results.status import array_spec, status
 
 
 def add_parser(subparsers: Any) -> None:
@@ -32,11 +39,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job.results.status import array_spec, status
 
     protocol = protocol_from_args(args)
     repeats = repeats_from_args(args, protocol)
-    statuses = status(args.results, args.run, protocol, repeats=repeats)
+    statuses = status(RunLayout(args.results, args.run), protocol, repeats=repeats)
     if args.missing:
         for s in statuses:
             if s.state.blocked:  # a task for it would fail at once: said, not listed
@@ -48,12 +54,6 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(spec)
         return 0
-
-    from rich.table import Table
-    from rich.text import Text
-
-    from job.cli.status import STATE_STYLES
-    from job.console import console as rich_console
 
     console = rich_console(highlight=False)
     console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)

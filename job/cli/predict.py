@@ -6,15 +6,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
+from rich.table import Table
+from rich.text import Text
+
+from job.console import PROG, one_line
+from job.console import console as Console
 from job.errors import JobError, UsageError
+from job.pair import predict
 from job.pair.models import N_CLASSES
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from job.pair.predict import Inputs
+from job.pair.predict import Inputs
 
 
 def add_parser(subparsers: Any) -> None:
@@ -53,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--rows must be at least 1, got {args.rows}")
     if args.labels is not None and len(args.images) != 1:
         raise UsageError("--labels goes with exactly one IMAGE (an IDX file or a .npy batch)")
-    from job.cli import PROG, one_line
-    from job.pair import predict
 
     model = predict.load_model(args.model_file)
     labels = None if args.labels is None else predict.read_labels(args.labels)
@@ -79,9 +80,6 @@ def _predictions(
 
     An input the model gives non-finite probabilities for gets a line in `errors` instead of a row.
     """
-    import numpy as np
-
-    from job.pair import predict
 
     if not inputs.names:
         return [], None
@@ -103,10 +101,6 @@ def _predictions(
 
 
 def _print_table(rows: list[dict[str, Any]], accuracy: dict[str, Any] | None, max_rows: int) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    from job.console import console as Console
 
     labelled = accuracy is not None
     table = Table(caption=f"{len(rows) - max_rows} more rows: --json lists all" if len(rows) > max_rows else None)

@@ -17,7 +17,9 @@ from job.cli.options import (
     whole_number,
 )
 from job.errors import UsageError
-from job.pair.protocol import (
+from job.pair import models
+from job.pair.job import Options, run_pair
+from job.protocol import (
     DEFAULT_MODELS,
     Pair,
     Protocol,
@@ -27,6 +29,7 @@ from job.pair.protocol import (
     pair_for_task,
     parse_task_id,
 )
+from job.results.layout import RunLayout
 
 
 def add_parser(subparsers: Any) -> None:
@@ -72,8 +75,6 @@ def task_id_arg(text: str) -> int:
 
 
 def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
-    from job.pair import models
-
     repeats = None if args.repeats is None else check_repeats(args.repeats, protocol)
     if args.model is not None:
         if args.task_id is not None:
@@ -98,10 +99,9 @@ def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job.pair.job import Options, PairJob, execute
-    from job.results.layout import RunLayout
-
     protocol = protocol_from_args(args)
-    job = PairJob(RunLayout(args.results, args.run), protocol, resolve_pair(args, protocol))
-    print(execute(job, inputs_from_args(args), Options(args.force, args.keep_checkpoint)), flush=True)
+    layout, pair = RunLayout(args.results, args.run), resolve_pair(args, protocol)
+    print(
+        run_pair(layout, protocol, pair, inputs_from_args(args), Options(args.force, args.keep_checkpoint)), flush=True
+    )
     return 0

@@ -6,7 +6,13 @@ import argparse
 import json
 from typing import Any
 
+from rich.table import Table
+from rich.text import Text
+
 from job.cli.options import add_protocol_args, add_repeats_arg, add_results_args, protocol_from_args, repeats_from_args
+from job.console import console as rich_console
+from job.results.layout import RunLayout
+from job.results.status import status
 
 STATE_STYLES = {
     "done": "green",
@@ -43,19 +49,13 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job.results.status import status
 
     protocol = protocol_from_args(args)
     repeats = repeats_from_args(args, protocol)
-    statuses = status(args.results, args.run, protocol, repeats=repeats)
+    statuses = status(RunLayout(args.results, args.run), protocol, repeats=repeats)
     if args.json:
         print(json.dumps([s.to_json() for s in statuses], indent=1))
         return 0
-
-    from rich.table import Table
-    from rich.text import Text
-
-    from job.console import console as rich_console
 
     console = rich_console(highlight=False)
     console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)

@@ -21,7 +21,10 @@ from job.cli.options import (
 )
 from job.errors import UsageError
 from job.launch import submission
-from job.pair.protocol import all_pairs
+from job.pair import data, models
+from job.protocol import all_pairs
+from job.results.layout import RunLayout
+from job.results.status import array_spec
 from job.settings import IMAGE, settings
 
 
@@ -168,8 +171,6 @@ def run_args(args: argparse.Namespace) -> list[str]:
 
 
 def request_from_args(args: argparse.Namespace) -> submission.Request:
-    from job.results.layout import RunLayout
-
     resources = submission.Resources(
         partition=args.partition,
         account=args.account,
@@ -192,7 +193,7 @@ def request_from_args(args: argparse.Namespace) -> submission.Request:
         repeats=repeats,
         task_ids=check_task_ids(args.task_ids, repeats),
         all=args.all,
-        final=args.final,
+        final=None if args.final is None else models.check_name(args.final),
         image=args.image,
         logs=args.logs,
         wait=args.wait,
@@ -203,4 +204,23 @@ def request_from_args(args: argparse.Namespace) -> submission.Request:
 
 
 def run(args: argparse.Namespace) -> int:
-    return submission.submit(request_from_args(args))
+    request = request_from_args(args)
+    if not submission.submit(request):
+        return 0
+    not_done = submission.not_done(request)
+    if not_done:
+        print(f"collect: skipped, {len(not_done)} pairs not done (task ids {array_spec(not_done)})")
+        return 0
+    from job.analysis import collect  # deferred: matplotlib
+
+    layout = request.layout
+    return collect.collect(
+        collect.Request(
+            layout.results_dir,
+            layout.run,
+            request.protocol.config_id,
+            data_dir=settings().data,
+            repeats=request.repeats,
+            test_images=data.test_images,
+        )
+    )

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from job import provenance
 from job import settings as settings_module
 from job.launch import snapshot
-from job.pair import provenance
 from job.settings import Settings
 
 

@@ -8,6 +8,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from job.console import console as Console
+
 POLL_S = 1.0
 LOG_TAIL_LINES = 8  # of each log
 
@@ -53,15 +57,11 @@ def failure_report(name: str, job: Any, error: BaseException) -> str:
 @contextmanager
 def progress(total: int) -> Iterator[Callable[[str], None]]:
     """A report(line) for each finished pair: over a live bar on a terminal, numbered plain lines otherwise."""
-    from job.console import console as Console
-
     console = Console(highlight=False)
     if not console.is_terminal:
         done = iter(range(1, total + 1))
         yield lambda line: print(f"[{next(done)}/{total}] {line}", flush=True)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     with Progress(
         TextColumn("pairs finished"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as bar:

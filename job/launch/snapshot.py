@@ -20,7 +20,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from job import settings
 from job.errors import JobError
+from job.results.layout import RunLayout
 
 RECORD = "mnist-cv-code.json"
 SOURCE = Path(__file__).resolve().parents[2]  # the checkout holding this package
@@ -28,7 +30,6 @@ SOURCE = Path(__file__).resolve().parents[2]  # the checkout holding this packag
 
 def code_dir(results: Path, run: str) -> Path:
     """Where a run's snapshots go: RESULTS/RUN/code/."""
-    from job.results.layout import RunLayout
 
     return RunLayout(results, run).code
 
@@ -106,7 +107,6 @@ def recorded(folder: Path) -> tuple[str, bool] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from job import settings
 
     told = settings.settings()
     parser = argparse.ArgumentParser(

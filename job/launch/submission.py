@@ -1,18 +1,23 @@
 """What `mnist-cv submit` does: choose the jobs (the pairs to run, or a final model), freeze the code, submit them as
-one array through submitit, record the array for `status`, and with wait follow it and run collect."""
+one array through submitit, record the array for `status`, and with wait follow it (collect is the command's)."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from job.errors import JobError
-from job.pair.protocol import Protocol
+from job.launch import resources, snapshot
+from job.launch.argv import final_args, pair_args
+from job.launch.follow import follow
+from job.protocol import Protocol
 from job.results.layout import RunLayout
-from job.settings import settings
+from job.results.status import status
+from job.results.submissions import record_submission
 
 EXECUTORS = ("slurm", "local", "debug")
 
@@ -54,8 +59,6 @@ class Request:
 def executor_parameters(request: Request) -> dict[str, Any]:
     """submitit's update_parameters(): the batch script's #SBATCH request, with the options given over it (the
     local and debug executors ignore the slurm_ ones)."""
-    from job.launch import resources
-
     asked = resources.final() if request.final else resources.pairs()
     given = request.resources
     gpus = asked.gpus if given.gpus_per_task is None else given.gpus_per_task
@@ -76,11 +79,10 @@ def executor_parameters(request: Request) -> dict[str, Any]:
     return params
 
 
-def submit(request: Request) -> int:
-    """Submit what `request` asks for (or print the plan, with dry_run); with wait, follow it and run collect.
-    The exit status: 0, or JobError (one line) naming the jobs that failed."""
-    from job.launch import snapshot
-    from job.launch import task as launch
+def submit(request: Request) -> bool:
+    """Submit what `request` asks for (or print the plan, with dry_run); with wait, follow it to its end.
+    True when it waited and every job succeeded (time to collect); JobError (one line) names the jobs that failed."""
+    from job.launch import task as launch  # deferred: submitit
 
     protocol, layout = request.protocol, request.layout
     params = executor_parameters(request)  # first: a batch script it cannot read is an error before anything else
@@ -90,7 +92,7 @@ def submit(request: Request) -> int:
     wait = request.wait or request.executor == "debug"  # the debug executor runs a job only when asked for its result
     if not chosen:
         print(f"nothing to submit: the pairs asked for are done, queued or running with config {protocol.config_id}")
-        return collect(request) if wait and not request.dry_run else 0
+        return wait and not request.dry_run
 
     logs = (request.logs or layout.logs).absolute()
     image = str(Path(request.image).absolute()) if request.image else None  # the task starts in another folder
@@ -101,7 +103,7 @@ def submit(request: Request) -> int:
     what = "final model" if request.final else "pair" if len(tasks) == 1 else "pairs"
     if request.dry_run:
         print_plan(request, what, tasks, params, logs, code)
-        return 0
+        return False
     if code is not None:
         snapshot.freeze(code, layout.code)
     jobs = submit_array(request.executor, params, logs, tasks)
@@ -117,8 +119,7 @@ def submit(request: Request) -> int:
         print(f"logs: {logs}/JOB_0_log.out and .err (e.g. {jobs[0].paths.stdout.name})")
     sys.stdout.flush()  # the job ids now, not when --wait ends: a pipe or a log file buffers them otherwise
     if not wait:
-        return 0
-    from job.launch.follow import follow
+        return False
 
     failed = follow(jobs, [task.name for task in tasks], poll=request.executor != "debug")
     if failed:
@@ -126,30 +127,26 @@ def submit(request: Request) -> int:
             f"{len(failed)} of {len(jobs)} {what} failed ({', '.join(failed)}); "
             f"the same command resubmits only the {what} not done"
         )
-    return collect(request)
+    return True
 
 
 def jobs_to_submit(request: Request) -> list[tuple[str, tuple[str, ...], int | None]]:
     """(name, `job` arguments, pair task id) of each job to submit: the final model (no task id) if asked for, else
     the pairs to run."""
-    from job.launch.argv import final_args, pair_args
-    from job.pair import models
-
     forwarded = request.job_options
-    if request.final is not None:
-        model = models.check_name(request.final)
-        return [(f"{model}/final", final_args(model, forwarded), None)]  # `job final` itself skips a done model
+    if request.final is not None:  # a model name the command checked
+        return [
+            (f"{request.final}/final", final_args(request.final, forwarded), None)
+        ]  # `job final` itself skips a done model
     return [(str(s.pair), pair_args(s.task_id, forwarded), s.task_id) for s in pairs_to_submit(request)]
 
 
 def pairs_to_submit(request: Request) -> list[Any]:
     """The pairs asked for (--task-ids, default all) that are neither queued nor running nor (unless --all) done,
     as job.results.status sees them."""
-    from job.results.status import status
-
     asked = [
         s
-        for s in status(request.layout.results_dir, request.layout.run, request.protocol, repeats=request.repeats)
+        for s in status(request.layout, request.protocol, repeats=request.repeats)
         if request.task_ids is None or s.task_id in request.task_ids
     ]
     clashes = [f"{s.pair} ({s.detail})" for s in asked if s.state == "other config"]
@@ -181,8 +178,6 @@ def print_plan(
     code: Any,
 ) -> None:
     """What `submit` would do, exactly, without doing it (--dry-run)."""
-    import shlex
-
     print(
         f"would submit {len(tasks)} {what} of config {request.protocol.config_id} ({request.executor}), "
         "each task running:"
@@ -208,30 +203,17 @@ def submit_array(executor_name: str, params: dict[str, Any], logs: Path, tasks: 
     return jobs
 
 
-def collect(request: Request) -> int:
-    """Run collect on this config's results once all pairs (ten per repeat) are done."""
-    from job.results.status import array_spec, status
-
-    layout, config_id = request.layout, request.protocol.config_id
-    statuses = status(layout.results_dir, layout.run, request.protocol, repeats=request.repeats)
-    not_done = [s.task_id for s in statuses if s.state != "done"]
-    if not_done:
-        print(f"collect: skipped, {len(not_done)} pairs not done (task ids {array_spec(not_done)})")
-        return 0
-    from job.analysis import collect as collecting
-
-    return collecting.collect(
-        collecting.Request(layout.results_dir, layout.run, config_id, data_dir=settings().data, repeats=request.repeats)
-    )
+def not_done(request: Request) -> list[int]:
+    """The task ids of the pairs of this config that are not done (collect waits for none)."""
+    layout = request.layout
+    statuses = status(layout, request.protocol, repeats=request.repeats)
+    return [s.task_id for s in statuses if s.state != "done"]
 
 
 def record(request: Request, params: dict[str, Any], logs: Path, task_ids: list[int], jobs: list[Any]) -> None:
     """Write down which array task runs which pair, so `status` and `pairs --missing` know them from now on."""
-    from job.results.submissions import record_submission
-
     record_submission(
-        request.layout.results_dir,
-        request.layout.run,
+        request.layout,
         array_job_id=jobs[0].job_id.split("_")[0],
         tasks={int(job.job_id.split("_")[1]): task_id for job, task_id in zip(jobs, task_ids, strict=True)},
         config_id=request.protocol.config_id,

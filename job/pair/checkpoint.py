@@ -9,8 +9,6 @@ save that fails (a full disk) leaves the previous checkpoint as it was.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import shutil
@@ -20,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from job import atomic
 from job.errors import JobError
+from job.files import sha256_file
 from job.pair.usage import Spent
-from job.results import atomic
+from job.results import checkpoint_state
 
 # What a save writes beside the variables' raw bytes (HDF5's groups and names: 18 KB for the mlp; state.json):
 # asked for on top, so a save that starts has room to finish.
 H5_OVERHEAD_BYTES = 256 << 10
-# state.json holds a few numbers per epoch: 10 epochs are about 2 KB, 1,000 epochs well under 1 MB.
-MAX_STATE_BYTES = 16 << 20
 
 
 @dataclass
@@ -59,28 +57,14 @@ class CheckpointError(JobError):
 class Checkpoint:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.state_file = self.folder / "state.json"
+        self.state_file = self.folder / checkpoint_state.STATE_FILE
 
     def exists(self) -> bool:
         return self.state_file.exists()
 
-    def read_state(self) -> Any:
-        """state.json's JSON, read as a regular file of bounded size: a FIFO or /dev/zero put there (`status` reads
-        every checkpoint) is refused at once instead of hanging the reader."""
-        from job.pair.data import open_regular  # deferred: data imports this module's sha256_file
-
-        with open_regular(self.state_file) as f:
-            text = f.read(MAX_STATE_BYTES + 1)
-        if len(text) > MAX_STATE_BYTES:
-            raise ValueError(f"larger than {MAX_STATE_BYTES} bytes, which no save writes")
-        return json.loads(text)
-
     def epochs_done(self) -> int | None:
         """How far the saved state got, without loading any weights; None without a readable checkpoint."""
-        try:
-            return int(self.read_state()["epochs_done"])
-        except (JobError, OSError, ValueError, KeyError, TypeError):
-            return None
+        return checkpoint_state.epochs_done(self.folder)
 
     def save(self, model: Any, state: TrainState) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +109,7 @@ class Checkpoint:
         state.json was edited into something a save never writes.
         """
         try:
-            saved = self.read_state()
+            saved = checkpoint_state.read_state(self.folder)
             weights_name = saved.pop("weights")
             expected = saved.pop("sha256")
             state = TrainState(**saved)
@@ -200,12 +184,3 @@ def _spent_inconsistency(spent: Any) -> str | None:
     if not all(type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in numbers):
         return "spent holds something other than finite non-negative numbers"
     return None
-
-
-def sha256_file(path: Path) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB chunks (models reach 120 MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import math
 import os
-import stat
 import urllib.error
 import urllib.request
 import zipfile
@@ -26,26 +25,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from job import atomic
 from job.errors import JobError
+from job.files import FileError, open_regular, sha256_file
+from job.mnist import MNIST_FILES, MNIST_SHA256, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from job.pair import verified
-from job.pair.checkpoint import sha256_file
-from job.pair.protocol import MIN_IMAGES_PER_FOLD, Protocol
-from job.results import atomic
+from job.pair.verified import IdxFile
+from job.protocol import MIN_IMAGES_PER_FOLD, Protocol
 from job.settings import DATA, settings
-
-TRAIN_IMAGES = "train-images-idx3-ubyte"
-TRAIN_LABELS = "train-labels-idx1-ubyte"
-TEST_IMAGES = "t10k-images-idx3-ubyte"
-TEST_LABELS = "t10k-labels-idx1-ubyte"
-MNIST_FILES: tuple[str, ...] = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
-
-# SHA-256 of the uncompressed files; gzip wrappers differ between mirrors, their contents do not.
-MNIST_SHA256: dict[str, str] = {
-    TRAIN_IMAGES: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    TRAIN_LABELS: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    TEST_IMAGES: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    TEST_LABELS: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
 
 # TensorFlow's mirror of the four IDX .gz files (Keras's own base URL only serves mnist.npz).
 DEFAULT_MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
@@ -91,15 +78,6 @@ class Dataset:
         return {"name": self.name, "source": self.source, "sha256": self.sha256}
 
 
-@dataclass(frozen=True)
-class IdxFile:
-    """One parsed IDX file (or npz array) and the hash of its IDX bytes."""
-
-    where: str  # path (or "path[key]") for error messages
-    array: np.ndarray
-    sha256: str
-
-
 def load(
     data_dir: str | os.PathLike | None = None,
     *,
@@ -125,6 +103,13 @@ def load(
     if local.exists():
         return _load_npz(local, custom=custom)
     raise DataError(f"{local}: no such file or folder - {_NO_DATA_HINT}")
+
+
+def test_images(source: str | os.PathLike) -> tuple[str, np.ndarray]:
+    """(sha256, images) of the test images in `source`, whatever the data: the hash a final result recorded decides
+    whether they are the ones it was scored on (collect's grid of misclassified digits)."""
+    dataset = load(source, custom=True)
+    return dataset.sha256[TEST_IMAGES], dataset.x_test
 
 
 def fetch(to: str | os.PathLike, *, mirror: str | None = None) -> Path:
@@ -220,18 +205,6 @@ def read_idx(path: Path, name: str, max_bytes: int = MAX_IDX_BYTES) -> IdxFile:
             raise DataError(f"{path}: corrupt gzip file ({exc})") from None
         except OSError as exc:
             raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
-def open_regular(path: Path) -> BinaryIO:
-    """`path` opened for reading; a FIFO, a device (/dev/zero never ends) or a folder is refused in one line."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # without O_NONBLOCK, opening a FIFO waits for a writer
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise DataError(f"{path}: not a regular file")
-    return os.fdopen(fd, "rb")
 
 
 def _read_idx_stream(stream: BinaryIO, name: str, where: str, max_bytes: int) -> IdxFile:
@@ -398,7 +371,7 @@ def _ensure(folder: Path, name: str, mirror: str, cache: verified.Cache | None =
                 else _read_cached(cache, dest, name, MNIST_MAX_BYTES)
             )
             return _verified(part, name)
-        except DataError:
+        except (DataError, FileError):
             pass  # a broken or foreign copy: replace it with a fresh download
     return _download(f"{mirror.rstrip('/')}/{name}.gz", dest, name)
 

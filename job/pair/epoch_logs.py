@@ -21,10 +21,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from job import atomic
 from job.errors import JobError
 from job.pair import runtime
 from job.pair.checkpoint import TrainState
-from job.results import atomic
 
 COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
 

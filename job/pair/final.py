@@ -16,52 +16,31 @@ from typing import Any
 
 import numpy as np
 
+from job import atomic
+from job.files import sha256_file
 from job.pair import predict
-from job.pair.checkpoint import Checkpoint, sha256_file
+from job.pair.checkpoint import Checkpoint
 from job.pair.data import Dataset
 from job.pair.models import N_CLASSES
-from job.pair.protocol import Protocol
-from job.results import atomic
-from job.results.contract import FinalData, FinalResult, Misclassified, Outcome, ResultError, TestScore
-from job.results.layout import RunLayout
-from job.results.store import check_history, load_json
+from job.pair.train import Hooks, fit
+from job.protocol import Protocol
+from job.results.contract import FinalData, Misclassified, Outcome, TestScore
 
 # The final training's random stream (weights and shuffling); a pair's stream is its fold, 0 to n_folds - 1.
 FINAL_STREAM = 1_000_000
 
 
-def check_final(path: Path, layout: RunLayout) -> FinalResult:
-    """The result in `path` if it is a valid final result for the model its name says, naming its very model file."""
-    result = FinalResult.from_json(load_json(path), str(path))
-    if result.model != layout.final_model_of(path):
-        raise ResultError(f"{path}: holds the final {result.model}, not the model its name says")
-    if result.config_id != result.config.config_id:
-        raise ResultError(f"{path}: config_id {result.config_id} is not its config's ({result.config.config_id})")
-    check_history(result, str(path))
-    test = result.test
-    if any(m.index >= test.n_images for m in test.misclassified):
-        raise ResultError(f"{path}: a misclassified index beyond its {test.n_images} test images")
-    model_file = layout.final_model(result.model)
-    if result.model_file.name != model_file.name:
-        raise ResultError(f"{path}: names the model file {result.model_file.name!r}, not {model_file.name}")
-    if not model_file.is_file() or sha256_file(model_file) != result.model_file.sha256:
-        raise ResultError(f"{model_file}: missing or not the model {path.name} names")
-    return result
-
-
 def train(
-    model_name: str, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, **fit_options: Any
+    model_name: str, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, hooks: Hooks | None = None
 ) -> tuple[Any, Outcome, TestScore, FinalData]:
     """Train on the (limited) training images, score on all test images: the model and the result's sections."""
-    from job.pair.train import fit  # deferred: the done-check of `final` loads nothing of training
-
     x_train, y_train = dataset.x_train[: protocol.limit], dataset.y_train[: protocol.limit]
     # fit() takes one image array and two index sets: the test images go after the training ones.
     images = np.concatenate([x_train, dataset.x_test])
     labels = np.concatenate([y_train, dataset.y_test])
     train_ix, test_ix = np.arange(len(x_train)), np.arange(len(x_train), len(images))
     model, outcome = fit(
-        model_name, protocol, images, labels, train_ix, test_ix, checkpoint, stream=FINAL_STREAM, **fit_options
+        model_name, protocol, images, labels, train_ix, test_ix, checkpoint, stream=FINAL_STREAM, hooks=hooks
     )
     test = evaluate(model, dataset.x_test, dataset.y_test)
     return model, outcome, test, FinalData(**dataset.provenance(), n_train=len(x_train), n_test=len(dataset.x_test))

@@ -4,17 +4,23 @@ checkpoint removal. A pair and a final model differ only in what they train and 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from job import atomic
+from job.pair import final, session
 from job.pair.checkpoint import Checkpoint
 from job.pair.epoch_logs import EpochLogs
-from job.pair.protocol import Pair, Protocol, task_for_pair
 from job.pair.session import Inputs, Session
-from job.results import atomic, store
+from job.pair.train import fit_pair
+from job.protocol import Pair, Protocol, task_for_pair
+from job.results import store
 from job.results.contract import FinalResult, ModelFile, PairResult
-from job.results.layout import RunLayout
+from job.results.layout import JobPaths, RunLayout
+from job.results.lease import Lease
+from job.results.submissions import record_running_task
 
 
 @dataclass(frozen=True)
@@ -26,9 +32,8 @@ class Options:
 
 
 class Job(ABC):
-    """One training: what it is called, where its files go, how to train it and how to check its result."""
+    """One training: what it is called, the files it writes, how to train it and how to check its result."""
 
-    layout: RunLayout
     protocol: Protocol
 
     @property
@@ -41,20 +46,7 @@ class Job(ABC):
 
     @property
     @abstractmethod
-    def result_path(self) -> Path: ...
-
-    @property
-    @abstractmethod
-    def checkpoint_path(self) -> Path: ...
-
-    @property
-    @abstractmethod
-    def lease_path(self) -> Path: ...
-
-    @property
-    @abstractmethod
-    def epoch_logs(self) -> EpochLogs:
-        """Where its per-epoch CSV and TensorBoard run go."""
+    def paths(self) -> JobPaths: ...
 
     @abstractmethod
     def check(self, path: Path) -> Any:
@@ -87,28 +79,14 @@ class PairJob(Job):
         return str(self.pair)
 
     @property
-    def result_path(self) -> Path:
-        return self.layout.pair_result(self.pair)
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.layout.pair_checkpoint(self.pair)
-
-    @property
-    def lease_path(self) -> Path:
-        return self.layout.pair_lease(self.pair)
-
-    @property
-    def epoch_logs(self) -> EpochLogs:
-        return EpochLogs(self.layout.pair_csv(self.pair), self.layout.pair_tensorboard(self.pair))
+    def paths(self) -> JobPaths:
+        return self.layout.pair_paths(self.pair)
 
     def check(self, path: Path) -> PairResult:
         return store.check_pair(path, self.layout)
 
     def train(self, session: Session, checkpoint: Checkpoint) -> PairResult:
-        from job.pair.train import fit_pair
-
-        outcome, data = fit_pair(self.pair, self.protocol, session.dataset, checkpoint, **session.fit_options)
+        outcome, data = fit_pair(self.pair, self.protocol, session.dataset, checkpoint, session.hooks)
         return PairResult.build(
             model=self.pair.model,
             fold=self.pair.fold,
@@ -122,15 +100,12 @@ class PairJob(Job):
         )
 
     def record_task(self) -> None:
-        from job.results.submissions import record_running_task
-
-        task_id = task_for_pair(self.pair, self.protocol.n_folds)
-        record_running_task(self.layout.results_dir, self.layout.run, self.protocol.config_id, task_id)
+        record_running_task(self.layout, self.protocol.config_id, task_for_pair(self.pair, self.protocol.n_folds))
 
     def report(self, result: PairResult) -> str:
         return (
             f"{self.label}: held-out accuracy {result.score.accuracy * 100:.3f}% (loss {result.score.loss:.4f}) "
-            f"in {result.timings.fit_seconds:.1f}s -> {self.result_path}"
+            f"in {result.timings.fit_seconds:.1f}s -> {self.paths.result}"
         )
 
 
@@ -149,33 +124,16 @@ class FinalJob(Job):
         return f"{self.model}/final"
 
     @property
-    def result_path(self) -> Path:
-        return self.layout.final_result(self.model)
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.layout.final_checkpoint(self.model)
-
-    @property
-    def lease_path(self) -> Path:
-        return self.layout.final_lease(self.model)
-
-    @property
-    def epoch_logs(self) -> EpochLogs:
-        return EpochLogs(self.layout.final_csv(self.model), self.layout.final_tensorboard(self.model))
+    def paths(self) -> JobPaths:
+        return self.layout.final_paths(self.model)
 
     def check(self, path: Path) -> FinalResult:
-        from job.pair.final import check_final
-
-        return check_final(path, self.layout)
+        return store.check_final(path, self.layout)
 
     def train(self, session: Session, checkpoint: Checkpoint) -> FinalResult:
-        from job.pair import final
-
-        model, outcome, test, data = final.train(
-            self.model, self.protocol, session.dataset, checkpoint, **session.fit_options
-        )
-        model_file = self.layout.final_model(self.model)
+        model, outcome, test, data = final.train(self.model, self.protocol, session.dataset, checkpoint, session.hooks)
+        model_file = self.paths.model_file
+        assert model_file is not None  # a final model's paths always name one
         # Before the result: a result on disk always names a complete model file.
         saved = ModelFile(name=model_file.name, sha256=final.save_model(model, model_file))
         return FinalResult.build(
@@ -194,28 +152,50 @@ class FinalJob(Job):
         return (
             f"{self.label}: test accuracy {score.accuracy * 100:.3f}% (loss {score.loss:.4f}), "
             f"{test.n_images - test.n_correct} of {test.n_images} test images misclassified, "
-            f"in {result.timings.fit_seconds:.1f}s -> {self.layout.final_model(self.model)}"
+            f"in {result.timings.fit_seconds:.1f}s -> {self.paths.model_file}"
         )
 
 
-def execute(job: Job, inputs: Inputs, options: Options = Options()) -> str:
+def run_pair(
+    layout: RunLayout,
+    protocol: Protocol,
+    pair: Pair,
+    inputs: Inputs,
+    options: Options = Options(),
+    callbacks: Sequence[Any] = (),
+) -> str:
+    """Train one (model, fold, repeat) pair into `layout` unless it is done; the line to print (see execute).
+    `callbacks`: Keras callbacks to add to the training's own (the bench marks its start-up with one)."""
+    return execute(PairJob(layout, protocol, pair), inputs, options, callbacks)
+
+
+def run_final(
+    layout: RunLayout,
+    protocol: Protocol,
+    model: str,
+    inputs: Inputs,
+    options: Options = Options(),
+) -> str:
+    """Train the final model of `model` on all training images into `layout` unless it is done; see execute."""
+    return execute(FinalJob(layout, protocol, model), inputs, options)
+
+
+def execute(job: Job, inputs: Inputs, options: Options = Options(), callbacks: Sequence[Any] = ()) -> str:
     """Train `job` unless it is done with its config; return the line to print. Raises JobError (one line), or
     LeaseHeld (exit 75) while another live process trains the same pair."""
-    from job.pair import session
-    from job.results.lease import Lease
-
-    config_id = job.protocol.config_id
+    paths = job.paths
     if done := _done(job, options):
         return done
-    store.ensure_writable(job.result_path.parent)
+    store.ensure_writable(paths.result.parent)
     # A task of `sbatch slurm/array.sh` says where it runs (its submitter records nothing); before the lease, so
     # that a refused task can be found with its log too.
     job.record_task()
-    with Lease.acquire(job.lease_path, config_id) as lease:
+    with Lease.acquire(paths.lease, job.protocol.config_id) as lease:
         if done := _done(job, options):  # the holder we waited behind may have just finished it
             return done
-        checkpoint = Checkpoint(job.checkpoint_path)
-        with session.training(inputs, job.protocol, job.model_name, job.label, job.epoch_logs) as trained:
+        checkpoint = Checkpoint(paths.checkpoint)
+        epoch_logs = EpochLogs(paths.csv, paths.tensorboard)
+        with session.training(inputs, job.protocol, job.model_name, job.label, epoch_logs, callbacks) as trained:
             result = job.train(trained, checkpoint)
         # The in-memory result passes the readers' checks before it is written: the schema, finite numbers, and
         # a history consistent with the score.
@@ -225,7 +205,7 @@ def execute(job: Job, inputs: Inputs, options: Options = Options()) -> str:
         # of another config written meanwhile (by a --force run); either way this result must not replace it.
         lease.ensure_ours()
         _done(job, options)
-        atomic.write_json(job.result_path, result.to_json())
+        atomic.write_json(paths.result, result.to_json())
         if not options.keep_checkpoint:
             checkpoint.remove()
     return job.report(result)
@@ -233,7 +213,7 @@ def execute(job: Job, inputs: Inputs, options: Options = Options()) -> str:
 
 def _done(job: Job, options: Options) -> str | None:
     """The line to print when a valid result of this config is there; raises when one of another config is."""
-    config_id = job.protocol.config_id
-    if options.force or not store.completed(job.result_path, config_id, read=job.check):
+    config_id, path = job.protocol.config_id, job.paths.result
+    if options.force or not store.completed(path, config_id, read=job.check):
         return None
-    return f"{job.label}: already done with config {config_id} ({job.result_path}); --force to retrain"
+    return f"{job.label}: already done with config {config_id} ({path}); --force to retrain"

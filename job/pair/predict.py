@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from job.errors import JobError
-from job.pair import data, models
+from job.files import open_regular
+from job.pair import data, models, runtime
 
 SIDE = 28
 BOX = 20  # MNIST's size-normalised digits fit a 20x20 box...
@@ -45,7 +47,6 @@ def load_model(path: Path) -> Any:
         raise JobError(f"{path}: no such model file")
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would call a torn archive "not found"
         raise JobError(f"{path}: not a Keras model file (truncated or not a .keras zip archive)")
-    from job.pair import runtime
 
     runtime.import_tensorflow()  # quiet TensorFlow's start-up logs
     import keras
@@ -91,7 +92,7 @@ def read_inputs(paths: list[Path]) -> tuple[Inputs, list[str]]:
 
 def read_input(path: Path) -> np.ndarray:
     """The (N, 28, 28) float32 images in one file, told apart by content, not by name."""
-    with data.open_regular(path) as f:  # a FIFO or /dev/zero is refused here, not read forever
+    with open_regular(path) as f:  # a FIFO or /dev/zero is refused here, not read forever
         head = f.read(6)
         if head.startswith(b"\x93NUMPY"):
             f.seek(0)
@@ -130,7 +131,6 @@ def _read_npy(f: BinaryIO, path: Path) -> np.ndarray:
 
 def _read_image(path: Path) -> np.ndarray:
     """A greyscale 0-255 array of a PNG, JPEG or any image Pillow reads, transparency shown on white."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as opened:  # reads the header only: the size is known before any pixel is decoded
@@ -152,7 +152,6 @@ def _read_image(path: Path) -> np.ndarray:
 
 def to_mnist(gray: np.ndarray) -> np.ndarray:
     """A (28, 28) float32 digit in [0, 1], light on dark, from a greyscale image of any size and polarity."""
-    from PIL import Image
 
     pixels = gray.astype(np.float32)
     if _background(pixels) > 127:  # a light border: dark ink on paper, the reverse of MNIST

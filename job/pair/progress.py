@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import keras
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 def epoch_line(label: str, epoch: int, epochs: int, logs: dict[str, float], seconds: float) -> str:
@@ -28,8 +29,6 @@ class EpochProgress(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.live and self._bar is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self._bar = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
             )

@@ -6,12 +6,11 @@ import importlib.abc
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from job.errors import JobError
-
-if TYPE_CHECKING:
-    from job.pair.protocol import Protocol
+from job.pair import models
+from job.protocol import Protocol
 
 
 def allocated_cpus() -> int:
@@ -110,7 +109,6 @@ def configure(
 def configure_training(protocol: Protocol, model_name: str, *, allow_cpu: bool) -> dict[str, Any]:
     """`configure` as a training of `model_name` under `protocol` needs it: determinism unless XLA, the protocol's
     precision, the model's thread cap (job.pair.models.max_threads)."""
-    from job.pair import models
 
     return configure(
         deterministic=not protocol.jit,

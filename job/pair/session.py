@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from job import provenance
 from job.errors import UsageError
-from job.pair import data, provenance, runtime
+from job.pair import data, runtime
 from job.pair.epoch_logs import EpochLogs
-from job.pair.protocol import Protocol
+from job.pair.train import Hooks
 from job.pair.usage import ProcessUsage
+from job.protocol import Protocol
 
 # Signals that mean "you are about to be stopped": scancel/preemption send TERM, Slurm's
 # --signal warning before the time limit sends USR1, submitit's checkpoint request sends USR2.
@@ -54,7 +56,7 @@ class Session:
     dataset: data.Dataset
     runtime_info: dict[str, Any]
     usage: ProcessUsage  # this process's resources, and the earlier processes' once train.fit read the checkpoint
-    fit_options: dict[str, Any]  # callbacks, stop_requested, usage and epoch_logs, for train.fit
+    hooks: Hooks  # what train.fit reports to: progress, the stop flag, usage, the epoch logs
 
     def environment(self) -> dict[str, Any]:
         """The provenance a result records: interpreter, packages, host, devices, Slurm, git, container."""
@@ -63,8 +65,14 @@ class Session:
 
 @contextmanager
 def training(
-    inputs: Inputs, protocol: Protocol, model_name: str, label: str, epoch_logs: EpochLogs
+    inputs: Inputs,
+    protocol: Protocol,
+    model_name: str,
+    label: str,
+    epoch_logs: EpochLogs,
+    callbacks: Sequence[Any] = (),
 ) -> Iterator[Session]:
+    """Everything a training needs, set up (`callbacks` are added to its own: the progress bar's)."""
 
     dataset = data.load(inputs.data_dir, custom=inputs.custom_data)
     if protocol.limit is not None and protocol.limit > len(dataset.x_train):
@@ -73,7 +81,7 @@ def training(
             f"--limit {protocol.limit} is beyond the {len(dataset.x_train)} training images of {dataset.source}"
         )
     runtime_info = runtime.configure_training(protocol, model_name, allow_cpu=inputs.allow_cpu)
-    from job.pair.progress import EpochProgress  # imports Keras: after runtime.configure
+    from job.pair.progress import EpochProgress  # deferred: keras, imported after runtime.configure
 
     stop = StopFlag()
     stop.install()
@@ -86,7 +94,7 @@ def training(
     )
     try:
         usage = ProcessUsage()
-        options = {"callbacks": [progress], "stop_requested": stop, "usage": usage, "epoch_logs": epoch_logs}
-        yield Session(dataset, runtime_info, usage, options)
+        hooks = Hooks(callbacks=[progress, *callbacks], stop_requested=stop, usage=usage, epoch_logs=epoch_logs)
+        yield Session(dataset, runtime_info, usage, hooks)
     finally:
         progress.close()

@@ -17,19 +17,21 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
+from job import folds
 from job.errors import JobError
-from job.pair import folds, models
+from job.pair import models
 from job.pair.checkpoint import Checkpoint, CorruptCheckpoint, TrainState
 from job.pair.data import Dataset
 from job.pair.epoch_logs import EpochLogs
-from job.pair.protocol import Pair, Protocol
 from job.pair.steps import CompiledSteps
 from job.pair.usage import ProcessUsage, Spent
+from job.protocol import Pair, Protocol
 from job.results.contract import History, Outcome, PairData, Resume, Score, Timings
 
 # Batches per compiled call: the same sequence of updates with a fraction of the Python overhead per step.
@@ -48,6 +50,17 @@ class Preempted(JobError):
     """Training stopped on a signal; the last epoch-end checkpoint is on disk and a rerun resumes from it."""
 
     exit_code = 3
+
+
+@dataclass
+class Hooks:
+    """What a training reports to and is steered by, besides its data and its checkpoint."""
+
+    callbacks: list[Any] = field(default_factory=list)  # Keras callbacks, called in fit's order (progress, bench)
+    stop_requested: Callable[[], bool] = lambda: False  # polled after every compiled call: a stop signal came
+    log: Callable[[str], None] = print  # one line: a resume, a checkpoint set aside
+    usage: ProcessUsage | None = None  # resources: carried on from the checkpoint, marks the end of start-up
+    epoch_logs: EpochLogs | None = None  # rewritten from the checkpoint, then one row per checkpointed epoch
 
 
 def model_seed(protocol: Protocol, stream: int) -> int:
@@ -101,21 +114,18 @@ def fit(
     checkpoint: Checkpoint,
     *,
     stream: int,
-    callbacks: list[Any],
-    stop_requested: Callable[[], bool] = lambda: False,
-    log: Callable[[str], None] = print,
-    usage: ProcessUsage | None = None,
-    epoch_logs: EpochLogs | None = None,
+    hooks: Hooks | None = None,
 ) -> tuple[Any, Outcome]:
     """Train `model_name` on images[train_ix], validating on images[held_out_ix] after every epoch.
 
     `stream` tells apart the random streams of different trainings under one seed (a pair uses its fold).
-    `usage` carries the resources of earlier processes on from the checkpoint and marks the end of start-up;
-    `epoch_logs` are rewritten from the checkpoint now, and get each epoch once it is checkpointed.
     Returns the trained model and the result's history, score, timings and resume sections.
     Raises Preempted when the stop flag ends an epoch early, Diverged when an epoch's numbers are not finite.
     """
     import keras
+
+    hooks = hooks or Hooks()
+    stop_requested, log, usage, epoch_logs = hooks.stop_requested, hooks.log, hooks.usage, hooks.epoch_logs
 
     def fresh_model() -> Any:
         keras.utils.set_random_seed(model_seed(protocol, stream))
@@ -148,8 +158,11 @@ def fit(
 
     watcher = keras.callbacks.LambdaCallback(on_train_batch_end=watch_batch)
     steps = CompiledSteps(model, images, labels, steps_per_call=steps_per_call(model_name, protocol.batch_size))
-    hooks = keras.callbacks.CallbackList(
-        [*callbacks, watcher], model=model, epochs=protocol.epochs, steps=math.ceil(len(train_ix) / protocol.batch_size)
+    keras_hooks = keras.callbacks.CallbackList(
+        [*hooks.callbacks, watcher],
+        model=model,
+        epochs=protocol.epochs,
+        steps=math.ceil(len(train_ix) / protocol.batch_size),
     )
     with contextlib.ExitStack() as stack:
         if epoch_logs is not None:
@@ -157,22 +170,22 @@ def fit(
             epoch_logs.restart(state)
         if usage is not None:
             usage.training_starts()
-        hooks.on_train_begin()
+        keras_hooks.on_train_begin()
         held_out: dict[str, float] | None = None  # the last epoch's held-out metrics: the score, when one ran here
         for epoch in range(state.epochs_done, protocol.epochs):
             started = time.perf_counter()
-            hooks.on_epoch_begin(epoch)
+            keras_hooks.on_epoch_begin(epoch)
             # epoch_order shuffles, reproducibly; a resumed pair feeds the very batches an uninterrupted one does.
-            logs = steps.train(epoch_order(train_ix, protocol.seed, stream, epoch), protocol.batch_size, hooks)
+            logs = steps.train(epoch_order(train_ix, protocol.seed, stream, epoch), protocol.batch_size, keras_hooks)
             if stopped_mid_epoch:
                 # Keep the last epoch-end checkpoint, not these weights.
                 raise Preempted(f"stopped by a signal during epoch {epoch + 1}; rerun to resume from epoch {epoch}")
             check_finite(logs, epoch, checkpoint)
-            held_out = steps.evaluate(held_out_ix, EVAL_BATCH_SIZE, hooks)
+            held_out = steps.evaluate(held_out_ix, EVAL_BATCH_SIZE, keras_hooks)
             logs.update({f"val_{key}": value for key, value in held_out.items()})
             epoch_values = {key: logs[key] for key in state.history}
             check_finite(epoch_values, epoch, checkpoint)
-            hooks.on_epoch_end(epoch, logs)
+            keras_hooks.on_epoch_end(epoch, logs)
             for key, value in epoch_values.items():
                 state.history[key].append(value)
             state.epoch_seconds.append(round(time.perf_counter() - started, 3))
@@ -184,7 +197,7 @@ def fit(
                 epoch_logs.append(state)
             if stop_requested() and state.epochs_done < protocol.epochs:
                 raise Preempted(f"stopped by a signal after epoch {epoch + 1}; rerun to resume from there")
-        hooks.on_train_end()
+        keras_hooks.on_train_end()
 
     # The score is the final weights on the held-out images: the last epoch's validation, unless the checkpoint
     # already held every epoch and none ran in this process.
@@ -215,13 +228,13 @@ def check_finite(values: dict[str, float], epoch: int, checkpoint: Checkpoint) -
 
 
 def fit_pair(
-    pair: Pair, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, **fit_options: Any
+    pair: Pair, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, hooks: Hooks | None = None
 ) -> tuple[Outcome, PairData]:
     """Train and score one (model, fold, repeat) pair on its fold of the (limited) training images."""
     images, labels = dataset.x_train[: protocol.limit], dataset.y_train[: protocol.limit]
     train_ix, val_ix = folds.split(len(images), pair.fold, protocol, pair.repeat)
     stream = pair.stream(protocol.n_folds)
-    _, outcome = fit(pair.model, protocol, images, labels, train_ix, val_ix, checkpoint, stream=stream, **fit_options)
+    _, outcome = fit(pair.model, protocol, images, labels, train_ix, val_ix, checkpoint, stream=stream, hooks=hooks)
     data = PairData(
         **dataset.provenance(),
         n_train=len(train_ix),

@@ -19,16 +19,14 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from job import atomic
 from job.errors import JobError
-from job.results import atomic
-
-if TYPE_CHECKING:
-    from job.pair.data import IdxFile
 
 CACHE_DIRNAME = ".mnist-cv-cache"
 STAMPS = "stamps.json"
@@ -37,7 +35,17 @@ VERSION = 1
 # tick as its stamp would keep its timestamps. A file is stamped only once it has not changed for this long.
 SETTLE_NS = 1_000_000_000
 
-Reader = Callable[[Path], "IdxFile"]
+
+@dataclass(frozen=True)
+class IdxFile:
+    """One parsed IDX file (or npz array) and the hash of its IDX bytes."""
+
+    where: str  # path (or "path[key]") for error messages
+    array: np.ndarray
+    sha256: str
+
+
+Reader = Callable[[Path], IdxFile]
 
 
 def cache_folder(data_folder: Path) -> Path:

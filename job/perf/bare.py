@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from job.pair import folds, models, runtime
+from job import folds
+from job.pair import models, runtime
 from job.pair.train import EVAL_BATCH_SIZE, epoch_order, model_seed
 
 

@@ -34,27 +34,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from job import folds
 from job.errors import JobError
-from job.pair.protocol import Pair, Protocol
-from job.perf import load, startup, task
+from job.pair import data, models, runtime
+from job.pair.checkpoint import Checkpoint
+from job.pair.train import Hooks, fit_pair, model_seed
+from job.perf import bare, floor, load, startup, task
 from job.perf.report import VARIANTS, report
+from job.perf.spec import Spec
+from job.protocol import Pair
 
 MEASURES = (*VARIANTS, "floor", "task", "import")  # everything a repeat measures, in its (alternating) order
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What one worker trains; the same for both variants."""
-
-    model: str
-    fold: int
-    epochs: int
-    limit: int | None = None
-    data_dir: str | None = None
-    custom_data: bool = False
-
-    def protocol(self) -> Protocol:
-        return Protocol().with_overrides(epochs=self.epochs, limit=self.limit)
 
 
 # ---- the parent: run the workers
@@ -219,9 +209,6 @@ def _baseline(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks)
     """The tutorial's evaluate_model() for one fold."""
     import keras
 
-    from job.pair import folds, models
-    from job.pair.train import model_seed
-
     protocol = spec.protocol()
     # The tutorial keeps the prepared test set alive while the folds train: part of its memory.
     data_x, data_y, _test_x, _test_y = _tutorial_arrays(dataset, protocol.limit)
@@ -245,17 +232,13 @@ def _baseline(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks)
 
 def _ours(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> Outcome:
     """The production path: thread and determinism set-up as `run` does it, then train.fit_pair (start-up marked)."""
-    from job.pair import runtime
-    from job.pair.checkpoint import Checkpoint
-    from job.pair.train import fit_pair
-
     protocol = spec.protocol()
     info = runtime.configure_training(protocol, spec.model, allow_cpu=True)
     marks.mark("configure")
     with tempfile.TemporaryDirectory(prefix="mnist-cv-bench-") as folder:
         checkpoint = Checkpoint(Path(folder) / "checkpoint")
         callbacks = [clock.callback(), marks.callback()]
-        trained, data = fit_pair(Pair(spec.model, spec.fold), protocol, dataset, checkpoint, callbacks=callbacks)
+        trained, data = fit_pair(Pair(spec.model, spec.fold), protocol, dataset, checkpoint, Hooks(callbacks=callbacks))
     extra = {
         "device": info["device_used"],
         "threads": info["threads"]["intra_op"],
@@ -266,8 +249,6 @@ def _ours(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> 
 
 
 def _bare(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> Outcome:
-    from job.perf import bare
-
     run = bare.train(spec, dataset, clock)
     return Outcome(run["accuracy"], run["n_train"], run["n_val"], {"device": run["device"], "threads": run["threads"]})
 
@@ -281,8 +262,6 @@ RUNNERS: dict[str, Callable[[Spec, Any, EpochClock, startup.Marks], Outcome]] = 
 
 def run_worker(variant: str, spec: Spec, marks: startup.Marks) -> dict[str, Any]:
     """Train one variant once; the wall clock starts after the (shared) data loading."""
-    from job.pair import data, runtime
-
     tf = runtime.import_tensorflow()
     marks.mark("tensorflow")
     import keras  # noqa: F401 - its import footprint belongs with TensorFlow's, the same in every variant
@@ -328,8 +307,6 @@ def _worker_main(argv: list[str]) -> int:
     spec = Spec(**json.loads(argv[2]))
     try:
         if argv[1] == "floor":
-            from job.perf import floor
-
             result = floor.measure(spec.model, spec.protocol().batch_size)
         else:
             result = run_worker(argv[1], spec, marks)

@@ -17,6 +17,10 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from job.pair import models, runtime
 from job.perf.flops import Gemm, training_gemms
 
 TRIALS = 5
@@ -26,10 +30,6 @@ PEAK_SIZE = 1024  # a square GEMM big enough to show the CPU's best rate, for co
 
 def measure(model_name: str, batch: int) -> dict[str, Any]:
     """GEMM rates at the model's layer shapes and the resulting floor, in this (worker) process."""
-    import numpy as np
-    from threadpoolctl import threadpool_limits
-
-    from job.pair import models, runtime
 
     info = runtime.configure(
         deterministic=True, precision="float32", allow_cpu=True, max_threads=models.max_threads(model_name)
@@ -107,7 +107,6 @@ def _np_runner(np: Any, gemm: Gemm) -> Callable[[int], None]:
 
 def _operands(gemm: Gemm) -> tuple[Any, Any]:
     """Random float32 operands, the same for both libraries."""
-    import numpy as np
 
     rng = np.random.default_rng(0)
     return rng.random((gemm.m, gemm.k), dtype=np.float32), rng.random((gemm.k, gemm.n), dtype=np.float32)

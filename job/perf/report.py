@@ -10,12 +10,10 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from job.perf import startup
-
-if TYPE_CHECKING:
-    from job.perf.bench import Spec
+from job.perf.spec import Spec
 
 VARIANTS = ("baseline", "ours", "bare")  # the training runs; ours/baseline is the headline ratio
 NOISE_SIGMAS = 3

@@ -20,6 +20,7 @@ from typing import Any
 
 from job import settings
 from job.errors import JobError
+from job.mnist import MNIST_FILES
 
 SPAWNED_AT_ENV = settings.BENCH_SPAWNED_AT.name
 BARE_IMPORT = "import tensorflow, time; print(time.time())"
@@ -114,7 +115,6 @@ def first_step(marks: dict[str, Any], step_s: float) -> float:
 
 def data_anatomy(folder: str) -> dict[str, float] | None:
     """What reading a folder of MNIST IDX files costs, step by step: data.load's work without its verified cache."""
-    from job.pair.data import MNIST_FILES
 
     paths = [next((p for p in (Path(folder) / f"{n}.gz", Path(folder) / n) if p.is_file()), None) for n in MNIST_FILES]
     if not Path(folder).is_dir() or None in paths:

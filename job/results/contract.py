@@ -24,7 +24,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from job.errors import JobError
-from job.pair.protocol import Protocol
+from job.protocol import Protocol
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)

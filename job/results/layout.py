@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from job.errors import UsageError
-from job.pair.protocol import Pair
+from job.protocol import Pair
 
 FINAL = "final"
 LOGS = "logs"
@@ -63,6 +63,30 @@ def short_name(path: Path) -> str:
 
 
 @dataclass(frozen=True)
+class JobPaths:
+    """Every file one training writes (a pair's or a final model's), as one value: the training is handed this."""
+
+    result: Path  # the result JSON
+    checkpoint: Path  # the folder of the per-epoch checkpoint, while training
+    lease: Path  # who trains it now
+    csv: Path  # the per-epoch log, one row per epoch done
+    tensorboard: Path  # its TensorBoard run: `tensorboard --logdir RESULTS/RUN` shows every training side by side
+    model_file: Path | None = None  # the trained model (a final model's only)
+
+    @classmethod
+    def beside(cls, result: Path, model_file: Path | None = None) -> JobPaths:
+        """The paths beside a result: the same name with another suffix."""
+        return cls(
+            result=result,
+            checkpoint=result.with_suffix(".ckpt"),
+            lease=result.with_suffix(".lease"),
+            csv=result.with_suffix(".csv"),
+            tensorboard=result.with_suffix(".tb"),
+            model_file=model_file,
+        )
+
+
+@dataclass(frozen=True)
 class RunLayout:
     results_dir: Path
     run: str
@@ -81,31 +105,18 @@ class RunLayout:
         folder = self.folder / check_name(pair.model, "model name")
         return folder / f"repeat-{pair.repeat}" if pair.repeat else folder
 
-    def pair_result(self, pair: Pair) -> Path:
-        return self.pair_folder(pair) / f"fold-{pair.fold}.json"
-
-    def pair_checkpoint(self, pair: Pair) -> Path:
-        return self.pair_folder(pair) / f"fold-{pair.fold}.ckpt"
-
-    def pair_lease(self, pair: Pair) -> Path:
-        return self.pair_result(pair).with_suffix(".lease")
-
-    def pair_csv(self, pair: Pair) -> Path:
-        """The pair's per-epoch log, one row per epoch done (never a result: results are fold-K.json)."""
-        return self.pair_result(pair).with_suffix(".csv")
-
-    def pair_tensorboard(self, pair: Pair) -> Path:
-        """The pair's TensorBoard run: `tensorboard --logdir RESULTS/RUN` shows every pair beside the others."""
-        return self.pair_result(pair).with_suffix(".tb")
+    def pair_paths(self, pair: Pair) -> JobPaths:
+        """MODEL/[repeat-R/]fold-K.json, and its .ckpt/, .lease, .csv and .tb/ beside it."""
+        return JobPaths.beside(self.pair_folder(pair) / f"fold-{pair.fold}.json")
 
     def pair_results(self) -> list[Path]:
         """Every file that looks like a pair's result, whatever it holds."""
-        return self._pair_paths("json")
+        return self._pair_files("json")
 
     def pair_checkpoints(self) -> list[Path]:
-        return [p for p in self._pair_paths("ckpt") if p.is_dir()]
+        return [p for p in self._pair_files("ckpt") if p.is_dir()]
 
-    def _pair_paths(self, suffix: str) -> list[Path]:
+    def _pair_files(self, suffix: str) -> list[Path]:
         found = [*self.folder.glob(f"*/fold-*.{suffix}"), *self.folder.glob(f"*/repeat-*/fold-*.{suffix}")]
         return sorted(p for p in found if self.pair_of(p) is not None)
 
@@ -129,23 +140,10 @@ class RunLayout:
     def final_folder(self) -> Path:
         return self.folder / FINAL
 
-    def final_result(self, model: str) -> Path:
-        return self.final_folder / f"{check_name(model, 'model name')}.json"
-
-    def final_model(self, model: str) -> Path:
-        return self.final_folder / f"{check_name(model, 'model name')}.keras"
-
-    def final_checkpoint(self, model: str) -> Path:
-        return self.final_folder / f"{check_name(model, 'model name')}.ckpt"
-
-    def final_lease(self, model: str) -> Path:
-        return self.final_folder / f"{check_name(model, 'model name')}.lease"
-
-    def final_csv(self, model: str) -> Path:
-        return self.final_result(model).with_suffix(".csv")
-
-    def final_tensorboard(self, model: str) -> Path:
-        return self.final_result(model).with_suffix(".tb")
+    def final_paths(self, model: str) -> JobPaths:
+        """final/MODEL.json, its .ckpt/, .lease, .csv, .tb/ and the model file, MODEL.keras."""
+        result = self.final_folder / f"{check_name(model, 'model name')}.json"
+        return JobPaths.beside(result, model_file=result.with_suffix(".keras"))
 
     def final_results(self) -> list[Path]:
         """The final results present (temp files of a write in progress start with a dot and are left out)."""

@@ -12,7 +12,7 @@ st_nlink check when the server's reply to link() is lost.)
 
 A lease whose holder is gone is taken over, with a line on stderr saying so: on the holder's own host (same host
 name and boot) when its pid is absent or now belongs to another process; elsewhere when its Slurm job is no longer
-running (scheduler.py asks squeue/sacct) or when it is an earlier run of this very job (requeued). A holder that
+running (job/slurm.py asks squeue/sacct) or when it is an earlier run of this very job (requeued). A holder that
 cannot be checked from here (another host, no Slurm answer) counts as alive: the message says which file to remove.
 The take-over is race-free: the stale file is renamed to a unique name first (one rename wins), and the winner
 checks the file it moved is the stale one (else it links it back), then competes for the name like anyone else.
@@ -32,11 +32,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
+from job import slurm
 from job.errors import JobError
-from job.launch import scheduler
-from job.launch.scheduler import TaskState
-from job.pair.protocol import Pair
-from job.results.layout import RunLayout
+from job.files import read_bounded
+from job.slurm import TaskState
 
 MAX_LEASE_BYTES = 1 << 16  # a lease is about 400 bytes
 ATTEMPTS = 5  # acquire rounds: each lost race re-reads the lease; five lost races in a row cannot be bad luck
@@ -51,11 +50,6 @@ class LeaseHeld(JobError):
 
 class LeaseLost(LeaseHeld):
     """The lease was taken over while this process ran (it was judged gone): its result must not be written."""
-
-
-def lease_path(results: Path, run: str, pair: Pair) -> Path:
-    """Beside the result: RESULTS/RUN/MODEL/fold-K.lease."""
-    return RunLayout(results, run).pair_lease(pair)
 
 
 @dataclass(frozen=True)
@@ -105,11 +99,9 @@ class Holder:
 
 def read_holder(path: Path) -> Holder | None:
     """The lease's holder; None when there is no lease (or it is not one of ours: a foreign file is left alone)."""
-    from job.pair.data import open_regular  # deferred: numpy
-
     try:
-        with open_regular(Path(path)) as f:  # a FIFO or /dev/zero would wait or read forever
-            data = json.loads(f.read(MAX_LEASE_BYTES))
+        # a FIFO or /dev/zero would wait or read forever
+        data = json.loads(read_bounded(Path(path), MAX_LEASE_BYTES, "a lease holds"))
         return _checked(Holder(**data))
     except (JobError, OSError, ValueError, TypeError) as error:
         if not os.path.lexists(path):
@@ -153,10 +145,10 @@ def gone_because(holder: Holder, slurm_task: Callable[[str], TaskState | None] |
     if holder.slurm_job_id and holder.slurm_job_id == me.slurm_job_id:
         # One Slurm job runs once at a time: a lease of our own job from another host or boot is a requeued run's.
         return f"it was an earlier run of this Slurm job {holder.slurm_task} (requeued)"
-    if holder.slurm_task and (slurm_task is not None or scheduler.available()):
+    if holder.slurm_task and (slurm_task is not None or slurm.available()):
         try:
-            state = (slurm_task or scheduler.task)(holder.slurm_task)
-        except scheduler.SchedulerError:
+            state = (slurm_task or slurm.task)(holder.slurm_task)
+        except slurm.SchedulerError:
             return None  # cannot tell: alive
         if state is not None and state.finished:
             return f"its Slurm job {holder.slurm_task} has ended ({state.state})"

@@ -6,9 +6,7 @@ shares its clock format and the requeue warning.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 # slurm/array.sh's `--signal=B:USR1@180`: a task is told to checkpoint and requeue this long before its limit
 # (tests/test_sizing.py pins the number to the script).
@@ -19,15 +17,6 @@ def clock(seconds: float) -> str:
     """Seconds as Slurm's H:MM:SS (rounded up to the second)."""
     hours, rest = divmod(math.ceil(seconds), 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-
-
-def latest_epoch_seconds(checkpoint: Path) -> float | None:
-    """The seconds of the last epoch a checkpoint (RUN/MODEL/fold-K.ckpt) holds; None without one."""
-    try:
-        seconds = float(json.loads((Path(checkpoint) / "state.json").read_text())["epoch_seconds"][-1])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None  # no epoch saved yet, or a state being replaced: nothing to project from
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def projection(

@@ -7,22 +7,22 @@ Without Slurm the same files still tell done, running (a live lease), interrupte
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from job import slurm
 from job.errors import JobError
-from job.launch import scheduler
-from job.launch.scheduler import TaskState
-from job.pair.checkpoint import Checkpoint
-from job.pair.protocol import Pair, Protocol, all_pairs
-from job.results import store
+from job.protocol import Pair, Protocol, all_pairs
+from job.results import checkpoint_state, store
 from job.results.layout import RunLayout
-from job.results.lease import Holder, gone_because, lease_path, read_holder
-from job.results.projection import latest_epoch_seconds, projection
+from job.results.lease import Holder, gone_because, read_holder
+from job.results.projection import projection
 from job.results.submissions import Submission, read_submissions
+from job.slurm import TaskState
 
 LOG_TAIL_BYTES = 64 * 1024  # the last error line is near the end; a log can be megabytes of epochs
 ERROR_WORDS = ("error", "traceback", "killed", "cancelled", "oom", "exception", "due to time limit")
@@ -88,23 +88,26 @@ class PairStatus:
 
 
 def status(
-    results_dir: Path, run: str, protocol: Protocol, *, repeats: int = 1, slurm: bool | None = None
+    layout: RunLayout,
+    protocol: Protocol,
+    *,
+    repeats: int = 1,
+    queue: Callable[[Iterable[str]], dict[str, TaskState]] = slurm.tasks,
 ) -> list[PairStatus]:
-    """One PairStatus per pair of `repeats` repeats, in task-id order; `slurm` None asks Slurm when it is installed."""
+    """One PairStatus per pair of `repeats` repeats, in task-id order. `queue` answers what the scheduler says of
+    the jobs named (job id -> TaskState); Slurm's squeue and sacct by default, nothing where Slurm is not installed."""
     pairs = all_pairs(protocol.n_folds, repeats)
-    submitted = read_submissions(results_dir, run)
-    holders = {pair: _holder(lease_path(results_dir, run, pair)) for pair in pairs}
+    submitted = read_submissions(layout)
+    holders = {pair: _holder(layout.pair_paths(pair).lease) for pair in pairs}
     job_ids = {s.job_id for s in submitted} | {
         h.slurm_task for h in holders.values() if isinstance(h, Holder) and h.slurm_task
     }
-    use_slurm = scheduler.available() if slurm is None else slurm
-    states = scheduler.tasks(job_ids) if use_slurm and job_ids else {}
+    states = queue(job_ids) if job_ids else {}
     return [
         _status_of(
             task_id,
             pair,
-            results_dir,
-            run,
+            layout,
             protocol,
             holders[pair],
             [s for s in submitted if s.task_id == task_id],
@@ -125,15 +128,13 @@ def _holder(path: Path) -> Holder | JobError | None:
 def _status_of(
     task_id: int,
     pair: Pair,
-    results_dir: Path,
-    run: str,
+    layout: RunLayout,
     protocol: Protocol,
     holder: Holder | JobError | None,
     submitted: list[Submission],
     states: dict[str, TaskState],
 ) -> PairStatus:
-    layout = RunLayout(results_dir, run)
-    path = layout.pair_result(pair)
+    path = layout.pair_paths(pair).result
     base = {"task_id": task_id, "pair": pair, "path": path}
     if path.exists():
         try:
@@ -146,7 +147,7 @@ def _status_of(
         return PairStatus(state=PairState.DONE, detail=f"{accuracy * 100:.3f}%", accuracy=accuracy, **base)
     if isinstance(holder, JobError):
         return PairStatus(state=PairState.BAD_LEASE, detail=str(holder), **base)
-    epochs = Checkpoint(layout.pair_checkpoint(pair)).epochs_done()
+    epochs = checkpoint_state.epochs_done(layout.pair_paths(pair).checkpoint)
     stale = ""
     if holder is not None:
         gone = gone_because(holder, states.get)  # the one query's answers; empty without Slurm: alive then
@@ -208,7 +209,11 @@ def _running(base: dict[str, Any], holder: Holder, task: TaskState | None, epoch
 
 def _projected(found: PairStatus, layout: RunLayout, protocol: Protocol) -> PairStatus:
     """A running pair with an epoch done, with when it should end at its latest epoch's pace (others unchanged)."""
-    pace = latest_epoch_seconds(layout.pair_checkpoint(found.pair)) if found.state == PairState.RUNNING else None
+    pace = (
+        checkpoint_state.latest_epoch_seconds(layout.pair_paths(found.pair).checkpoint)
+        if found.state == PairState.RUNNING
+        else None
+    )
     if pace is None or not found.epochs_done or found.elapsed_s is None:
         return found
     total, text = projection(found.elapsed_s, found.epochs_done, protocol.epochs, pace, found.time_limit_s)

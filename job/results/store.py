@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from job import folds
 from job.errors import JobError
-from job.pair.protocol import Pair
+from job.files import FileError, read_bounded, sha256_file
+from job.protocol import Pair
 from job.results.contract import FinalResult, PairResult, ResultError, check_schema
 from job.results.layout import RunLayout
 
@@ -28,15 +30,6 @@ ACCURACY_TOLERANCE = 1e-6
 LOSS_RELATIVE_TOLERANCE = 1e-5
 # A result is a few kB (its history grows by about 100 bytes an epoch): anything this large is not one.
 MAX_RESULT_BYTES = 16 << 20
-
-
-# The paths of one pair, for callers that name a results folder and a run (the layout decides them).
-def pair_path(results_dir: Path, run: str, pair: Pair) -> Path:
-    return RunLayout(results_dir, run).pair_result(pair)
-
-
-def checkpoint_dir(results_dir: Path, run: str, pair: Pair) -> Path:
-    return RunLayout(results_dir, run).pair_checkpoint(pair)
 
 
 def ensure_writable(folder: Path) -> None:
@@ -62,17 +55,12 @@ def _finite_float(text: str) -> float:
 
 def load_json(path: Path) -> Any:
     """A file's JSON with finite numbers only, or ResultError saying in one line why it cannot be read."""
-    from job.pair.data import open_regular  # deferred: numpy
-
     if not os.path.lexists(path):
         raise ResultError(f"{path}: missing")
-    try:
-        with open_regular(Path(path)) as f:  # a FIFO, /dev/zero or a folder is refused before any read
-            raw = f.read(MAX_RESULT_BYTES + 1)
+    try:  # a FIFO, /dev/zero or a folder is refused before any read
+        raw = read_bounded(Path(path), MAX_RESULT_BYTES, "a result holds")
     except JobError as error:
         raise ResultError(str(error)) from None
-    if len(raw) > MAX_RESULT_BYTES:
-        raise ResultError(f"{path}: over {MAX_RESULT_BYTES} bytes, more than a result holds")
     try:
         return json.loads(raw.decode(), parse_constant=_refuse_constant, parse_float=_finite_float)
     except UnicodeDecodeError as error:
@@ -97,7 +85,6 @@ def check_pair(path: Path, layout: RunLayout) -> PairResult:
     config; config_id the hash of its config; the held-out indices those of that fold of that repeat's split of the
     (limited) training images; a history as long as its epochs, whose last validation numbers are the score.
     """
-    from job.pair import folds  # deferred: numpy, needed only here and to train
 
     pair = layout.pair_of(path)
     if pair is None:
@@ -121,6 +108,29 @@ def check_pair(path: Path, layout: RunLayout) -> PairResult:
     if config.limit is not None and result.data.n_train + result.data.n_val != config.limit:
         raise ResultError(f"{path}: {result.data.n_train + result.data.n_val} images, its config says {config.limit}")
     check_history(result, str(path))
+    return result
+
+
+def check_final(path: Path, layout: RunLayout) -> FinalResult:
+    """The result in `path` if it is a valid final result for the model its name says, naming its very model file."""
+    result = FinalResult.from_json(load_json(path), str(path))
+    if result.model != layout.final_model_of(path):
+        raise ResultError(f"{path}: holds the final {result.model}, not the model its name says")
+    if result.config_id != result.config.config_id:
+        raise ResultError(f"{path}: config_id {result.config_id} is not its config's ({result.config.config_id})")
+    check_history(result, str(path))
+    test = result.test
+    if any(m.index >= test.n_images for m in test.misclassified):
+        raise ResultError(f"{path}: a misclassified index beyond its {test.n_images} test images")
+    model_file = layout.final_paths(result.model).model_file
+    if result.model_file.name != model_file.name:
+        raise ResultError(f"{path}: names the model file {result.model_file.name!r}, not {model_file.name}")
+    try:
+        found = sha256_file(model_file)
+    except FileError as error:
+        raise ResultError(f"{error}; {path.name} names it") from None
+    if found != result.model_file.sha256:
+        raise ResultError(f"{model_file}: not the model {path.name} names")
     return result
 
 

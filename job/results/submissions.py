@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from job.launch import scheduler
+from job import slurm
+from job.files import read_bounded
 from job.results.layout import RunLayout
+
+# A line is about 250 bytes: a million submitted tasks fit.
+MAX_SUBMISSIONS_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -45,13 +49,8 @@ class Submission:
         return Path(expanded.replace("\0", "%"))
 
 
-def submissions_path(results: Path, run: str) -> Path:
-    return RunLayout(results, run).submissions
-
-
 def record_submission(
-    results: Path,
-    run: str,
+    layout: RunLayout,
     *,
     array_job_id: str,
     tasks: dict[int, int],
@@ -70,7 +69,7 @@ def record_submission(
         "log": str(log),
         "job_name": job_name,
     }
-    path = submissions_path(results, run)
+    path = layout.submissions
     path.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(line, separators=(",", ":")) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -81,7 +80,7 @@ def record_submission(
         os.close(fd)
 
 
-def record_running_task(results: Path, run: str, config_id: str, task_id: int | None) -> None:
+def record_running_task(layout: RunLayout, config_id: str, task_id: int | None) -> None:
     """Record the array task this process runs in, unless its submitter did: `sbatch slurm/array.sh` records nothing
     at submission, so each of its tasks records itself (index = pair task id) with the log Slurm writes.
 
@@ -91,12 +90,11 @@ def record_running_task(results: Path, run: str, config_id: str, task_id: int | 
     array_job, index = os.environ.get("SLURM_ARRAY_JOB_ID", ""), os.environ.get("SLURM_ARRAY_TASK_ID", "")
     if not (array_job.isdigit() and index.isdigit()) or task_id is None or int(index) != task_id:
         return
-    if any(s.array_job_id == array_job and s.array_index == int(index) for s in read_submissions(results, run)):
+    if any(s.array_job_id == array_job and s.array_index == int(index) for s in read_submissions(layout)):
         return
-    logs = scheduler.log_paths(f"{array_job}_{index}")
+    logs = slurm.log_paths(f"{array_job}_{index}")
     record_submission(
-        results,
-        run,
+        layout,
         array_job_id=array_job,
         tasks={int(index): int(index)},
         config_id=config_id,
@@ -105,12 +103,13 @@ def record_running_task(results: Path, run: str, config_id: str, task_id: int | 
     )
 
 
-def read_submissions(results: Path, run: str) -> list[Submission]:
+def read_submissions(layout: RunLayout) -> list[Submission]:
     """Every recorded array task, newest line winning per (array job, index); [] without the file."""
-    try:
-        lines = submissions_path(results, run).read_text(errors="replace").splitlines()
-    except FileNotFoundError:
+    path = layout.submissions
+    if not os.path.lexists(path):
         return []
+    # A FIFO or /dev/zero put there would hang status and every task before its lease: read bounded.
+    lines = read_bounded(path, MAX_SUBMISSIONS_BYTES, "a run's submissions hold").decode(errors="replace").splitlines()
     found: dict[tuple[str, int], Submission] = {}
     for line in lines:
         try:

@@ -52,7 +52,7 @@ def git() -> dict[str, Any] | None:
     told = settings()
     if told.git_commit:
         return {"commit": told.git_commit, "dirty": told.git_dirty}
-    source = Path(__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parent
     try:
         commit = _git(source, "rev-parse", "HEAD")
         dirty = bool(_git(source, "status", "--porcelain", "--untracked-files=no"))

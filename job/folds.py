@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 
 from job.errors import UsageError
-from job.pair.protocol import Protocol, check_fold, check_repeat
+from job.protocol import Protocol, check_fold, check_repeat
 
 
 def split(n_samples: int, fold: int, protocol: Protocol, repeat: int = 0) -> tuple[np.ndarray, np.ndarray]:

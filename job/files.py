@@ -1,0 +1,67 @@
+"""Reading files: the one bounded reader of regular files, and their SHA-256.
+
+Every file the job reads back (results, leases, checkpoints, records, data, models) is opened here: a FIFO would
+wait for a writer forever, a device such as /dev/zero never ends, and a file far larger than what it should hold
+would be read whole. So a file is opened without blocking, must be a regular file, and is read only as far as the
+caller's cap for what it holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from job.errors import JobError
+
+HASH_CHUNK_BYTES = 1 << 20  # models reach 120 MB: hashed a MiB at a time
+
+
+class FileError(JobError):
+    """A file that cannot be read as what it should be: missing, not a regular file, or larger than it may be."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading; a FIFO, a device (/dev/zero never ends) or a folder is refused in one line."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # without O_NONBLOCK, opening a FIFO waits for a writer
+    except OSError as exc:
+        raise FileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise FileError(f"{path}: not a regular file ({_kind(kind)})")
+    return os.fdopen(fd, "rb")
+
+
+def read_bounded(path: Path, max_bytes: int, holds: str = "it holds") -> bytes:
+    """The whole content of the regular file `path`, refused without reading when it is over `max_bytes`.
+
+    `holds` names what the file should be, for the message ("more than a result holds")."""
+    with open_regular(Path(path)) as f:
+        if os.fstat(f.fileno()).st_size > max_bytes:
+            raise FileError(f"{path}: over {max_bytes:,} bytes, more than {holds}")
+        content = f.read(max_bytes + 1)  # a file growing while read is still cut at the cap
+    if len(content) > max_bytes:
+        raise FileError(f"{path}: over {max_bytes:,} bytes, more than {holds}")
+    return content
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a regular file's content."""
+    digest = hashlib.sha256()
+    with open_regular(Path(path)) as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device")):
+        if test(mode):
+            return name
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a file"
