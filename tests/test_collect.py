@@ -646,7 +646,7 @@ def test_unusable_final_result_is_skipped_in_one_line(
     assert not any(name.startswith(("confusion", "misclassified")) for name in found["figures"])
 
 
-# --- issue 13, class 2: non-finite numbers never reach the summary; the outputs are written as one unit ----------
+# --- non-finite numbers never reach the summary; the outputs are written as one unit ----------
 
 
 def _refuse(constant: str) -> None:

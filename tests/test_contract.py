@@ -1,5 +1,5 @@
 """The typed result contract: every schema matches its dataclass, real results round-trip, and the one validity check
-refuses every file that is not a valid result for the pair its path names (issue 13, classes 2, 3 and 4)."""
+refuses every file that is not a valid result for the pair its path names."""
 
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def test_a_result_copied_under_another_folds_name_is_not_that_pair(
     assert status(RunLayout(tmp_path, "default"), PROTOCOL)[target].state == "corrupt"
 
 
-# --- issue 13, class 2: numbers that are not numbers --------------------------------------------------------------
+# --- numbers that are not numbers --------------------------------------------------------------
 
 
 @pytest.mark.slow  # trains two real pairs once (the fixture), ~12 s
@@ -266,7 +266,7 @@ def test_a_typed_result_with_a_non_finite_number_does_not_pass_its_own_check(rea
         PairResult.from_json(broken.to_json())
 
 
-# --- issue 13, class 4: names, not paths ---------------------------------------------------------------------------
+# --- names, not paths ---------------------------------------------------------------------------
 
 
 @given(

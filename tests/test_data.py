@@ -357,7 +357,7 @@ def test_fetch_data_command(mirror: tuple[str, CountingServer, Path], tmp_path: 
     assert failed.stderr.count("\n") == 1 and "HTTP 404" in failed.stderr
 
 
-# ---- what a file declares is what reading it costs (issue 13, class 5)
+# ---- what a file declares is what reading it costs
 
 BOMB_ZEROS = 1 << 30  # a gzip of ~1 MB that inflates to 1 GiB
 

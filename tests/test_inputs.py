@@ -1,4 +1,4 @@
-"""Inputs that must not crash the CLI (issue 13, classes 5 and 6): each class tried with several inputs, generated
+"""Inputs that must not crash the CLI: each class tried with several inputs, generated
 where that fits. `predict` runs on a small final MLP trained on real MNIST in a subprocess; this process never
 imports TensorFlow.
 """

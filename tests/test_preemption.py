@@ -1,4 +1,4 @@
-"""The faults of issue 5 with real processes: kill -9, SIGTERM and corrupt checkpoints locally; scontrol requeue,
+"""Faults with real processes: kill -9, SIGTERM and corrupt checkpoints locally; scontrol requeue,
 the time-limit warning signal and scancel on the local Slurm cluster. An interrupted pair must end with exactly
 the numbers of an uninterrupted run.
 

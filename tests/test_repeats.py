@@ -1,4 +1,4 @@
-"""Repeated cross-validation (issue 15): R shuffles x 5 folds as one array.
+"""Repeated cross-validation: R shuffles x 5 folds as one array.
 
 Fast: every repeat's folds against scikit-learn's KFold, the task-id map, the streams, the layout, and the corrected
 repeated k-fold t-test on a hand-derived example. Slow: real pairs trained through `python -m job run` (repeat 0 of a

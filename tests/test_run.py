@@ -160,7 +160,7 @@ def test_pairs_lists_done_and_missing(mlp_run: tuple[Path, dict]) -> None:
     assert missing.stdout.strip() == "0,2-9"
 
 
-# --- issue 13, class 1: a stop is decided by the stop flag, not by counting optimizer steps ------------------------
+# --- a stop is decided by the stop flag, not by counting optimizer steps ------------------------
 
 
 @pytest.mark.slow
@@ -178,7 +178,7 @@ def test_mixed_precision_with_skipped_steps_finishes_with_a_result(
     assert result["config"]["precision"] == "mixed_float16" and result["resume"]["count"] == 0
 
 
-# --- issue 13, class 2: a diverged training stops at that epoch with one line, its checkpoint kept --------------
+# --- a diverged training stops at that epoch with one line, its checkpoint kept --------------
 
 DIVERGE = ("--epochs", "2", "--limit", "1000")
 # Writes a real checkpoint after epoch 1 of DIVERGE's config whose weights were set to non-finite numbers.
@@ -234,7 +234,7 @@ def test_a_diverged_training_stops_with_one_line_and_keeps_its_checkpoint(
     assert json.loads((checkpoint / "state.json").read_text()) == state_before  # kept for a look, not overwritten
 
 
-# --- issue 13, class 4: run names are names, not paths ----------------------------------------------------------
+# --- run names are names, not paths ----------------------------------------------------------
 
 BAD_RUN_NAMES = ["../escape", "a/b", "/tmp/absolute", "", "..", "tab\there", ".hidden"]
 
@@ -268,7 +268,7 @@ def test_a_limit_beyond_the_data_is_refused_naming_its_size(
     assert not list(tmp_path.rglob("*.json"))
 
 
-# --- issue 13, class 3: a result that is not what its path claims is not done, for run and pairs alike ----------
+# --- a result that is not what its path claims is not done, for run and pairs alike ----------
 
 
 @pytest.mark.slow

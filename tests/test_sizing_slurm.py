@@ -2,7 +2,7 @@
 measured peaks and a suggested request, and a second array submitted with exactly that request completes; `status`
 projects a running pair's end against its time limit.
 
-The first test needs the results to carry their resources (issue 14 item 2, measured by `job run` itself): until
+The first test needs the results to carry their resources (measured by `job run` itself): until
 that measurement is merged its results say `resources: null`, collect suggests nothing, and the test fails there.
 """
 
@@ -40,7 +40,7 @@ def test_a_second_array_with_the_suggested_request_completes(mnist_mini: Path, t
     print(collected.stdout)  # the report as a user sees it (pytest -s)
     sizing = Summary.from_json(json.loads((results / "default" / "summary.json").read_text())).sizing
     mlp = sizing.models["mlp"]
-    assert (mlp.n_measured, mlp.n_unmeasured) == (5, 0), "the results carry no resources (issue 14 item 2)"
+    assert (mlp.n_measured, mlp.n_unmeasured) == (5, 0), "the results carry no resources"
     assert mlp.request is not None
     (line,) = [line for line in collected.stdout.splitlines() if line.startswith("mlp: suggested request ")]
     options = line.removeprefix("mlp: suggested request ").split()
