@@ -237,7 +237,8 @@ def test_a_result_that_is_not_a_small_regular_file_is_refused_without_reading_it
     tmp_path: Path, make: Callable[[Path], None]
 ) -> None:
     # A FIFO never ends its open(), /dev/zero and a sparse terabyte never end their read: pairs and status hung
-    # or exhausted the memory. Refused in one line instead, and the pair is corrupt, to be redone.
+    # or exhausted the memory. Refused in one line instead: a big file is corrupt, to be redone; what is no
+    # regular file (a FIFO, a folder, a link out of the run) is in the way, for a person to remove.
     layout = RunLayout(tmp_path, "default")
     path = layout.pair_paths(Pair("mlp", 0)).result
     path.parent.mkdir(parents=True)
@@ -245,7 +246,7 @@ def test_a_result_that_is_not_a_small_regular_file_is_refused_without_reading_it
     with pytest.raises(ResultError, match="not a regular file|more than a result holds") as error:
         store.check_pair(path, layout)
     assert "\n" not in str(error.value)
-    assert status(RunLayout(tmp_path, "default"), PROTOCOL)[0].state == "corrupt"
+    assert status(RunLayout(tmp_path, "default"), PROTOCOL)[0].state == ("corrupt" if make is huge else "in the way")
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
@@ -304,14 +305,18 @@ def test_a_final_result_naming_another_model_file_is_refused(real_run: Path, nam
     layout = RunLayout(real_run, "default")
     pair = json.loads(layout.pair_paths(Pair("mlp", 0)).result.read_text())
     final = {**pair, "model_file": {"name": name, "sha256": "0" * 64}}
+    # The pair's held-out images stand in for the test set, and its training images for all of custom data's:
+    # every other claim of the file is true.
+    n_images = pair["data"]["n_val"]
     final["test"] = {
-        "n_images": 10,
-        "n_correct": 10,
+        "n_images": n_images,
+        "n_correct": round(pair["score"]["accuracy"] * n_images),
         "per_class_accuracy": [1.0] * 10,
         "confusion_matrix": [[1 if i == j else 0 for j in range(10)] for i in range(10)],
         "misclassified": [],
     }
-    final["data"] = {**{k: pair["data"][k] for k in ("name", "source", "sha256", "n_train")}, "n_test": 10}
+    final["data"] = {**{k: pair["data"][k] for k in ("source", "n_train")}, "name": "custom", "n_test": n_images}
+    final["data"]["sha256"] = {**pair["data"]["sha256"], "train-images-idx3-ubyte": "0" * 64}
     for key in ("fold", "task_id"):
         final.pop(key)
     path = layout.final_paths("mlp").result

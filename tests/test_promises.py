@@ -372,7 +372,8 @@ def test_a_hand_edited_checkpoint_is_set_aside_and_the_pair_starts_over(
     first = result_of(tmp_path)
     state_file = checkpoint_of(tmp_path) / "state.json"
     state_file.write_text(json.dumps(edit(json.loads(state_file.read_text()))))
-    rerun = cli(*train_args(tmp_path, mnist_mini, "--force"))
+    (tmp_path / "default" / "mlp" / "fold-0.json").unlink()  # not --force: that sets any checkpoint aside unread
+    rerun = cli(*train_args(tmp_path, mnist_mini))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     notice = [line for line in rerun.stdout.splitlines() + rerun.stderr.splitlines() if "checkpoint unusable" in line]
     assert len(notice) == 1 and f"{state_file}: not as a save writes it ({reason}" in notice[0], notice

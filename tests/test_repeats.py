@@ -200,6 +200,7 @@ def fake_record(model: str, repeat: int, fold: int, accuracy: float) -> Any:
 # t = 3e-3 / sqrt((1/10 + 1/4) * 20/9 * 1e-6) = 3 / sqrt(7/9) = 9 / sqrt(7) = 3.40168..., df = 2 * 5 - 1 = 9.
 # On repeat 0 alone (Nadeau-Bengio, k = 5): variance 10/4 * 1e-6, t = 3 / sqrt((1/5 + 1/4) * 10/4) = 2 * sqrt(2).
 DIFFERENCES = [0.001 * d for d in (1, 2, 3, 4, 5)]
+REPEATED_LIMIT = 5000
 
 
 def fake_run(repeats: int = 2) -> dict[str, list[Any]]:
@@ -324,16 +325,18 @@ def test_a_result_at_another_repeats_path_is_refused(trained: Path, tmp_path: Pa
 @pytest.fixture
 def repeated_run(trained: Path, tmp_path: Path) -> Path:
     """RESULTS/rep with 3 repeats of both models, cnn's repeat 2 lacking folds 3 and 4: real results (the repeat-0
-    mlp's, retargeted to each pair: its fold's held-out images, its task id) with the accuracies of fake_run."""
+    mlp's, retargeted to each pair: its fold's held-out images, its task id) with the accuracies of fake_run, on
+    5,000 images so that fake_run's accuracies are counts of the 1,000 held-out ones (as a result's must be)."""
     template = json.loads((trained / "rep" / "mlp" / "fold-0.json").read_text())
     layout = RunLayout(tmp_path, "rep")
-    protocol = Protocol(epochs=1, limit=1000)
+    protocol = Protocol(epochs=1, limit=REPEATED_LIMIT)
+    template["config"]["limit"], template["config_id"] = REPEATED_LIMIT, protocol.config_id
     for model, records in fake_run(3).items():
         for record in records:
             pair = Pair(model, record.result.fold, record.result.repeat)
             if pair.model == "cnn" and pair.repeat == 2 and pair.fold >= 3:
                 continue
-            train_ix, val_ix = folds.split(1000, pair.fold, protocol, pair.repeat)
+            train_ix, val_ix = folds.split(REPEATED_LIMIT, pair.fold, protocol, pair.repeat)
             result = copy.deepcopy(template)
             result.update(model=pair.model, fold=pair.fold, repeat=pair.repeat, task_id=task_for_pair(pair))
             result["data"].update(
@@ -392,7 +395,7 @@ def test_collect_reports_a_partial_repeat_and_tests_over_the_complete_ones(repea
 
 @pytest.mark.slow
 def test_pairs_status_and_submit_take_repeats(repeated_run: Path) -> None:
-    common = ("--results", str(repeated_run), "--run", "rep", "--epochs", "1", "--limit", "1000")
+    common = ("--results", str(repeated_run), "--run", "rep", "--epochs", "1", "--limit", str(REPEATED_LIMIT))
     missing = cli("pairs", "--missing", "--repeats", "3", *common)
     assert (missing.returncode, missing.stdout.strip()) == (0, "28-29")
     assert cli("pairs", "--missing", *common).returncode == 1  # repeat 0 alone is done

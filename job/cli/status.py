@@ -27,6 +27,7 @@ STATE_STYLES = {
     "corrupt": "red",
     "other config": "red",
     "bad lease": "red",
+    "in the way": "red",
 }
 
 

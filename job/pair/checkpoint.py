@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,17 @@ class TrainState:
     # The resources of every process so far, each up to its last save (job.pair.usage.Spent); a checkpoint saved
     # before resources were recorded has none, and its pair counts from its next process on.
     spent: dict[str, Any] = field(default_factory=dict)
+    # The training it belongs to (model, random stream, images trained on, held-out indices' hash): a checkpoint is
+    # resumed only by that very training, never by another fold's, repeat's or model's.
+    owner: dict[str, Any] = field(default_factory=dict)
 
 
 class CorruptCheckpoint(Exception):
     """The checkpoint cannot be trusted (damaged, or edited by hand); the pair starts over."""
+
+
+class ForeignCheckpoint(Exception):
+    """The checkpoint is another training's (another config, pair, repeat or model): set aside, never resumed."""
 
 
 class CheckpointError(JobError):
@@ -102,11 +110,12 @@ class Checkpoint:
         variables = [*model.weights, *model.optimizer.variables]
         return sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables) + H5_OVERHEAD_BYTES
 
-    def load(self, model: Any, config_id: str) -> TrainState | None:
-        """Restore `model` and return the state; None when the checkpoint belongs to another config.
+    def load(self, model: Any, config_id: str, owner: dict[str, Any]) -> TrainState:
+        """Restore `model` and return the state of the training `owner` names under `config_id`.
 
-        Raises CorruptCheckpoint when the files are torn, truncated, do not match their recorded hash, or
-        state.json was edited into something a save never writes.
+        Raises ForeignCheckpoint when the checkpoint belongs to another training; CorruptCheckpoint when the files
+        are torn, truncated, do not match their recorded hash, or state.json was edited into something a save never
+        writes.
         """
         try:
             saved = checkpoint_state.read_state(self.folder)
@@ -116,7 +125,10 @@ class Checkpoint:
         except (JobError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise CorruptCheckpoint(f"{self.state_file}: unreadable ({error})") from None
         if state.config_id != config_id:
-            return None
+            raise ForeignCheckpoint(f"of config {state.config_id}, not {config_id}")
+        if state.owner != owner:
+            differs = [f"{k} {state.owner.get(k)!r}, not {v!r}" for k, v in owner.items() if state.owner.get(k) != v]
+            raise ForeignCheckpoint(f"of another training ({'; '.join(differs) or 'no owner recorded'})")
         problem = _inconsistency(state, weights_name, expected)
         if problem:
             raise CorruptCheckpoint(f"{self.state_file}: not as a save writes it ({problem})")
@@ -133,6 +145,20 @@ class Checkpoint:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def set_aside(self) -> Path:
+        """Move the checkpoint out of the way, kept beside it under a name no training reads; its new path."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        for attempt in range(100):
+            aside = self.folder.with_name(f"{self.folder.name}.aside-{stamp}" + (f"-{attempt}" if attempt else ""))
+            if os.path.lexists(aside):
+                continue
+            try:
+                os.rename(self.folder, aside)
+            except OSError as error:
+                raise CheckpointError(f"{self.folder}: cannot set it aside ({error.strerror or error})") from None
+            return aside
+        raise CheckpointError(f"{self.folder}: cannot set it aside (100 set-aside copies are already there)")
 
 
 def _save_weights(model: Any, path: Path) -> None:

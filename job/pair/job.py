@@ -3,6 +3,7 @@ checkpoint removal. A pair and a final model differ only in what they train and 
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from job import atomic
+from job.errors import JobError
 from job.pair import final, session
 from job.pair.checkpoint import Checkpoint
 from job.pair.epoch_logs import EpochLogs
@@ -34,6 +36,7 @@ class Options:
 class Job(ABC):
     """One training: what it is called, the files it writes, how to train it and how to check its result."""
 
+    layout: RunLayout
     protocol: Protocol
 
     @property
@@ -184,6 +187,8 @@ def execute(job: Job, inputs: Inputs, options: Options = Options(), callbacks: S
     """Train `job` unless it is done with its config; return the line to print. Raises JobError (one line), or
     LeaseHeld (exit 75) while another live process trains the same pair."""
     paths = job.paths
+    if blocked := store.in_the_way(job.layout, paths):
+        raise JobError(f"{job.label}: {blocked}")
     if done := _done(job, options):
         return done
     store.ensure_writable(paths.result.parent)
@@ -194,13 +199,15 @@ def execute(job: Job, inputs: Inputs, options: Options = Options(), callbacks: S
         if done := _done(job, options):  # the holder we waited behind may have just finished it
             return done
         checkpoint = Checkpoint(paths.checkpoint)
+        if options.force and checkpoint.exists():  # --force trains from epoch 1; what was there is kept aside
+            print(f"{job.label}: --force: checkpoint set aside as {checkpoint.set_aside()}", file=sys.stderr)
         epoch_logs = EpochLogs(paths.csv, paths.tensorboard)
         with session.training(inputs, job.protocol, job.model_name, job.label, epoch_logs, callbacks) as trained:
             result = job.train(trained, checkpoint)
         # The in-memory result passes the readers' checks before it is written: the schema, finite numbers, and
         # a history consistent with the score.
         type(result).from_json(result.to_json(), job.label)
-        store.check_history(result, job.label)
+        store.check_claims(result, job.label)
         # Checked again at the moment of writing: the lease may have been judged gone and taken over, or a result
         # of another config written meanwhile (by a --force run); either way this result must not replace it.
         lease.ensure_ours()

@@ -26,7 +26,7 @@ import numpy as np
 from job import folds
 from job.errors import JobError
 from job.pair import models
-from job.pair.checkpoint import Checkpoint, CorruptCheckpoint, TrainState
+from job.pair.checkpoint import Checkpoint, CorruptCheckpoint, ForeignCheckpoint, TrainState
 from job.pair.data import Dataset
 from job.pair.epoch_logs import EpochLogs
 from job.pair.steps import CompiledSteps
@@ -89,19 +89,22 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def restore(checkpoint: Checkpoint, model: Any, config_id: str, log: Callable[[str], None]) -> TrainState | None:
-    """The saved state when a checkpoint of this config is usable; a damaged one is reported and set aside."""
+def restore(
+    checkpoint: Checkpoint, model: Any, config_id: str, owner: dict[str, Any], log: Callable[[str], None]
+) -> TrainState | None:
+    """The saved state when the checkpoint is this training's and usable. One that is damaged or another training's
+    (another config, fold, repeat or model: a copied folder) is set aside, kept and named in one line, never
+    resumed nor deleted."""
     if not checkpoint.exists():
         return None
     try:
-        state = checkpoint.load(model, config_id)
+        return checkpoint.load(model, config_id, owner)
     except CorruptCheckpoint as error:
-        log(f"checkpoint unusable, starting from scratch: {error}")
-        checkpoint.remove()
-        return None
-    if state is None:
-        log(f"checkpoint in {checkpoint.folder} is of another config; starting from scratch")
-    return state
+        reason = f"checkpoint unusable, starting from scratch: {error}"
+    except ForeignCheckpoint as error:
+        reason = f"checkpoint in {checkpoint.folder} is {error}: starting from scratch"
+    log(f"{reason}; set aside as {checkpoint.set_aside()}")
+    return None
 
 
 def fit(
@@ -133,13 +136,19 @@ def fit(
 
     model = fresh_model()
     had_checkpoint = checkpoint.exists()
-    state = restore(checkpoint, model, protocol.config_id, log)
+    owner = {
+        "model": model_name,
+        "stream": stream,
+        "n_train": len(train_ix),
+        "held_out_sha256": folds.indices_sha256(held_out_ix),
+    }
+    state = restore(checkpoint, model, protocol.config_id, owner, log)
     if state is None and had_checkpoint:
         # Keras loads every variable it can (the optimizer's too) before it raises on a damaged file: start
         # from a freshly seeded model, the very one an uninterrupted run starts from.
         model = fresh_model()
     if state is None:
-        state = TrainState(config_id=protocol.config_id, start_utc=_utc_now())
+        state = TrainState(config_id=protocol.config_id, start_utc=_utc_now(), owner=owner)
     elif state.epochs_done < protocol.epochs:
         state.resumed_from.append(state.epochs_done)
         log(f"resuming from the checkpoint after epoch {state.epochs_done}")

@@ -448,7 +448,11 @@ def _from_json(cls: type[_T], data: Any, where: str) -> _T:
     if data["schema_version"] not in READABLE_VERSIONS:
         raise ResultError(f"{where}: schema_version {data['schema_version']} is newer than this code reads")
     if data["schema_version"] == 1:
-        data = {**_V1_DEFAULTS[cls.SCHEMA], **data}  # type: ignore[attr-defined]
+        defaults = _V1_DEFAULTS.get(cls.SCHEMA, {})  # type: ignore[attr-defined]
+        later = sorted(defaults.keys() & data.keys())
+        if later:  # fields version 1 did not have: such a file was written by no version of this code
+            raise ResultError(f"{where}: a schema_version 1 file holding {', '.join(later)}, which version 1 has not")
+        data = {**defaults, **data}
     try:
         return _build(cls, data)
     except JobError as error:  # a Protocol the schema lets through but the code refuses

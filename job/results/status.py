@@ -43,11 +43,12 @@ class PairState(str, Enum):
     CORRUPT = "corrupt"  # a result file that cannot be read
     OTHER_CONFIG = "other config"  # a result of another config holds the pair's path
     BAD_LEASE = "bad lease"  # a lease file that is not a lease: `run` refuses the pair until someone removes it
+    IN_THE_WAY = "in the way"  # a symlink or a file of the wrong kind at one of its paths: `run` refuses the pair
 
     @property
     def blocked(self) -> bool:
         """Whether a task for the pair would fail at once: a person has to act first (another --run, rm)."""
-        return self in (PairState.OTHER_CONFIG, PairState.BAD_LEASE)
+        return self in (PairState.OTHER_CONFIG, PairState.BAD_LEASE, PairState.IN_THE_WAY)
 
     @property
     def needs_run(self) -> bool:
@@ -136,6 +137,8 @@ def _status_of(
 ) -> PairStatus:
     path = layout.pair_paths(pair).result
     base = {"task_id": task_id, "pair": pair, "path": path}
+    if blocked := store.in_the_way(layout, layout.pair_paths(pair)):
+        return PairStatus(state=PairState.IN_THE_WAY, detail=blocked, **base)
     if path.exists():
         try:
             result = store.check_pair(path, layout)

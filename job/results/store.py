@@ -9,18 +9,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from job import folds
 from job.errors import JobError
 from job.files import FileError, read_bounded, sha256_file
-from job.protocol import Pair
-from job.results.contract import FinalResult, PairResult, ResultError, check_schema
-from job.results.layout import RunLayout
+from job.mnist import MNIST_COUNTS, MNIST_SHA256, TEST_IMAGES, TRAIN_IMAGES
+from job.protocol import Pair, task_for_pair
+from job.results.contract import FinalData, FinalResult, PairData, PairResult, ResultError, check_schema
+from job.results.layout import JobPaths, RunLayout
 
 # Evaluation after the last epoch and that epoch's validation are the same Keras evaluate() on the same weights
 # and batches, so they agree exactly on the CPU; on a GPU a reduction may sum in another order. A float32 mean of
@@ -30,6 +33,30 @@ ACCURACY_TOLERANCE = 1e-6
 LOSS_RELATIVE_TOLERANCE = 1e-5
 # A result is a few kB (its history grows by about 100 bytes an epoch): anything this large is not one.
 MAX_RESULT_BYTES = 16 << 20
+# Keras's accuracy is a float32 mean of 0/1 matches: correct/images to 2**-24 relative, far below one image.
+COUNT_TOLERANCE = 1e-6
+
+
+def in_the_way(layout: RunLayout, paths: JobPaths) -> str | None:
+    """What stands where a training would write or delete, in one line; None when nothing does.
+
+    In the way: a symlink at any of the job's paths or folders below the run folder (writes and deletes would
+    follow it out of the run), a folder where a file goes, a file where a folder goes. Checked before training, so a
+    pair that could only fail shows as blocked, not missing, and no epoch is spent on it."""
+    folder = paths.result.parent
+    below_run = [folder, *folder.parents][: len(folder.relative_to(layout.folder).parts)]
+    expected = [(f, True) for f in below_run] + [(paths.checkpoint, True), (paths.tensorboard, True)]
+    expected += [(p, False) for p in (paths.result, paths.lease, paths.csv, paths.model_file) if p is not None]
+    for path, is_folder in expected:
+        if not os.path.lexists(path):
+            continue
+        kind = os.lstat(path).st_mode
+        if stat.S_ISLNK(kind):
+            return f"{path} is a symlink; remove it (this job writes only inside its run folder)"
+        if not (stat.S_ISDIR(kind) if is_folder else stat.S_ISREG(kind)):
+            want = "a folder" if is_folder else "a regular file"
+            return f"{path} is in the way: it should be {want}; remove it or use another --run"
+    return None
 
 
 def ensure_writable(folder: Path) -> None:
@@ -105,9 +132,11 @@ def check_pair(path: Path, layout: RunLayout) -> PairResult:
     if folds.indices_sha256(held_out) != result.data.val_indices_sha256:
         where = f"fold {result.fold}" + (f" of repeat {result.repeat}" if result.repeat else "")
         raise ResultError(f"{path}: its held-out images are not {where} of its config")
+    if result.task_id != task_for_pair(pair, config.n_folds):
+        raise ResultError(f"{path}: task_id {result.task_id}, but {pair} is task {task_for_pair(pair, config.n_folds)}")
     if config.limit is not None and result.data.n_train + result.data.n_val != config.limit:
         raise ResultError(f"{path}: {result.data.n_train + result.data.n_val} images, its config says {config.limit}")
-    check_history(result, str(path))
+    check_claims(result, str(path))
     return result
 
 
@@ -118,8 +147,13 @@ def check_final(path: Path, layout: RunLayout) -> FinalResult:
         raise ResultError(f"{path}: holds the final {result.model}, not the model its name says")
     if result.config_id != result.config.config_id:
         raise ResultError(f"{path}: config_id {result.config_id} is not its config's ({result.config.config_id})")
-    check_history(result, str(path))
+    check_claims(result, str(path))
     test = result.test
+    if (
+        test.n_images != result.data.n_test
+        or abs(test.n_correct / max(test.n_images, 1) - result.score.accuracy) > 1e-6
+    ):
+        raise ResultError(f"{path}: {test.n_correct} of {test.n_images} test images right is not its score's accuracy")
     if any(m.index >= test.n_images for m in test.misclassified):
         raise ResultError(f"{path}: a misclassified index beyond its {test.n_images} test images")
     model_file = layout.final_paths(result.model).model_file
@@ -134,8 +168,12 @@ def check_final(path: Path, layout: RunLayout) -> FinalResult:
     return result
 
 
-def check_history(result: PairResult | FinalResult, where: str) -> None:
-    """A history of `epochs` values per metric, whose last validation numbers are the result's score."""
+def check_claims(result: PairResult | FinalResult, where: str) -> None:
+    """Everything a result says agrees with itself and could be true, else ResultError naming the first claim that
+    cannot: a history of `epochs` values per metric whose last validation numbers are the score; every accuracy a
+    count of correct images over the images it was measured on; no negative loss; one time per epoch, summing to
+    the fit's, between a start and an end that parse with their time zone; resumptions from epochs that exist; data
+    named MNIST only with MNIST's hashes and sizes."""
     history, epochs = result.history, result.config.epochs
     for name, values in vars(history).items():
         if len(values) != epochs:
@@ -148,6 +186,76 @@ def check_history(result: PairResult | FinalResult, where: str) -> None:
             f"{where}: score (accuracy {score.accuracy}, loss {score.loss}) is not its last epoch's validation "
             f"(accuracy {history.val_accuracy[-1]}, loss {history.val_loss[-1]})"
         )
+    n_train = result.data.n_train
+    n_held_out = result.data.n_val if isinstance(result, PairResult) else result.data.n_test
+    for name, values, images in (
+        ("accuracy", history.accuracy, n_train),
+        ("val_accuracy", history.val_accuracy, n_held_out),
+    ):
+        for epoch, value in enumerate(values, 1):
+            _check_count(value, images, f"{where}: history {name} of epoch {epoch}")
+    for name, values in (("loss", history.loss), ("val_loss", history.val_loss)):
+        if any(value < 0 for value in values):
+            raise ResultError(f"{where}: a negative {name} ({min(values)}), which cross-entropy cannot be")
+    _check_timings(result, where)
+    _check_resume(result, where)
+    _check_data(result, where)
+
+
+def _check_count(accuracy: float, images: int, what: str) -> None:
+    """An accuracy is correct/images for a whole number of correct images (to float32's precision)."""
+    correct = accuracy * images
+    if not 0 <= accuracy <= 1 or abs(correct - round(correct)) > COUNT_TOLERANCE * max(images, 1):
+        raise ResultError(f"{what} is {accuracy}, which no count of correct images out of {images} gives")
+
+
+def _parse_utc(text: str, what: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ResultError(f"{what} {text!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise ResultError(f"{what} {text!r} has no time zone")
+    return when
+
+
+def _check_timings(result: PairResult | FinalResult, where: str) -> None:
+    timings, epochs = result.timings, result.config.epochs
+    if len(timings.epoch_seconds) != epochs or any(s < 0 for s in timings.epoch_seconds):
+        raise ResultError(f"{where}: {len(timings.epoch_seconds)} epoch times for {epochs} epochs, or a negative one")
+    if not math.isclose(timings.fit_seconds, sum(timings.epoch_seconds), rel_tol=1e-6, abs_tol=0.01):
+        raise ResultError(f"{where}: fit_seconds {timings.fit_seconds} is not the sum of its epoch times")
+    start = _parse_utc(timings.start_utc, f"{where}: start_utc")
+    if _parse_utc(timings.end_utc, f"{where}: end_utc") < start:
+        raise ResultError(f"{where}: end_utc {timings.end_utc} is before start_utc {timings.start_utc}")
+
+
+def _check_resume(result: PairResult | FinalResult, where: str) -> None:
+    resume, epochs = result.resume, result.config.epochs
+    froms = resume.from_epochs
+    if resume.count != len(froms) or any(not 1 <= e < epochs for e in froms) or list(froms) != sorted(froms):
+        raise ResultError(
+            f"{where}: resumed {resume.count} times from epochs {list(froms)}, which a {epochs}-epoch training cannot"
+        )
+
+
+def _check_data(result: PairResult | FinalResult, where: str) -> None:
+    """MNIST by name has MNIST's hashes and its 60,000 training images (the first `limit`); custom data is not MNIST."""
+    data, limit = result.data, result.config.limit
+    is_mnist = all(data.sha256.get(name) == digest for name, digest in MNIST_SHA256.items())
+    if data.name == "custom" and is_mnist:
+        raise ResultError(f"{where}: data named custom holds MNIST's hashes (MNIST is always named mnist)")
+    if data.name != "mnist":
+        return
+    if not is_mnist:
+        raise ResultError(f"{where}: data named mnist without MNIST's published hashes")
+    used = data.n_train + data.n_val if isinstance(data, PairData) else data.n_train
+    if used != (limit or MNIST_COUNTS[TRAIN_IMAGES]):
+        raise ResultError(
+            f"{where}: {used} training images of MNIST, its config takes {limit or MNIST_COUNTS[TRAIN_IMAGES]}"
+        )
+    if isinstance(data, FinalData) and data.n_test != MNIST_COUNTS[TEST_IMAGES]:
+        raise ResultError(f"{where}: {data.n_test} test images of MNIST, which has {MNIST_COUNTS[TEST_IMAGES]}")
 
 
 def completed(path: Path, config_id: str, read: Callable[[Path], Any]) -> bool:
