@@ -1,7 +1,7 @@
 """Make tests/data/run-folder/: a small results folder of real short runs, for the tests of the read side (collect,
 status, pairs, the MLflow export) that need no training of their own.
 
-    PYTHONPATH=. python tests/data/make_run_folder.py    (from the checkout's root; about two minutes on 2 cores)
+    PYTHONPATH=. python tests/data/make_run_folder.py    (from the checkout's root; 2-3 minutes on 2 cores)
 
 It deletes the folder and builds it again from scratch by running the real CLI (`python -m job run`, `python -m job
 final`) on the shipped subset tests/data/mnist-mini/, with --epochs 2 --limit 1000, into run `default`. Paths are
