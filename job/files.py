@@ -49,13 +49,25 @@ def read_bounded(path: Path, max_bytes: int, holds: str = "it holds") -> bytes:
     return content
 
 
-def sha256_file(path: Path) -> str:
-    """The hex SHA-256 of a regular file's content."""
-    digest = hashlib.sha256()
+def sha256_file(path: Path, max_bytes: int, holds: str = "it holds") -> str:
+    """The hex SHA-256 of a regular file's content, refused without reading when it is over `max_bytes`."""
+    digest, read = hashlib.sha256(), 0
     with open_regular(Path(path)) as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK_BYTES), b""):
+        if os.fstat(f.fileno()).st_size > max_bytes:
+            raise FileError(f"{path}: over {max_bytes:,} bytes, more than {holds}")
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            read += len(chunk)
+            if read > max_bytes:  # grown while read
+                raise FileError(f"{path}: over {max_bytes:,} bytes, more than {holds}")
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_tail(path: Path, max_bytes: int) -> bytes:
+    """The last `max_bytes` of a regular file (a log's end): a FIFO or device is refused, not waited on."""
+    with open_regular(Path(path)) as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - max_bytes))
+        return f.read(max_bytes)
 
 
 def _kind(mode: int) -> str:

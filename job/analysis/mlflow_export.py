@@ -15,7 +15,6 @@ MLflow is an optional extra, imported only here and only when asked for.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from job.errors import JobError
+from job.files import sha256_file
 from job.results import store
 from job.results.contract import PairResult
 from job.results.layout import RunLayout
@@ -62,7 +62,7 @@ def export(layout: RunLayout) -> Exported:
         # In the run folder's own store the artifacts go beside it; a server keeps them where it is set up to.
         experiment = _experiment(client, layout, None if server else layout.mlflow_artifacts.absolute().as_uri())
         for record in store.scan(layout).records:
-            digest = hashlib.sha256(record.path.read_bytes()).hexdigest()
+            digest = sha256_file(record.path, store.MAX_RESULT_BYTES, "a result holds")
             if _finished_run_of(client, experiment, digest):
                 already += 1
                 continue

@@ -15,7 +15,6 @@ current folder).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shlex
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from job import provenance
 from job import settings as settings_module
+from job.files import read_bounded, sha256_file
 from job.launch import snapshot
 from job.settings import Settings
 
@@ -63,17 +63,18 @@ def job_command(
     return ["apptainer", "exec", "--nv", "--bind", ",".join([workdir, *binds]), "--pwd", workdir, image, "python", *job]
 
 
+# An image with TensorFlow, CUDA and cuDNN is 5-10 GB: anything far larger is not one.
+MAX_IMAGE_BYTES = 64 << 30
+
+
 def image_digest(image: str) -> str:
     """The image's sha256: from IMAGE.sha256 (written when it was built) if there, else hashed now."""
     digest_file = Path(f"{image}.sha256")
-    fields = digest_file.read_text().split() if digest_file.is_file() else []
-    if fields:
-        return fields[0]
-    digest = hashlib.sha256()
-    with open(image, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    if digest_file.is_file():
+        fields = read_bounded(digest_file, 4096, "a digest file holds").decode(errors="replace").split()
+        if fields:
+            return fields[0]
+    return sha256_file(Path(image), MAX_IMAGE_BYTES, "an image of this job holds")
 
 
 PATH_OPTIONS = ("--data-dir", "--results")  # the job's options naming folders

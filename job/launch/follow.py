@@ -11,9 +11,12 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from job.console import console as Console
+from job.errors import JobError
+from job.files import read_tail
 
 POLL_S = 1.0
 LOG_TAIL_LINES = 8  # of each log
+LOG_TAIL_BYTES = 64 << 10  # where those lines are; a log can be megabytes of epochs
 
 
 def follow(jobs: list[Any], names: list[str], *, poll: bool) -> list[str]:
@@ -46,7 +49,10 @@ def failure_report(name: str, job: Any, error: BaseException) -> str:
     """The pair's name and the end of its logs: the job's own output (.out), then how it ended (.err)."""
     parts = [f"FAILED {name} [job {job.job_id}]"]
     for log in (job.paths.stdout, job.paths.stderr):
-        lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+        try:
+            lines = read_tail(log, LOG_TAIL_BYTES).decode(errors="replace").splitlines()
+        except JobError:  # no log (the debug executor, a job that never started), or not a file
+            lines = []
         if lines:
             parts += [f"  last lines of {log}:", *(f"    {line}" for line in lines[-LOG_TAIL_LINES:])]
     if len(parts) == 1:  # no log at all (debug executor, or a job that never started)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from job.errors import JobError
+from job.files import read_bounded
 
 SLURM_DIR = Path(__file__).resolve().parents[2] / "slurm"  # beside job/ in the checkout
 PAIRS_SCRIPT = SLURM_DIR / "array.sh"
@@ -29,8 +30,8 @@ def sbatch_options(script: Path) -> dict[str, str]:
     the first command."""
     options: dict[str, str] = {}
     try:
-        lines = script.read_text().splitlines()
-    except OSError as error:
+        lines = read_bounded(script, 1 << 20, "a batch script holds").decode().splitlines()
+    except (JobError, UnicodeDecodeError) as error:
         raise JobError(f"cannot read the batch script {script} (submit runs from a checkout): {error}") from None
     for line in lines:
         if line.startswith("#SBATCH "):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from job import settings
 from job.errors import JobError
+from job.files import read_bounded
 from job.results.layout import RunLayout
 
 RECORD = "mnist-cv-code.json"
@@ -100,9 +101,9 @@ def freeze(code: Code, code_dir: Path, source: Path = SOURCE) -> Path:
 def recorded(folder: Path) -> tuple[str, bool] | None:
     """(commit, dirty) of a snapshot folder, None for any other folder."""
     try:
-        record = json.loads((folder / RECORD).read_text())
+        record = json.loads(read_bounded(folder / RECORD, 1 << 16, "a snapshot's record holds"))
         return str(record["commit"]), bool(record["dirty"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (JobError, ValueError, KeyError, TypeError):
         return None
 
 

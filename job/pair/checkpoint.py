@@ -89,7 +89,8 @@ class Checkpoint:
             with atomic.replacing(weights) as tmp:  # keeps the .weights.h5 suffix Keras insists on
                 _save_weights(model, tmp)
             atomic.write_json(
-                self.state_file, {**asdict(state), "weights": weights.name, "sha256": sha256_file(weights)}
+                self.state_file,
+                {**asdict(state), "weights": weights.name, "sha256": sha256_file(weights, _weights_cap(model))},
             )
         except OSError as error:
             weights.unlink(missing_ok=True)  # state.json still names the previous weights
@@ -133,7 +134,11 @@ class Checkpoint:
         if problem:
             raise CorruptCheckpoint(f"{self.state_file}: not as a save writes it ({problem})")
         weights = self.folder / weights_name
-        if not weights.exists() or sha256_file(weights) != expected:
+        try:
+            found = sha256_file(weights, _weights_cap(model), "this model's weights and optimizer state hold")
+        except JobError as error:
+            raise CorruptCheckpoint(str(error)) from None
+        if found != expected:
             raise CorruptCheckpoint(f"{weights}: missing or does not match its recorded sha256")
         try:
             model.optimizer.build(model.trainable_variables)  # so the optimizer's slots exist to be filled
@@ -159,6 +164,13 @@ class Checkpoint:
                 raise CheckpointError(f"{self.folder}: cannot set it aside ({error.strerror or error})") from None
             return aside
         raise CheckpointError(f"{self.folder}: cannot set it aside (100 set-aside copies are already there)")
+
+
+def _weights_cap(model: Any) -> int:
+    """The most bytes a weights file of `model` holds: its weights, as many again for each of the optimizer's slots
+    (SGD with momentum has one) and one more for headroom, plus HDF5's overhead."""
+    weights = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in model.weights)
+    return 3 * weights + H5_OVERHEAD_BYTES
 
 
 def _save_weights(model: Any, path: Path) -> None:

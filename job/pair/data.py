@@ -15,6 +15,7 @@ import http.client
 import math
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -277,7 +278,12 @@ def _load_npz(path: Path, *, custom: bool) -> Dataset:
     if missing:
         raise DataError(f"{path}: no {', '.join(missing)} array (a mnist.npz holds {', '.join(_NPZ_KEYS)})")
     parts = {name: _npz_part(arrays[key], name, f"{path}[{key}]") for key, name in _NPZ_KEYS.items()}
-    return _dataset(parts, str(path), custom=custom, extra={path.name: sha256_file(path)})
+    return _dataset(
+        parts,
+        str(path),
+        custom=custom,
+        extra={path.name: sha256_file(path, len(_NPZ_KEYS) * MAX_IDX_BYTES, "four arrays hold")},
+    )
 
 
 def read_npy(f: BinaryIO, where: str, max_bytes: int) -> np.ndarray:
@@ -407,7 +413,11 @@ def _http_chunks(url: str) -> Iterator[bytes]:
     """The body of ``url`` in chunks, at most MAX_DOWNLOAD_BYTES of it; network failures as one DataError."""
     received = 0
     try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        # A file:// mirror goes through the bounded reader: urllib would wait forever on a FIFO there.
+        parsed = urllib.parse.urlparse(url)
+        local = parsed.scheme == "file"
+        source = open_regular(Path(urllib.request.url2pathname(parsed.path))) if local else None
+        with source or urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             while chunk := response.read(1 << 20):
                 received += len(chunk)
                 if received > MAX_DOWNLOAD_BYTES:

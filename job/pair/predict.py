@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from job.errors import JobError
 from job.files import open_regular
 from job.pair import data, models, runtime
+from job.results.store import MAX_MODEL_BYTES
 
 SIDE = 28
 BOX = 20  # MNIST's size-normalised digits fit a 20x20 box...
@@ -40,13 +41,25 @@ class Inputs:
     pixels: np.ndarray  # (N, 28, 28) float32
 
 
+def _check_archive(f: BinaryIO, path: Path) -> None:
+    """A .keras zip archive whose members declare no more than a model of ours inflates to: Keras reads the whole
+    config into memory, so a small archive declaring gigabytes is refused before anything is inflated (zipfile
+    never inflates a member beyond the size it declares)."""
+    try:
+        with zipfile.ZipFile(f) as archive:
+            declared = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):  # Keras would call a torn archive "not found"
+        raise JobError(f"{path}: not a Keras model file (truncated or not a .keras zip archive)") from None
+    if declared > MAX_MODEL_BYTES:
+        raise JobError(f"{path}: its archive declares {declared:,} bytes, over the {MAX_MODEL_BYTES:,} a model holds")
+
+
 def load_model(path: Path) -> Any:
     """The Keras model in `path`, checked to be one of ours: (28, 28, 1) images in, 10 class probabilities out."""
     path = Path(path)
-    if not path.is_file():
-        raise JobError(f"{path}: no such model file")
-    if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would call a torn archive "not found"
-        raise JobError(f"{path}: not a Keras model file (truncated or not a .keras zip archive)")
+    with open_regular(path) as f:  # a FIFO, a device or a folder is said to be one, not "no such file"
+        if path.suffix == ".keras" or zipfile.is_zipfile(f):  # not a legacy HDF5 model
+            _check_archive(f, path)
 
     runtime.import_tensorflow()  # quiet TensorFlow's start-up logs
     import keras

@@ -27,6 +27,7 @@ import numpy as np
 
 from job import atomic
 from job.errors import JobError
+from job.files import read_bounded
 
 CACHE_DIRNAME = ".mnist-cv-cache"
 STAMPS = "stamps.json"
@@ -34,6 +35,7 @@ VERSION = 1
 # File timestamps tick coarsely (a jiffy, or worse on network file systems): a file changed again within the same
 # tick as its stamp would keep its timestamps. A file is stamped only once it has not changed for this long.
 SETTLE_NS = 1_000_000_000
+MAX_STAMPS_BYTES = 1 << 20  # four stamps of a few hundred bytes each
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,8 @@ class Cache:
 
     def _read_stamps(self) -> dict[str, Any]:
         try:
-            content = json.loads((self.folder / STAMPS).read_text())
-        except (OSError, ValueError):
+            content = json.loads(read_bounded(self.folder / STAMPS, MAX_STAMPS_BYTES, "a cache's stamps hold"))
+        except (JobError, ValueError):
             return {}
         if not isinstance(content, dict) or content.get("version") != VERSION:
             return {}

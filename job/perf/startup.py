@@ -20,7 +20,9 @@ from typing import Any
 
 from job import settings
 from job.errors import JobError
+from job.files import read_bounded
 from job.mnist import MNIST_FILES
+from job.pair.data import MAX_IDX_BYTES
 
 SPAWNED_AT_ENV = settings.BENCH_SPAWNED_AT.name
 BARE_IMPORT = "import tensorflow, time; print(time.time())"
@@ -122,7 +124,7 @@ def data_anatomy(folder: str) -> dict[str, float] | None:
     seconds = {"read_s": 0.0, "gunzip_s": 0.0, "sha256_s": 0.0}
     for path in paths:
         started = time.perf_counter()
-        raw = path.read_bytes()
+        raw = read_bounded(path, MAX_IDX_BYTES, "an MNIST file holds")
         read = time.perf_counter()
         content = gzip.decompress(raw) if path.suffix == ".gz" else raw
         unzipped = time.perf_counter()

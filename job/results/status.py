@@ -16,6 +16,7 @@ from typing import Any
 
 from job import slurm
 from job.errors import JobError
+from job.files import read_tail
 from job.protocol import Pair, Protocol, all_pairs
 from job.results import checkpoint_state, store
 from job.results.layout import RunLayout
@@ -284,11 +285,10 @@ def _ended(
 def last_error_line(log: Path) -> str | None:
     """The log's last line that reads like an error (else its last line); None without a readable log."""
     try:
-        with open(log, "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - LOG_TAIL_BYTES))
-            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
-    except OSError:
+        tail = read_tail(log, LOG_TAIL_BYTES).decode(errors="replace")
+    except JobError:
         return None
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
     errors = [line for line in lines if any(word in line.lower() for word in ERROR_WORDS)]
     chosen = (errors or lines or [None])[-1]
     return None if chosen is None else chosen[:300]

@@ -33,6 +33,8 @@ ACCURACY_TOLERANCE = 1e-6
 LOSS_RELATIVE_TOLERANCE = 1e-5
 # A result is a few kB (its history grows by about 100 bytes an epoch): anything this large is not one.
 MAX_RESULT_BYTES = 16 << 20
+# The registry's largest model, the cnn, saves to about 40 MB with its optimizer's state.
+MAX_MODEL_BYTES = 1 << 30
 # Keras's accuracy is a float32 mean of 0/1 matches: correct/images to 2**-24 relative, far below one image.
 COUNT_TOLERANCE = 1e-6
 
@@ -160,7 +162,7 @@ def check_final(path: Path, layout: RunLayout) -> FinalResult:
     if result.model_file.name != model_file.name:
         raise ResultError(f"{path}: names the model file {result.model_file.name!r}, not {model_file.name}")
     try:
-        found = sha256_file(model_file)
+        found = sha256_file(model_file, MAX_MODEL_BYTES, "a model of the registry holds")
     except FileError as error:
         raise ResultError(f"{error}; {path.name} names it") from None
     if found != result.model_file.sha256:
