@@ -201,6 +201,23 @@ def test_a_copy_swapped_for_other_valid_data_is_not_trusted(mini: Path, reads: l
     assert reads == [TRAIN_LABELS]
 
 
+def test_a_copy_of_mnist_edited_with_its_stamp_is_rebuilt_from_the_intact_source(
+    mnist_full: Path, tmp_path: Path
+) -> None:
+    # Labels and stamp edited together pass the stamp's own check: the published hash is what exposes them, and
+    # then the source, not the copy, decides (it used to blame the intact .gz and send the user to --custom-data).
+    folder = copy_folder(mnist_full, tmp_path / "full")
+    first = data.load(folder)
+    cache = cache_of(folder)
+    tampered = (first.y_train + 1) % 10
+    np.save(cache / f"{TRAIN_LABELS}.npy", tampered)
+    stamps = json.loads((cache / verified.STAMPS).read_text())
+    stamps["files"][TRAIN_LABELS]["sha256"] = data._npz_part(tampered, TRAIN_LABELS, "edited").sha256
+    (cache / verified.STAMPS).write_text(json.dumps(stamps))
+    assert_same(first, data.load(folder))
+    assert np.array_equal(np.load(cache / f"{TRAIN_LABELS}.npy"), first.y_train)  # the copy is rebuilt
+
+
 @pytest.mark.parametrize("stamps", [b"{not json", b'{"version": 1, "files": []}', b'{"version": 99, "files": {}}'])
 def test_unreadable_stamps_mean_reading_the_sources(mini: Path, reads: list[str], stamps: bytes) -> None:
     first = data.load(mini, custom=True)

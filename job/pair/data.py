@@ -157,24 +157,29 @@ def _load_folder(folder: Path, *, custom: bool) -> Dataset:
             f"{folder / missing[0]}.gz: missing (neither {missing[0]}.gz nor {missing[0]} is there) - "
             f"the folder needs all of {', '.join(MNIST_FILES)} (.gz or plain) or a mnist.npz"
         )
-    parts = _read_through_cache(folder, {name: path for name, path in found.items() if path is not None})
+    parts = _read_through_cache(folder, {n: p for n, p in found.items() if p is not None}, custom=custom)
     return _dataset(parts, str(folder), custom=custom)
 
 
-def _read_through_cache(folder: Path, paths: dict[str, Path]) -> dict[str, IdxFile]:
-    """Each file parsed, checked and hashed, gunzipped only if the cache holds no copy of it as it is now."""
+def _read_through_cache(folder: Path, paths: dict[str, Path], *, custom: bool) -> dict[str, IdxFile]:
+    """Each file parsed, checked and hashed, gunzipped only if the cache holds no copy of it as it is now (and, for
+    MNIST, none that is not MNIST's)."""
     cache = verified.Cache(folder)
-    parts = {name: _read_cached(cache, path, name, MAX_IDX_BYTES) for name, path in paths.items()}
+    parts = {
+        name: _read_cached(cache, path, name, MAX_IDX_BYTES, None if custom else MNIST_SHA256[name])
+        for name, path in paths.items()
+    }
     cache.commit()
     return parts
 
 
-def _read_cached(cache: verified.Cache, path: Path, name: str, max_bytes: int) -> IdxFile:
+def _read_cached(cache: verified.Cache, path: Path, name: str, max_bytes: int, expected: str | None) -> IdxFile:
     return cache.read(
         path,
         name,
         read_source=lambda p: read_idx(p, name, max_bytes),
         read_copy=lambda p: _read_npy_part(p, name, max_bytes),
+        expected=expected,
     )
 
 
@@ -374,7 +379,7 @@ def _ensure(folder: Path, name: str, mirror: str, cache: verified.Cache | None =
             part = (
                 read_idx(dest, name, MNIST_MAX_BYTES)
                 if cache is None
-                else _read_cached(cache, dest, name, MNIST_MAX_BYTES)
+                else _read_cached(cache, dest, name, MNIST_MAX_BYTES, MNIST_SHA256[name])
             )
             return _verified(part, name)
         except (DataError, FileError):

@@ -97,16 +97,22 @@ class Cache:
         self.stamps = self._read_stamps()
         self._changed = False
 
-    def read(self, source: Path, name: str, read_source: Reader, read_copy: Reader) -> IdxFile:
+    def read(
+        self, source: Path, name: str, read_source: Reader, read_copy: Reader, expected: str | None = None
+    ) -> IdxFile:
         """`source` (data file NAME) through the cache: the checked copy while the source is unchanged, else the
-        source itself, read by `read_source` and then cached (gzipped sources only: a plain one is its own copy)."""
+        source itself, read by `read_source` and then cached (gzipped sources only: a plain one is its own copy).
+
+        `expected`: the hash the source should have (MNIST's published one). A copy without it is never trusted
+        over the source: the source is read and the copy rebuilt, so an edited cache cannot pass for the data nor
+        have the intact source blamed for it."""
         if source.suffix != ".gz":
             return read_source(source)
         before = identity(source)
         stamp = self.stamps.get(name)
         if before is not None and isinstance(stamp, dict) and stamp.get("identity") == before:
             copy = self._read_copy(name, read_copy)
-            if copy is not None and copy.sha256 == stamp.get("sha256"):
+            if copy is not None and copy.sha256 == stamp.get("sha256") and expected in (None, copy.sha256):
                 return type(copy)(str(source), copy.array, copy.sha256)
         part = read_source(source)
         after = identity(source)
