@@ -29,6 +29,7 @@ FINISHED = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL"}
     | {"DEADLINE", "REVOKED", "SPECIAL_EXIT"}
 )
+MAX_ARRAY_SIZE = 4_000_001  # Slurm's largest MaxArraySize: no real range is longer
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 # squeue's --Format, "|"-separated; the name last because it is the one field a user may fill with anything.
 _SQUEUE_FIELDS = "ArrayJobID:|,ArrayTaskID:|,State:|,Reason:|,NodeList:|,TimeUsed:|,Restartcnt:|,TimeLimit:|,Name:"
@@ -193,7 +194,7 @@ def _task_ids(text: str) -> list[int | None]:
     ids: list[int | None] = []
     for part in text.split(","):
         first, _, last = part.partition("-")
-        if not first.isdigit() or not (last or first).isdigit():
+        if not first.isdigit() or not (last or first).isdigit() or int(last or first) - int(first) > MAX_ARRAY_SIZE:
             return []  # a shape Slurm never printed so far: no task rather than a wrong one
         ids.extend(range(int(first), int(last or first) + 1))
     return ids

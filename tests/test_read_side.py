@@ -440,3 +440,14 @@ def test_collect_draws_every_figure_as_a_png_and_writes_summary_md(
     assert sorted(p.name for p in folder.glob("*.png")) == sorted(figures)
     markdown = (folder / "summary.md").read_text()
     assert "| model | n | mean ± std % |" in markdown and "![boxplot.png](boxplot.png)" in markdown
+
+
+def test_a_stray_repeat_folder_is_skipped_and_never_makes_the_run_expect_more(results: Path) -> None:
+    stray = results / RUN / "mlp" / "repeat-999999999" / "fold-0.json"
+    stray.parent.mkdir()
+    stray.write_text("{}")
+    done = job_without_tensorflow("collect", "--results", str(results), "--allow-partial", "--json")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert (found["repeats"], found["n_expected"]) == (REPEATS, 10 * REPEATS)
+    assert "mlp/repeat-999999999/fold-0.json" in {s["file"] for s in found["skipped"]}

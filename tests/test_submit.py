@@ -155,13 +155,15 @@ def test_only_the_pairs_not_done_are_submitted_unless_all() -> None:
     ("spec", "ids"), [("0,5", {0, 5}), ("5-9", {5, 6, 7, 8, 9}), ("0-2,7", {0, 1, 2, 7}), ("3", {3})]
 )
 def test_task_ids_take_slurms_array_syntax(spec: str, ids: set[int]) -> None:
-    assert submit.task_ids(spec) == ids
+    assert submit.check_task_ids(submit.task_ids(spec), repeats=1) == ids
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--task-ids", "10"], "task ids are 0-9"),
+        (["--task-ids", "0-9999999999"], "task ids are 0-9 (--repeats 1), got 9999999999"),  # never expanded
+        (["--task-ids", "5-3"], "a range runs upward"),
         (["--task-ids", "a-b"], "not task ids like 0,5 or 5-9"),
         (["--task-ids", "\u0663"], "not task ids like 0,5 or 5-9"),  # an Arabic-Indic 3: int() takes it silently
         (["--task-ids", "1-"], "not task ids like 0,5 or 5-9"),  # sbatch refuses it; it was read as 1

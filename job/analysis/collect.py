@@ -115,8 +115,12 @@ def collect(request: Request) -> int:
 
 
 def _repeats_found(records: list[store.Record], unusable: dict[Pair, str]) -> int:
-    """The repeats a run's files show: up to the highest repeat with a result, a damaged one or a checkpoint."""
-    return 1 + max([*(r.result.repeat for r in records), *(pair.repeat for pair in unusable)])
+    """The repeats a run's files show: up to the highest repeat with a valid result, or the next one if a damaged
+    file or a checkpoint is there. A name alone never makes more: a stray RUN/MODEL/repeat-999999999/ would have
+    collect expect ten billion pairs."""
+    highest = max(r.result.repeat for r in records)
+    started = [pair.repeat for pair in unusable if pair.repeat == highest + 1]
+    return 1 + max([highest, *started])
 
 
 def _checked_json(found: Summary) -> str:

@@ -135,27 +135,29 @@ def positive_gigabytes(text: str) -> float:
     return value
 
 
-def task_ids(text: str) -> set[int]:
-    """Slurm's --array syntax ('0,5', '5-9', '0-2,7') as task ids: the inverse of pair_status.array_spec."""
+def task_ids(text: str) -> tuple[tuple[int, int], ...]:
+    """Slurm's --array syntax ('0,5', '5-9', '0-2,7') as (first, last) ranges: the inverse of status.array_spec.
+    Not expanded here: the ranges are checked against the run's pairs first (`0-9999999999` is 10 billion ids)."""
     if not _ARRAY_SPEC.fullmatch(text):
         raise argparse.ArgumentTypeError(f"not task ids like 0,5 or 5-9: {text!r}")
-    ids: set[int] = set()
+    ranges = []
     for part in text.split(","):
         first, _, last = part.partition("-")
-        ids.update(range(int(first), int(last or first) + 1))
-    if not ids:
-        raise argparse.ArgumentTypeError(f"not task ids like 0,5 or 5-9: {text!r}")
-    return ids
+        ranges.append((int(first), int(last or first)))
+    if any(first > last for first, last in ranges):
+        raise argparse.ArgumentTypeError(f"not task ids like 0,5 or 5-9 (a range runs upward): {text!r}")
+    return tuple(ranges)
 
 
-def check_task_ids(ids: set[int] | None, repeats: int) -> frozenset[int] | None:
-    """--task-ids within the pairs of --repeats (0-9 for one repeat), or a UsageError."""
-    if ids is None:
+def check_task_ids(ranges: tuple[tuple[int, int], ...] | None, repeats: int) -> frozenset[int] | None:
+    """--task-ids within the pairs of --repeats (0-9 for one repeat), or a UsageError; checked before expanding."""
+    if ranges is None:
         return None
     n = len(all_pairs(repeats=repeats))
-    if not all(0 <= i < n for i in ids):
-        raise UsageError(f"--task-ids: task ids are 0-{n - 1} (--repeats {repeats}), got {max(ids)}")
-    return frozenset(ids)
+    highest = max(last for _, last in ranges)
+    if highest >= n:
+        raise UsageError(f"--task-ids: task ids are 0-{n - 1} (--repeats {repeats}), got {highest}")
+    return frozenset(i for first, last in ranges for i in range(first, last + 1))
 
 
 def key_value(text: str) -> tuple[str, str | bool]:
