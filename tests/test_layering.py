@@ -34,7 +34,7 @@ MAY_IMPORT = {
 }
 # Libraries worth deferring: each costs more than 0.1 s to import (or loads TensorFlow). numpy, rich and the
 # standard library are imported at the top.
-HEAVY = {"tensorflow", "keras", "matplotlib", "mlflow", "submitit", "scipy", "h5py", "jsonschema", "tensorboard"}
+HEAVY = {"tensorflow", "keras", "matplotlib", "mlflow", "sqlalchemy", "submitit", "scipy", "h5py", "jsonschema"}
 
 
 def module_name(path: Path) -> str:

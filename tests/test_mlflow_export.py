@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +142,63 @@ def test_a_tracking_server_that_does_not_answer_is_one_line(run: RunLayout) -> N
     line = last_line(done.stderr)
     assert line.startswith("mnist-cv collect: error: mlflow export to http://127.0.0.1:9 failed (")
     assert line.endswith("; 0 results logged before it") and "Traceback" not in done.stderr
+
+
+# --- the store's faults and two exports at once, on copies of the committed run folder (no training) -----------
+
+
+@pytest.fixture
+def committed(tmp_path: Path) -> RunLayout:
+    shutil.copytree(Path(__file__).resolve().parent / "data" / "run-folder", tmp_path / "results")
+    return RunLayout(tmp_path / "results", "default")
+
+
+def _garbage_db(layout: RunLayout) -> dict[str, str]:
+    layout.mlflow_db.write_bytes(b"not a database, " * 100)
+    return {}
+
+
+def _folder_as_db(layout: RunLayout) -> dict[str, str]:
+    layout.mlflow_db.mkdir()
+    return {}
+
+
+def _unknown_scheme(layout: RunLayout) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_URI": "garbage://nowhere"}
+
+
+@pytest.mark.parametrize("damage", [_garbage_db, _folder_as_db, _unknown_scheme])
+def test_a_broken_store_is_one_line_and_exit_1(committed: RunLayout, damage: Any) -> None:
+    env = damage(committed)
+    done = collect_mlflow(committed, "--json", env=env)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    assert last_line(done.stderr).startswith("mnist-cv collect: error: mlflow export to "), done.stderr[-2000:]
+    json.loads(done.stdout)  # the summary was written and printed before the export
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["first-exports", "existing-store"])
+def test_two_exports_at_once_log_each_result_once(committed: RunLayout, mlflow: Any, existing: bool) -> None:
+    if existing:
+        assert collect_mlflow(committed).returncode == 0
+        # Two results retrained since (new files): each must become exactly one new run.
+        for fold in (0, 1):
+            path = committed.pair_paths(Pair("mlp", fold)).result
+            path.write_text(path.read_text().replace('"argv": [', '"argv": ["again", ', 1))
+    both = [
+        subprocess.Popen(
+            [sys.executable, "-m", "job", "collect", "--allow-partial", "--mlflow", "--results",
+             str(committed.results_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    for process in both:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+    runs = runs_of(mlflow, f"sqlite:///{committed.mlflow_db}")
+    valid = len(store.scan(committed).records)
+    assert len(runs) == valid + (2 if existing else 0)
+    assert {r.info.status for r in runs} == {"FINISHED"} and {r.info.lifecycle_stage for r in runs} == {"active"}
+    digests = [r.data.tags["mnist_cv.result_sha256"] for r in runs]
+    assert len(digests) == len(set(digests))

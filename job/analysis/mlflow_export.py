@@ -15,12 +15,13 @@ MLflow is an optional extra, imported only here and only when asked for.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from job.files import sha256_file
 from job.results import store
 from job.results.contract import PairResult
 from job.results.layout import RunLayout
+from job.times import parse_utc
 
 EXTRA_HINT = "pip install 'mnist-cv[mlflow]'"
 TAG = "mnist_cv"  # the prefix of our tags
@@ -56,9 +58,18 @@ def export(layout: RunLayout) -> Exported:
     server = os.environ.get("MLFLOW_TRACKING_URI")  # MLflow's own variable
     uri = server or f"sqlite:///{layout.mlflow_db.absolute()}"
     mlflow = _import_mlflow()
-    client = mlflow.MlflowClient(tracking_uri=uri)
     logged = already = 0
+    # MLflow and its SQLAlchemy store raise their own types (a locked or corrupt mlflow.db, a folder in its place,
+    # an unknown URI scheme): at this boundary each becomes one line.
+    import sqlalchemy.exc  # deferred: mlflow's store, installed with it
+
+    failures = (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError, ValueError)
     try:
+        lock = _one_export_at_a_time(layout)
+    except OSError as error:
+        raise JobError(f"{layout.mlflow_lock}: cannot take the export lock ({error.strerror or error})") from None
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
         # In the run folder's own store the artifacts go beside it; a server keeps them where it is set up to.
         experiment = _experiment(client, layout, None if server else layout.mlflow_artifacts.absolute().as_uri())
         for record in store.scan(layout).records:
@@ -68,10 +79,25 @@ def export(layout: RunLayout) -> Exported:
                 continue
             _log(client, mlflow.entities, experiment, layout, record.path, record.result, digest)
             logged += 1
-    except (mlflow.exceptions.MlflowException, OSError) as error:
+    except failures as error:
         done = f"{logged} result{'s' * (logged != 1)} logged before it"
-        raise JobError(f"mlflow export to {uri} failed ({' '.join(str(error).split())[:300]}); {done}") from None
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise JobError(f"mlflow export to {uri} failed ({reason}); {done}") from None
+    finally:
+        os.close(lock)  # releases the lock
     return Exported(logged, already, uri, time.monotonic() - started)
+
+
+def _one_export_at_a_time(layout: RunLayout) -> int:
+    """Hold the run's export lock (an open descriptor; closing it releases the lock): a second export waits, then
+    finds every result already there. Two at once would each find a result missing and log it twice, or delete
+    the other's unfinished runs. flock: the exports of one run folder run on one host (a login node)."""
+    fd = os.open(layout.mlflow_lock, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError("not a regular file")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 def _import_mlflow() -> Any:
@@ -156,4 +182,4 @@ def _name(layout: RunLayout, path: Path) -> str:
 
 
 def _ms(utc: str) -> int:
-    return int(datetime.fromisoformat(utc).timestamp() * 1000)
+    return int(parse_utc(utc).timestamp() * 1000)  # the result passed the check: a stamp with its zone

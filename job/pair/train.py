@@ -18,7 +18,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from job.pair.steps import CompiledSteps
 from job.pair.usage import ProcessUsage, Spent
 from job.protocol import Pair, Protocol
 from job.results.contract import History, Outcome, PairData, Resume, Score, Timings
+from job.times import utc_now
 
 # Batches per compiled call: the same sequence of updates with a fraction of the Python overhead per step.
 # None: each model's own (job.pair.models.steps_per_call), sized so that one call stays well under 2 s.
@@ -83,10 +83,6 @@ def steps_per_call(model_name: str, batch_size: int) -> int:
     default_batch = Protocol.batch_size
     per_call = STEPS_PER_CALL or models.steps_per_call(model_name)
     return max(1, per_call * default_batch // max(batch_size, default_batch))
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def restore(
@@ -148,7 +144,7 @@ def fit(
         # from a freshly seeded model, the very one an uninterrupted run starts from.
         model = fresh_model()
     if state is None:
-        state = TrainState(config_id=protocol.config_id, start_utc=_utc_now(), owner=owner)
+        state = TrainState(config_id=protocol.config_id, start_utc=utc_now(), owner=owner)
     elif state.epochs_done < protocol.epochs:
         state.resumed_from.append(state.epochs_done)
         log(f"resuming from the checkpoint after epoch {state.epochs_done}")
@@ -215,8 +211,8 @@ def fit(
         history=History(**{key: tuple(values) for key, values in state.history.items()}),
         score=Score(accuracy=float(score["accuracy"]), loss=float(score["loss"])),
         timings=Timings(
-            start_utc=state.start_utc or _utc_now(),
-            end_utc=_utc_now(),
+            start_utc=state.start_utc or utc_now(),
+            end_utc=utc_now(),
             fit_seconds=round(sum(state.epoch_seconds), 3),
             epoch_seconds=tuple(state.epoch_seconds),
         ),

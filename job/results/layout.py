@@ -10,6 +10,7 @@ RESULTS/RUN/
   code/COMMIT/           the code snapshot the submitted tasks run
   summary.json, summary.md, and the figures collect draws (FIGURE-NAME.FORMAT)
   mlflow.db, mlartifacts/  what `collect --mlflow` logs, unless MLFLOW_TRACKING_URI names another store
+  .mlflow-export.lock    held by the one `collect --mlflow` at a time
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
+MLFLOW_LOCK = ".mlflow-export.lock"
 _PAIR_FILE = re.compile(r"fold-(\d+)\.(json|ckpt)")
 _REPEAT_FOLDER = re.compile(r"repeat-([1-9][0-9]*)")  # repeat 0 has none: its files are where they always were
 # Names that would be special or hidden in the run folder; a model or run can never be called this.
@@ -198,6 +200,11 @@ class RunLayout:
     @property
     def mlflow_db(self) -> Path:
         return self.folder / MLFLOW_DB
+
+    @property
+    def mlflow_lock(self) -> Path:
+        """Held by the one export at a time of this run (collect --mlflow)."""
+        return self.folder / MLFLOW_LOCK
 
     @property
     def mlflow_artifacts(self) -> Path:

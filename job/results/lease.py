@@ -28,7 +28,6 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
@@ -36,6 +35,7 @@ from job import slurm
 from job.errors import JobError
 from job.files import read_bounded
 from job.slurm import TaskState
+from job.times import parse_utc, utc_now
 
 MAX_LEASE_BYTES = 1 << 16  # a lease is about 400 bytes
 ATTEMPTS = 5  # acquire rounds: each lost race re-reads the lease; five lost races in a row cannot be bad luck
@@ -81,7 +81,7 @@ class Holder:
             slurm_array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
             slurm_array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
             slurm_restart_count=int(env.get("SLURM_RESTART_COUNT") or 0),
-            start_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            start_utc=utc_now(),
             config_id=config_id,
         )
 
@@ -121,7 +121,7 @@ def _checked(holder: Holder) -> Holder:
         optional = name in ("boot_id", "pid_start", "slurm_job_id", "slurm_array_job_id", "slurm_array_task_id")
         if name not in ("pid", "slurm_restart_count") and not (isinstance(value, str) or optional and value is None):
             raise ValueError(f"{name} {value!r} is not a string")
-    datetime.fromisoformat(holder.start_utc)
+    parse_utc(holder.start_utc)  # a stamp without its time zone would crash status later
     return holder
 
 

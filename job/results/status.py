@@ -24,6 +24,7 @@ from job.results.lease import Holder, gone_because, read_holder
 from job.results.projection import projection
 from job.results.submissions import Submission, read_submissions
 from job.slurm import TaskState
+from job.times import parse_utc
 
 LOG_TAIL_BYTES = 64 * 1024  # the last error line is near the end; a log can be megabytes of epochs
 ERROR_WORDS = ("error", "traceback", "killed", "cancelled", "oom", "exception", "due to time limit")
@@ -194,7 +195,7 @@ def _latest(submitted: list[Submission], states: dict[str, TaskState]) -> tuple[
 
 
 def _running(base: dict[str, Any], holder: Holder, task: TaskState | None, epochs: int | None) -> PairStatus:
-    started = datetime.fromisoformat(holder.start_utc)
+    started = parse_utc(holder.start_utc)  # checked when the lease was read
     elapsed = task.elapsed_s if task is not None and task.elapsed_s is not None else _since(started)
     node = task.node if task is not None and task.node else holder.host
     job = holder.slurm_task

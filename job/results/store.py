@@ -24,6 +24,7 @@ from job.mnist import MNIST_COUNTS, MNIST_SHA256, TEST_IMAGES, TRAIN_IMAGES
 from job.protocol import Pair, task_for_pair
 from job.results.contract import FinalData, FinalResult, PairData, PairResult, ResultError, check_schema
 from job.results.layout import JobPaths, RunLayout
+from job.times import parse_utc
 
 # Evaluation after the last epoch and that epoch's validation are the same Keras evaluate() on the same weights
 # and batches, so they agree exactly on the CPU; on a GPU a reduction may sum in another order. A float32 mean of
@@ -213,12 +214,9 @@ def _check_count(accuracy: float, images: int, what: str) -> None:
 
 def _parse_utc(text: str, what: str) -> datetime:
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ResultError(f"{what} {text!r} is not an ISO 8601 time") from None
-    if when.tzinfo is None:
-        raise ResultError(f"{what} {text!r} has no time zone")
-    return when
+        return parse_utc(text)
+    except ValueError as error:
+        raise ResultError(f"{what} {error}") from None
 
 
 def _check_timings(result: PairResult | FinalResult, where: str) -> None:

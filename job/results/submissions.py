@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from job import slurm
 from job.files import read_bounded
 from job.results.layout import RunLayout
+from job.times import utc_now
 
 # A line is about 250 bytes: a million submitted tasks fit.
 MAX_SUBMISSIONS_BYTES = 256 << 20
@@ -62,7 +62,7 @@ def record_submission(
     if not str(array_job_id).isdigit():
         raise ValueError(f"not a Slurm array job id: {array_job_id!r}")
     line = {
-        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": utc_now(),
         "array_job_id": str(array_job_id),
         "tasks": {str(index): task_id for index, task_id in sorted(tasks.items())},
         "config_id": config_id,
