@@ -131,7 +131,8 @@ def test_without_mlflow_installed_it_is_one_line_naming_the_extra(run: RunLayout
     done = collect_mlflow(run, env=env)
     assert done.returncode == 1
     assert last_line(done.stderr) == (
-        "mnist-cv collect: error: --mlflow needs MLflow, an optional extra: pip install 'mnist-cv[mlflow]'"
+        "mnist-cv collect: error: --mlflow needs MLflow, an optional extra: pip install 'mlflow>=3.7' (in the "
+        "checkout: pip install -e '.[mlflow]')"
     )
 
 

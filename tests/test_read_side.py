@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 from support import ROOT, last_line
 
+from job.analysis import report
 from job.protocol import Pair, Protocol, all_pairs, task_for_pair
 from job.results import checkpoint_state, store
+from job.results.contract import Summary
 from job.results.layout import RunLayout
 from job.results.lease import read_holder
 from job.results.status import PairState, PairStatus, status
@@ -349,6 +351,19 @@ def test_status_and_pairs_commands_without_slurm_or_tensorflow(results: Path, tm
     none = job_without_tensorflow("pairs", "--missing", *where, env=without)
     assert (none.returncode, none.stdout, none.stderr) == (1, "", "")
 
+    listed = job_without_tensorflow("pairs", "--json", *where, "--repeats", str(REPEATS), env=without)
+    rows = json.loads(listed.stdout)
+    assert rows[0] == {"task_id": 0, "model": "mlp", "fold": 0, "repeat": 0, "state": "done"}
+    assert [(r["task_id"], r["state"]) for r in rows[12:14]] == [(12, "interrupted"), (13, "running")]
+
+    # status --check: what a script waits on. Repeat 0 is done (0); with repeat 1 a pair still runs (75); once the
+    # running one is gone, pairs are missing and nothing is coming (1).
+    check = ("status", "--check", *where)
+    assert job_without_tensorflow(*check, env=without).returncode == 0
+    assert job_without_tensorflow(*check, "--repeats", str(REPEATS), env=without).returncode == 75
+    RunLayout(results, RUN).pair_paths(LEASED).lease.unlink()
+    assert job_without_tensorflow(*check, "--repeats", str(REPEATS), "--json", env=without).returncode == 1
+
 
 # --- the MLflow export --------------------------------------------------------------------------------------------
 
@@ -398,6 +413,9 @@ def test_collect_summarises_the_files_numbers_and_prints_only_json(
         *[(task_id, "no result") for task_id in range(13, 20)],
     ]
     assert found["skipped"] == []
+    assert found["run"] == str(layout.folder.absolute())  # the same wherever collect ran
+    headline = report.title(Summary.from_json(found))
+    assert headline.startswith(f"{RUN}: 2 x 5-fold cross-validation, 2 epochs, the first 1,000 images, config ")
     for model in ("mlp", "cnn"):
         # The numbers are of the complete repeat 0; repeat 1's results are listed, never averaged in.
         files = [read(layout.pair_paths(Pair(model, fold)).result) for fold in range(5)]

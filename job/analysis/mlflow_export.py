@@ -32,7 +32,7 @@ from job.results.contract import PairResult
 from job.results.layout import RunLayout
 from job.times import parse_utc
 
-EXTRA_HINT = "pip install 'mnist-cv[mlflow]'"
+EXTRA_HINT = "pip install 'mlflow>=3.7' (in the checkout: pip install -e '.[mlflow]')"
 TAG = "mnist_cv"  # the prefix of our tags
 RESULT_TAG = f"{TAG}.result_sha256"
 BATCH = 1000  # MLflow's limit of metrics per log_batch

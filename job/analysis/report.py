@@ -6,6 +6,8 @@ Both renderings come from the same rows, so the terminal and the file never disa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -54,8 +56,10 @@ def _where(missing: MissingPair) -> str:
 def title(summary: Summary) -> str:
     config = summary.config
     repeated = f"{summary.repeats} x " if summary.repeats > 1 else ""
+    epochs = f"{config.epochs} epoch{'s' * (config.epochs != 1)}"
+    images = f", the first {config.limit:,} images" if config.limit is not None else ""
     return (
-        f"{summary.run}: {repeated}{config.n_folds}-fold cross-validation, {config.epochs} epochs, "
+        f"{Path(summary.run).name}: {repeated}{config.n_folds}-fold cross-validation, {epochs}{images}, "
         f"config {summary.config_id}, data {summary.data.name}"
     )
 

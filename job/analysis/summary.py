@@ -298,7 +298,7 @@ def summarise(
         gaps = sorted({m.fold for m in missing if m.model == model})
         models[model] = model_stats(by_model.get(model, []), gaps, final, repeats)
     return Summary.build(
-        run=str(layout.folder),
+        run=str(layout.folder.absolute()),  # the same wherever collect ran
         config_id=first.config_id,
         config=first.config,
         data=SummaryData(first.data.name, {k: first.data.sha256.get(k) for k in MNIST_FILES}),

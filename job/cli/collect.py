@@ -57,7 +57,7 @@ def add_parser(subparsers: Any) -> None:
         "--mlflow",
         action="store_true",
         help="then log every valid pair result into MLflow, once each: $MLFLOW_TRACKING_URI, else RUN/mlflow.db "
-        "(needs the extra: pip install 'mnist-cv[mlflow]')",
+        "(needs MLflow: pip install 'mlflow>=3.7', or in the checkout pip install -e '.[mlflow]')",
     )
     p.set_defaults(handler=run)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -35,6 +36,7 @@ def add_parser(subparsers: Any) -> None:
         "print nothing and exit 1 when there are none, so `ids=$(mnist-cv pairs --missing) && sbatch "
         '--array="$ids" slurm/array.sh` never submits an empty array',
     )
+    p.add_argument("--json", action="store_true", help="print a JSON list: task id, model, fold, repeat, state")
     p.set_defaults(handler=run)
 
 
@@ -53,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
         if not spec:
             return 1
         print(spec)
+        return 0
+    if args.json:
+        rows = [{"task_id": s.task_id, **s.pair._asdict(), "state": s.state.value} for s in statuses]
+        print(json.dumps(rows, indent=1))
         return 0
 
     console = rich_console(highlight=False)

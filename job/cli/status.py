@@ -12,7 +12,7 @@ from rich.text import Text
 from job.cli.options import add_protocol_args, add_repeats_arg, add_results_args, protocol_from_args, repeats_from_args
 from job.console import console as rich_console
 from job.results.layout import RunLayout
-from job.results.status import status
+from job.results.status import PairState, PairStatus, status
 
 STATE_STYLES = {
     "done": "green",
@@ -46,7 +46,26 @@ def add_parser(subparsers: Any) -> None:
     add_protocol_args(p)
     add_repeats_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per pair (with its repeat)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit with what a script waits on: 0 every pair done; {STILL_COMING} some pair queued, requeued or "
+        "running (ask again later); 1 none coming and some not done (failed, missing, interrupted, blocked...)",
+    )
     p.set_defaults(handler=run)
+
+
+# EX_TEMPFAIL, as a pair whose lease another process holds: try again later.
+STILL_COMING = 75
+
+
+def check_code(statuses: list[PairStatus]) -> int:
+    """--check's exit status: 0 all done, STILL_COMING while any pair is queued or running, else 1."""
+    states = {s.state for s in statuses}
+    if states <= {PairState.DONE}:
+        return 0
+    coming = {PairState.QUEUED, PairState.REQUEUED, PairState.RUNNING}
+    return STILL_COMING if states & coming else 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
     protocol = protocol_from_args(args)
     repeats = repeats_from_args(args, protocol)
     statuses = status(RunLayout(args.results, args.run), protocol, repeats=repeats)
+    code = check_code(statuses) if args.check else 0
     if args.json:
         print(json.dumps([s.to_json() for s in statuses], indent=1))
-        return 0
+        return code
 
     console = rich_console(highlight=False)
     console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)
@@ -78,4 +98,4 @@ def run(args: argparse.Namespace) -> int:
     for s in statuses:
         counts[s.state.value] = counts.get(s.state.value, 0) + 1
     print(", ".join(f"{n} {state}" for state, n in counts.items()))
-    return 0
+    return code
