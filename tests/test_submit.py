@@ -123,6 +123,7 @@ def test_resources_map_to_submitits_parameters_and_sbatch_options(tmp_path: Path
         "timeout_min": 30,
         "cpus_per_task": 3,
         "mem_gb": 5.0,
+        "slurm_signal_delay_s": 180,  # the batch scripts' --signal=B:USR1@180, not submitit's 90
         "gpus_per_node": 2,
         "slurm_partition": "gpu",
         "slurm_account": "proj",

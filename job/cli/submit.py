@@ -79,7 +79,7 @@ def add_parser(subparsers: Any) -> None:
         "--time",
         type=at_least(1),
         metavar="MIN",
-        help="time limit per pair in minutes (default: the script's --time); 90 s before it the pair checkpoints "
+        help="time limit per pair in minutes (default: the script's --time); 180 s before it the pair checkpoints "
         "and is requeued. Under 50, submitit counts every preemption as a timeout (at most 3)",
     )
     res.add_argument("--gpus-per-task", type=at_least(0), metavar="N", help="GPUs per pair (default: --gres=gpu:N)")

@@ -23,6 +23,7 @@ class Resources:
     cpus: int
     mem_gb: float
     requeue: bool
+    warning_s: int  # --signal=B:USR1@N: the time-limit warning, N seconds before it
 
 
 def sbatch_options(script: Path) -> dict[str, str]:
@@ -75,6 +76,7 @@ def resources(script: Path) -> Resources:
             cpus=int(options["cpus-per-task"]),
             mem_gb=gigabytes(options["mem"]),
             requeue="requeue" in options,
+            warning_s=int(options["signal"].rpartition("@")[2]),
         )
     except (KeyError, ValueError, AttributeError) as error:
         raise JobError(f"{script}: an #SBATCH line is missing or not understood ({error})") from None

@@ -67,6 +67,8 @@ def executor_parameters(request: Request) -> dict[str, Any]:
         "timeout_min": asked.time_min if given.time is None else given.time,
         "cpus_per_task": asked.cpus if given.cpus_per_task is None else given.cpus_per_task,
         "mem_gb": asked.mem_gb if given.mem_gb is None else given.mem_gb,
+        # submitit's own warning comes 90 s before the limit; the batch scripts' 180 s leave a cnn epoch room.
+        "slurm_signal_delay_s": asked.warning_s,
         # Where requeueing is off by default, submitit's `scontrol requeue` would be refused.
         "slurm_additional_parameters": {"requeue": asked.requeue, **dict(given.slurm_additional)},
     }

@@ -29,7 +29,7 @@ PREEMPTED_EXIT = 3
 # which requeues. A child stopped with no USR2 after this long (a plain scancel) was stopped for good.
 REQUEUE_GRACE_S = 10
 # The child stops after its current compiled call; past this it is stuck and killed (its last epoch-end
-# checkpoint is safe either way). Well inside the 90 s between submitit's USR2 and the time limit.
+# checkpoint is safe either way). Well inside the 180 s between submitit's USR2 and the time limit.
 STOP_TIMEOUT_S = 60
 POLL_S = 0.2
 TAIL_LINES = 20
