@@ -3,7 +3,13 @@
 # `python -m job ARGS...` (inside the image when MNIST_CV_IMAGE is set) and requeues TARGET on the time-limit warning.
 # shellcheck shell=bash
 
-echo "job ${SLURM_JOB_ID} (${SLURM_JOB_NAME}) on $(hostname), restart ${SLURM_RESTART_COUNT:-0}, in $PWD"
+# An array task by the id its log file and squeue show (123_4); SLURM_JOB_ID is its own raw id (127).
+if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
+    task_id="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} (job ${SLURM_JOB_ID})"
+else
+    task_id=${SLURM_JOB_ID}
+fi
+echo "job ${task_id} (${SLURM_JOB_NAME}) on $(hostname), restart ${SLURM_RESTART_COUNT:-0}, in $PWD"
 
 # The task's command line comes from job.launch.argv, the one place that builds it (submit uses it too): the image
 # wrapping and binds, and the environment telling the job its commit (read here on the host: images carry no git)

@@ -82,6 +82,8 @@ def test_the_unchanged_script_runs_the_ten_pairs_one_log_each(ten_pairs: ArrayRu
         assert result["task_id"] == task
         assert (result["config"]["epochs"], result["config"]["limit"]) == (1, 1000)
         assert f"{pair}: held-out accuracy" in log_of(ten_pairs, task)
+        # The first line names the task as its log file and squeue do (123_4), its raw id beside it.
+        assert log_of(ten_pairs, task).startswith(f"job {ten_pairs.job}_{task} (job ")
     logs = sorted(path.name for path in ten_pairs.folder.glob("*.out"))
     assert logs == sorted(f"mnist-cv-pairs_{ten_pairs.job}_{task}.out" for task in TASKS)
     assert not list(ten_pairs.results.rglob("*.ckpt")), "a checkpoint outlived its result"
