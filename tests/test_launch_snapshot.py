@@ -59,6 +59,9 @@ def test_a_clean_tree_is_frozen_once_as_its_commit(repo: Path, tmp_path: Path) -
     assert folder == into / code.commit and (folder / "pkg" / "a.py").read_text() == "A = 1\n"
     assert snapshot.recorded(folder) == (code.commit, False)
     assert sorted(p.name for p in into.iterdir()) == [code.commit]  # no half-made folder left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir makes it: a group can read what ran
     (repo / "pkg" / "a.py").write_text("A = 2\n")  # edits after the freeze do not reach it
     assert snapshot.freeze(snapshot.plan(repo, allow_dirty=True), into, repo) != folder
     assert (folder / "pkg" / "a.py").read_text() == "A = 1\n"

@@ -88,7 +88,11 @@ def freeze(code: Code, code_dir: Path, source: Path = SOURCE) -> Path:
             else:
                 target.unlink(missing_ok=True)
         record = {"commit": code.commit, "dirty": code.dirty, "changed": list(code.changed)}
-        (building / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        (building / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        # mkdtemp makes it 0700: readable as a folder made by mkdir is, so a group sees what ran.
+        umask = os.umask(0)
+        os.umask(umask)
+        building.chmod(0o777 & ~umask)
         os.rename(building, folder)  # whole or not at all
     except OSError:
         if not (folder / RECORD).is_file():  # not a concurrent submission that made it first
