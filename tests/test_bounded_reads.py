@@ -122,11 +122,12 @@ def test_status_and_pairs_finish_with_a_fifo_or_dev_zero_where_they_read(tmp_pat
         target = results / "default" / where
         target.unlink(missing_ok=True)
         swap(target)
+        # `status`: pairs --missing and submit read the run through the same status() (job/results/status.py).
         common = ("--results", str(results), "--epochs", "2", "--limit", "1000", "--repeats", "2")
-        for command in (("status",), ("pairs", "--missing")):
-            done = cli(*command, *common, timeout=60, env={"PATH": os.path.dirname(sys.executable)})
-            assert done.returncode in (0, 1), done.stderr
-            assert "Traceback" not in done.stderr
+        done = cli("status", *common, timeout=60, env={"PATH": os.path.dirname(sys.executable)})
+        # Answered at once: the table, or (the run's own record unreadable) one line saying which file is not one.
+        assert done.returncode == 0 or len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "Traceback" not in done.stderr and "internal error" not in done.stderr
         target.unlink()
 
 
