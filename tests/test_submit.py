@@ -169,10 +169,11 @@ def test_task_ids_take_slurms_array_syntax(spec: str, ids: set[int]) -> None:
         (["--task-ids", " 3"], "not task ids like 0,5 or 5-9"),
         (["--time", "\u0663"], "not a whole number"),
         (["--epochs", "\u0663"], "--epochs: not a whole number"),  # a shared option: `run` and `final` too
-        (["--mem-gb", "nan"], "not a positive number"),
-        (["--mem-gb", "inf"], "not a positive number"),
-        (["--mem-gb", "0"], "not a positive number"),
-        (["--time", "0"], "must be at least 1"),
+        (["--mem-gb", "nan"], "argument --mem-gb: not a number: 'nan'"),
+        (["--mem-gb", "inf"], "argument --mem-gb: not a number: 'inf'"),
+        (["--mem-gb", "0"], "argument --mem-gb: must be 0.0009765625 to 1048576 GB"),
+        (["--mem-gb", "0.0001"], "1 MB at least"),  # submitit would ask sbatch for --mem=0MB: all of the node's
+        (["--time", "0"], "argument --time: must be 1 to 525600, got 0"),
         (["--slurm-additional", "=x"], "not KEY=VALUE"),
         (["--missing-only", "--all"], "not allowed with argument"),
         (["--image", "/nonexistent.sif"], "no image file /nonexistent.sif"),
@@ -196,7 +197,9 @@ def test_a_failing_pair_raises_with_its_command_and_last_lines(tmp_path: Path) -
     message = str(failed.value)
     assert message.startswith(f"mlp/fold-0: `{sys.executable} -m job run --task-id 0 --epochs 0` exited")
     assert "exited with status 2; its last lines:" in message
-    assert last_line(message).strip() == "mnist-cv run: error: --epochs must be at least 1, got 0"
+    assert (
+        last_line(message).strip() == "mnist-cv run: error: argument --epochs: must be 1 to 100000, got 0 (see --help)"
+    )
 
 
 # Plays `python -m job run`: prints, then waits for a stop signal and exits 3 as the job does at its safe point.

@@ -66,7 +66,7 @@ def job_command(
 def image_digest(image: str) -> str:
     """The image's sha256: from IMAGE.sha256 (written when it was built) if there, else hashed now."""
     digest_file = Path(f"{image}.sha256")
-    fields = digest_file.read_text().split() if digest_file.is_file() else []
+    fields = digest_file.read_text(encoding="utf-8").split() if digest_file.is_file() else []
     if fields:
         return fields[0]
     digest = hashlib.sha256()

@@ -46,7 +46,7 @@ def failure_report(name: str, job: Any, error: BaseException) -> str:
     """The pair's name and the end of its logs: the job's own output (.out), then how it ended (.err)."""
     parts = [f"FAILED {name} [job {job.job_id}]"]
     for log in (job.paths.stdout, job.paths.stderr):
-        lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else []
         if lines:
             parts += [f"  last lines of {log}:", *(f"    {line}" for line in lines[-LOG_TAIL_LINES:])]
     if len(parts) == 1:  # no log at all (debug executor, or a job that never started)

@@ -29,7 +29,7 @@ def sbatch_options(script: Path) -> dict[str, str]:
     the first command."""
     options: dict[str, str] = {}
     try:
-        lines = script.read_text().splitlines()
+        lines = script.read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise JobError(f"cannot read the batch script {script} (submit runs from a checkout): {error}") from None
     for line in lines:

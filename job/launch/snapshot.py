@@ -87,7 +87,7 @@ def freeze(code: Code, code_dir: Path, source: Path = SOURCE) -> Path:
             else:
                 target.unlink(missing_ok=True)
         record = {"commit": code.commit, "dirty": code.dirty, "changed": list(code.changed)}
-        (building / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        (building / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         os.rename(building, folder)  # whole or not at all
     except OSError:
         if not (folder / RECORD).is_file():  # not a concurrent submission that made it first
@@ -100,7 +100,7 @@ def freeze(code: Code, code_dir: Path, source: Path = SOURCE) -> Path:
 def recorded(folder: Path) -> tuple[str, bool] | None:
     """(commit, dirty) of a snapshot folder, None for any other folder."""
     try:
-        record = json.loads((folder / RECORD).read_text())
+        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
         return str(record["commit"]), bool(record["dirty"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -124,7 +124,7 @@ class Cache:
 
     def _read_stamps(self) -> dict[str, Any]:
         try:
-            content = json.loads((self.folder / STAMPS).read_text())
+            content = json.loads((self.folder / STAMPS).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
         if not isinstance(content, dict) or content.get("version") != VERSION:
