@@ -23,6 +23,10 @@ MAX_SEED = 2**32 - 1
 # 4,000,001, 1001 by default); it keeps every repeat's weight stream below the final model's (job/pair/train.py).
 MAX_REPEATS = 10_000
 MIN_IMAGES_PER_FOLD = 10  # fewer makes a fold's score a handful of coin flips
+# Upper bounds, so that a typo is refused at once rather than deep in TensorFlow or after days: 100,000 epochs
+# is years of training; a billion 28x28 images (784 GB of pixels) is beyond any node's memory.
+MAX_EPOCHS = 100_000
+MAX_IMAGES = 1_000_000_000
 # ASCII digits only: str.isdigit() accepts '²' (which int() rejects) and int() turns '٣' into 3 silently.
 _TASK_ID = re.compile(r"[0-9]{1,9}")
 
@@ -41,16 +45,18 @@ class Protocol:
     jit: bool = False  # XLA compilation changes rounding, so it is part of the config
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name, most in (("epochs", MAX_EPOCHS), ("batch_size", MAX_IMAGES)):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+            if getattr(self, name) > most:
+                raise UsageError(f"--{name.replace('_', '-')} must be at most {most}, got {getattr(self, name)}")
         for name, label in (("seed", "--seed"), ("split_seed", "split_seed")):
             if not 0 <= getattr(self, name) <= MAX_SEED:
                 raise UsageError(f"{label} must be 0 to {MAX_SEED}, got {getattr(self, name)}")
         if self.n_folds < 2:
             raise UsageError(f"n_folds must be at least 2, got {self.n_folds}")
-        if self.limit is not None and self.limit < self.min_images:
-            raise UsageError(f"--limit must be at least {self.min_images} images, got {self.limit}")
+        if self.limit is not None and not self.min_images <= self.limit <= MAX_IMAGES:
+            raise UsageError(f"--limit must be {self.min_images} to {MAX_IMAGES} images, got {self.limit}")
         if self.precision not in ("float32", "mixed_float16"):
             raise UsageError(f"unknown precision {self.precision!r} (float32 or mixed_float16)")
 
@@ -75,6 +81,10 @@ class Protocol:
     def config_id(self) -> str:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# The highest task id a run can have: ten pairs per repeat.
+MAX_TASK_ID = len(DEFAULT_MODELS) * Protocol.n_folds * MAX_REPEATS - 1
 
 
 class Pair(NamedTuple):

@@ -273,12 +273,16 @@ def test_a_bad_model_file_is_one_line(reference: Reference, tmp_path: Path) -> N
 def test_usage_and_config_errors(trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model = str(trained.model_file)
     for argv, status, message in [
-        (["predict", "--model-file", model, "--top", "0", "x.png"], 2, "--top must be 1-10"),
+        (["predict", "--model-file", model, "--top", "0", "x.png"], 2, "argument --top: must be 1 to 10, got 0"),
         (["predict", "--model-file", model, "--labels", "l.gz", "a.png", "b.png"], 2, "exactly one IMAGE"),
         (["final", "--model", "resnet", "--results", str(tmp_path)], 2, "unknown model 'resnet'"),
         # the same run with another config is refused, not overwritten (the last --epochs wins)
         ([*trained.final_args, "--epochs", str(EPOCHS + 1)], 1, "holds config"),
     ]:
-        assert main(argv) == status, argv
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+        assert code == status, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err

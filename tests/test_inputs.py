@@ -162,7 +162,9 @@ def test_a_seed_out_of_range_is_a_usage_error_in_every_command(command: str, see
     ]
     done = cli(command, *args, "--seed", seed, "--results", str(tmp_path), timeout=60)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert done.stderr == f"mnist-cv {command}: error: --seed must be 0 to {MAX_SEED}, got {seed}\n"
+    assert (
+        done.stderr == f"mnist-cv {command}: error: argument --seed: must be 0 to {MAX_SEED}, got {seed} (see --help)\n"
+    )
 
 
 def test_a_plain_npy_as_the_data_folder_is_one_line(tmp_path: Path) -> None:

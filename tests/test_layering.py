@@ -7,7 +7,7 @@ for code that never runs in the tests too.
     analysis | launch | perf     read results / submit tasks / measure: none imports another of these three
     pair                         the one-pair path, the only TensorFlow user
     results                      the contract, the run folder's paths, the validity check, leases, status
-    base (job/*.py)              protocol, folds, files, mnist, slurm, settings, errors, console, provenance
+    base (job/*.py)              protocol, folds, files, mnist, slurm, settings, errors, console, output, provenance
 """
 
 from __future__ import annotations

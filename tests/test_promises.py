@@ -127,11 +127,11 @@ def tmpfs(where: Path, size: str, *options: str) -> Iterator[Path]:
     ("args", "message"),
     [
         (["--model", "resnet", "--fold", "0"], "unknown model 'resnet'"),
-        (["--model", "mlp", "--fold", "5"], "fold 5 is outside 0-4"),
+        (["--model", "mlp", "--fold", "5"], "argument --fold: must be 0 to 4, got 5"),
         (["--task-id", "10", "--repeats", "1"], "task id 10 is outside 0-9"),
         (["--task-id", "1", "--model", "mlp", "--fold", "0"], "give either --task-id or --model/--fold, not both"),
         ([], "no pair given"),
-        (["--model", "mlp", "--fold", "0", "--seed", "-1"], "--seed must be 0 to 4294967295, got -1"),
+        (["--model", "mlp", "--fold", "0", "--seed", "-1"], "argument --seed: must be 0 to 4294967295, got -1"),
         (["--model", "mlp", "--fold", "x"], "--fold: not a whole number: 'x'"),
         (["--model", "mlp", "--fold", "\u0663"], "--fold: not a whole number: '\u0663'"),
         (["--model", "mlp", "--fold", "0", "--repeat", "\u0663"], "--repeat: not a whole number: '\u0663'"),

@@ -416,7 +416,7 @@ def test_run_refuses_a_repeat_beyond_repeats_in_one_line(tmp_path: Path) -> None
         (["--task-id", "20", "--repeats", "2"], "task id 20 is outside 0-19"),
         (["--model", "mlp", "--fold", "0", "--repeat", "2", "--repeats", "2"], "--repeat 2 is outside 0-1"),
         (["--task-id", "1", "--repeat", "1"], "--fold and --repeat need --model"),
-        (["--task-id", "1", "--repeats", "0"], "not a number of repeats"),
+        (["--task-id", "1", "--repeats", "0"], "argument --repeats: must be 1 to 10000, got 0"),
     ):
         done = cli("run", *args, "--results", str(tmp_path), timeout=120)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)

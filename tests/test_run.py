@@ -76,13 +76,13 @@ def test_the_task_id_comes_from_slurm_when_not_given(mnist_mini: Path, tmp_path:
     ("args", "message"),
     [
         (["--model", "resnet", "--fold", "0"], "unknown model 'resnet'"),
-        (["--model", "mlp", "--fold", "5"], "fold 5 is outside 0-4"),
+        (["--model", "mlp", "--fold", "5"], "argument --fold: must be 0 to 4, got 5"),
         (["--task-id", "10", "--repeats", "1"], "task id 10 is outside 0-9"),
         (["--task-id", "1", "--model", "mlp", "--fold", "1"], "either --task-id or --model"),
         (["--model", "mlp"], "--model needs --fold"),
         ([], "no pair given"),
         (["--task-id", "x"], "'x' is not a task id"),
-        (["--task-id", "1", "--epochs", "0"], "--epochs must be at least 1"),
+        (["--task-id", "1", "--epochs", "0"], "argument --epochs: must be 1 to 100000, got 0"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(args: list[str], message: str, mlp_run: tuple[Path, dict]) -> None:

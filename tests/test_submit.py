@@ -163,8 +163,8 @@ def test_task_ids_take_slurms_array_syntax(spec: str, ids: set[int]) -> None:
     ("argv", "message"),
     [
         (["--task-ids", "10"], "task ids are 0-9"),
-        (["--task-ids", "0-9999999999"], "task ids are 0-9 (--repeats 1), got 9999999999"),  # never expanded
-        (["--task-ids", "5-3"], "a range runs upward"),
+        (["--task-ids", "0-9999999999"], "--task-ids: must be 0 to 99999, got 9999999999"),  # never expanded
+        (["--task-ids", "5-3"], "not task ids like 0,5 or 5-9"),
         (["--task-ids", "a-b"], "not task ids like 0,5 or 5-9"),
         (["--task-ids", "\u0663"], "not task ids like 0,5 or 5-9"),  # an Arabic-Indic 3: int() takes it silently
         (["--task-ids", "1-"], "not task ids like 0,5 or 5-9"),  # sbatch refuses it; it was read as 1
@@ -172,10 +172,11 @@ def test_task_ids_take_slurms_array_syntax(spec: str, ids: set[int]) -> None:
         (["--task-ids", " 3"], "not task ids like 0,5 or 5-9"),
         (["--time", "\u0663"], "not a whole number"),
         (["--epochs", "\u0663"], "--epochs: not a whole number"),  # a shared option: `run` and `final` too
-        (["--mem-gb", "nan"], "not a positive number"),
-        (["--mem-gb", "inf"], "not a positive number"),
-        (["--mem-gb", "0"], "not a positive number"),
-        (["--time", "0"], "must be at least 1"),
+        (["--mem-gb", "nan"], "argument --mem-gb: not a number: 'nan'"),
+        (["--mem-gb", "inf"], "argument --mem-gb: not a number: 'inf'"),
+        (["--mem-gb", "0"], "argument --mem-gb: must be 0.0009765625 to 1048576 GB"),
+        (["--mem-gb", "0.0001"], "1 MB at least"),  # submitit would ask sbatch for --mem=0MB: all of the node's
+        (["--time", "0"], "argument --time: must be 1 to 525600, got 0"),
         (["--slurm-additional", "=x"], "not KEY=VALUE"),
         (["--missing-only", "--all"], "not allowed with argument"),
         (["--image", "/nonexistent.sif"], "no image file /nonexistent.sif"),
@@ -199,7 +200,9 @@ def test_a_failing_pair_raises_with_its_command_and_last_lines(tmp_path: Path) -
     message = str(failed.value)
     assert message.startswith(f"mlp/fold-0: `{sys.executable} -m job run --task-id 0 --epochs 0` exited")
     assert "exited with status 2; its last lines:" in message
-    assert last_line(message).strip() == "mnist-cv run: error: --epochs must be at least 1, got 0"
+    assert (
+        last_line(message).strip() == "mnist-cv run: error: argument --epochs: must be 1 to 100000, got 0 (see --help)"
+    )
 
 
 # Plays `python -m job run`: prints, then waits for a stop signal and exits 3 as the job does at its safe point.

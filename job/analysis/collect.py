@@ -2,10 +2,11 @@
 figures as one unit.
 
 One unit: everything is computed and the summary validated (schema, finite numbers) before any file is touched;
-every figure is then drawn to a temp file beside its target. Only when all are drawn is the old summary.json
-removed, the figures renamed into place, and summary.md and summary.json written, summary.json last. A failure
-before that leaves the old outputs as they were; a failure during the renames leaves no summary.json. So a
-summary.json on disk always sits beside its own figures.
+every figure is then drawn to a temp file beside its target, and the bytes of summary.md and summary.json made
+(UTF-8, a name's byte that is not UTF-8 escaped as '\\xff': nothing left that could fail to encode). Only when
+all are drawn is the old summary.json removed, the figures renamed into place, and summary.md and summary.json
+written, summary.json last. A failure before that leaves the old outputs as they were; a failure during the
+renames leaves no summary.json. So a summary.json on disk always sits beside its own figures.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from job import atomic
+from job import atomic, output
 from job.analysis import figures as timing_and_reference
 from job.analysis import plots, report, summary
 from job.analysis.summary import FinalRecord
-from job.console import console as pipe_console
+from job.console import console as rich_console
 from job.errors import JobError
 from job.mnist import TEST_IMAGES
 from job.protocol import Pair
@@ -94,7 +95,7 @@ def collect(request: Request) -> int:
         )  # fmt: skip
     text = _checked_json(found)
 
-    console = pipe_console()
+    console = rich_console()
     if request.json:
         print(text)
     else:
@@ -125,7 +126,7 @@ def _repeats_found(records: list[store.Record], unusable: dict[Pair, str]) -> in
 
 def _checked_json(found: Summary) -> str:
     """summary.json's text, once the summary passes its own schema: what is printed is what a reader accepts."""
-    data = found.to_json()
+    data = output.escape_names(found.to_json())  # a stray folder's name that is not UTF-8, say
     Summary.from_json(data, "the summary")
     try:
         return json.dumps(data, indent=1, allow_nan=False)
@@ -215,14 +216,16 @@ def _test_images(final: FinalRecord, data_dir: Path | None, load: Callable[[Path
 
 def _publish(layout: RunLayout, figures: list[Figure], stale: list[Path], fmt: str, found: Summary, text: str) -> None:
     """Write the outputs as one unit (see the module's docstring)."""
+    # Both texts in hand before anything is removed; a name's byte that is not UTF-8 is written escaped.
+    markdown, summary_json = output.utf8(report.markdown(found)), output.utf8(text + "\n")
     with ExitStack() as renames:  # each figure's temp file is renamed over its target when the stack closes
         for path, draw in _staged(figures, renames):
             draw().savefig(path, format=fmt)
         layout.summary_json.unlink(missing_ok=True)
     for path in stale:
         path.unlink(missing_ok=True)
-    atomic.write_bytes(layout.summary_md, report.markdown(found).encode())
-    atomic.write_bytes(layout.summary_json, (text + "\n").encode())
+    atomic.write_bytes(layout.summary_md, markdown)
+    atomic.write_bytes(layout.summary_json, summary_json)
 
 
 def _staged(figures: list[Figure], renames: ExitStack) -> Iterator[tuple[Path, Callable[[], Any]]]:

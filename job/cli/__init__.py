@@ -5,6 +5,10 @@ load TensorFlow. Every failure ends as one line on stderr and an exit status:
 2 usage error, 1 runtime failure (GPU out of memory included), 3 stopped by a signal (from JobError.exit_code),
 130 interrupted with Ctrl-C. An exception nobody anticipated is a bug: one line saying so, exit 1, and its
 traceback in a file in the temp folder ($TMPDIR, else /tmp) that the line names; `--debug` prints it instead.
+
+Output is never the job: stdout and stderr are made safe first (job/output.py), so a reader gone early
+(`| head -1`), a closed stream (`>&-`) or a terminal that cannot encode a character drops or escapes the output
+and the command still ends with its own status: a training with its result written, a listing with 0.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 import traceback
 from typing import NoReturn
 
+from job import output
 from job.console import PROG, one_line
 from job.errors import JobError
 
@@ -46,15 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    output.install()
     argv = sys.argv[1:] if argv is None else argv
     prefix, debug = PROG, "--debug" in argv[:1]  # known before parsing, so a failure while parsing is reported alike
     try:
         args = build_parser().parse_args(argv)
         prefix = f"{PROG} {args.command}"
         return int(args.handler(args) or 0)
-    except BrokenPipeError:  # `mnist-cv pairs | head`: the reader left early, nothing is wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit stays quiet
-        return 0
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
@@ -99,7 +102,7 @@ def _save_traceback(error: Exception, argv: list[str], debug: bool) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     try:
         fd, path = tempfile.mkstemp(prefix=f"{PROG}-{stamp}-", suffix=".traceback.txt")
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors=output.ESCAPE) as f:  # a path's undecodable byte too
             f.write(f"{PROG} {' '.join(argv)}\n{text}")
     except OSError as failed:
         return f"its traceback could not be saved ({failed.strerror or failed}): rerun with --debug to see it"

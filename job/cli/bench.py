@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from job.cli.options import add_data_args, whole_number
+from job.cli.options import EPOCHS, FOLD, LIMIT, add_data_args, number
 from job.console import console as Console
 from job.errors import UsageError
 from job.pair import models
@@ -63,6 +63,7 @@ showed across its repeats. A speed-up can never hide a change in learning.
 
 
 MAX_LOAD = 64
+MAX_REPEATS = 1000  # each repeat trains both variants: a thousand is days of measuring
 
 
 def add_parser(subparsers: Any) -> None:
@@ -76,18 +77,21 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="mlp", help="model name (default mlp)")
-    p.add_argument("--fold", type=whole_number, default=0, help="held-out fold, 0-4 (default 0)")
+    p.add_argument("--fold", type=FOLD, default=0, help="held-out fold, 0-4 (default 0)")
+    p.add_argument("--epochs", type=EPOCHS, default=3, help="epochs per run (default 3; 2+ to see the steady state)")
+    p.add_argument("--limit", type=LIMIT, help="use only the first N training images (default: all 60,000)")
     p.add_argument(
-        "--epochs", type=whole_number, default=3, help="epochs per run (default 3; 2+ to see the steady state)"
+        "--repeats",
+        type=number(1, MAX_REPEATS),
+        default=3,
+        help=f"runs of each variant (default 3; {MAX_REPEATS} at most)",
     )
-    p.add_argument("--limit", type=whole_number, help="use only the first N training images (default: all 60,000)")
-    p.add_argument("--repeats", type=whole_number, default=3, help="runs of each variant (default 3)")
     p.add_argument(
         "--load",
-        type=whole_number,
+        type=number(0, MAX_LOAD),
         default=0,
         metavar="N",
-        help="busy loops running beside every measured run (default 0)",
+        help=f"busy loops running beside every measured run (default 0, at most {MAX_LOAD})",
     )
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
     add_data_args(p)

@@ -5,6 +5,7 @@ so every command spells them the same way."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,30 +13,117 @@ from pathlib import Path
 from typing import Any
 
 from job import settings
+from job.console import one_line
 from job.pair.session import Inputs
-from job.protocol import Protocol, check_repeats
+from job.protocol import MAX_EPOCHS, MAX_IMAGES, MAX_REPEATS, MAX_SEED, MAX_TASK_ID, Protocol, check_repeats
 
-# ASCII digits only: int() also reads '٣' as 3, '1_0' as 10 and ' 3' as 3, none of which a user meant as given.
+# ASCII only, as a user types a number: int() and float() also read '٣' as 3, '1_0' as 10 and ' 3' as 3, float() 'nan'
+# and 'infinity', none of which a user meant as given. A sign is read, so that '-1' is told its range.
 _WHOLE = re.compile(r"-?[0-9]+")
+_DECIMAL = re.compile(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
 
-def whole_number(text: str) -> int:
-    """An int option's value; the range is checked where the value is used (Protocol), so a sign is kept."""
-    if not _WHOLE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
-    return int(text)
+class Number:
+    """The one parser of every numeric option of every command: ASCII digits only, finite, within [low, high].
 
+    Every option's value is bounded on both sides when it is parsed (exit 2, one line naming the option), before
+    anything is loaded; checks that depend on other options (a fold of --repeats, a batch of the data) come later.
+    tests/test_numbers.py walks every command's options and refuses a numeric one that does not use it.
+    """
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    """A whole-number option that must be `minimum` or more (a Slurm time, a count), refused at parse time."""
+    def __init__(
+        self,
+        kind: type[int] | type[float],
+        low: float,
+        high: float,
+        unit: str = "",
+        note: str = "",
+        syntax: str = "",  # the message for text that is no number, '{text}' in it; else "not a whole number: ..."
+    ):
+        self.kind, self.low, self.high, self.unit, self.note, self.syntax = kind, low, high, unit, note, syntax
 
-    def parse(text: str) -> int:
-        value = whole_number(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    def __call__(self, text: str) -> Any:
+        if self.kind is int:
+            if not _WHOLE.fullmatch(text):
+                raise argparse.ArgumentTypeError(
+                    (self.syntax or "not a whole number: {text}").format(text=_shown(text))
+                )
+            digits = text.lstrip("-").lstrip("0") or "0"
+            if len(digits) > len(str(int(max(abs(self.low), abs(self.high))))):  # int() refuses 4,301 digits
+                raise self._outside(text if len(text) <= 40 else f"a number of {len(digits)} digits")
+            value: Any = -int(digits) if text.startswith("-") else int(digits)
+        else:
+            if not _DECIMAL.fullmatch(text):
+                raise argparse.ArgumentTypeError(f"not a number: {_shown(text)}")
+            value = float(text)
+            if not math.isfinite(value):  # '1e999'
+                raise argparse.ArgumentTypeError(f"not a finite number: {_shown(text)}")
+        if not self.low <= value <= self.high:
+            raise self._outside(text if len(text) <= 40 else _shown(text))
         return value
 
-    return parse
+    def _outside(self, got: str) -> argparse.ArgumentTypeError:
+        unit = f" {self.unit}" if self.unit else ""
+        note = f" ({self.note})" if self.note else ""
+        return argparse.ArgumentTypeError(f"must be {_plain(self.low)} to {_plain(self.high)}{unit}{note}, got {got}")
+
+    def __repr__(self) -> str:
+        return f"Number({self.kind.__name__}, {_plain(self.low)}, {_plain(self.high)})"
+
+
+def _shown(text: str) -> str:
+    """A value as a message quotes it: its repr, a long one cut (the line stays one a person reads)."""
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+
+
+def _plain(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+class Ranges:
+    """Slurm's --array syntax ('0,5', '5-9', '0-2,7') as a set of numbers, each one parsed by `number`."""
+
+    _SPEC = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
+
+    def __init__(self, number: Number, what: str) -> None:
+        self.number, self.what = number, what
+
+    def __call__(self, text: str) -> set[int]:
+        if not self._SPEC.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"not {self.what} like 0,5 or 5-9: {text!r}")
+        found: set[int] = set()
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            # Both ends bounded before the range is made: '0-99999999999' is refused, not built.
+            found.update(range(self.number(first), self.number(last or first) + 1))
+        if not found:
+            raise argparse.ArgumentTypeError(f"not {self.what} like 0,5 or 5-9: {text!r}")
+        return found
+
+
+def number(low: int, high: int) -> Number:
+    """A whole-number option from `low` to `high`."""
+    return Number(int, low, high)
+
+
+EPOCHS = number(1, MAX_EPOCHS)
+BATCH_SIZE = number(1, MAX_IMAGES)  # and at most the training images, once they are loaded (job/pair/session.py)
+SEED = number(0, MAX_SEED)
+LIMIT = number(Protocol().min_images, MAX_IMAGES)
+FOLD = number(0, Protocol.n_folds - 1)
+REPEAT = number(0, MAX_REPEATS - 1)
+REPEATS = number(1, MAX_REPEATS)
+TASK_ID = Number(int, 0, MAX_TASK_ID, syntax="{text} is not a task id (the digits 0-9 only)")  # as the env's
+
+
+def utf8_path(text: str) -> Path:
+    """A folder that results are written to: its name must be UTF-8 (TensorFlow's event files, and the paths every
+    result records, cannot name it otherwise)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"not a UTF-8 path: {one_line(text)}") from None
+    return Path(text)
 
 
 @dataclass(frozen=True)
@@ -71,8 +159,8 @@ RESULTS_OPTIONS = (
     Option(
         "--results",
         f"results folder (default: ${settings.RESULTS.name} or ./results)",
-        type=Path,
-        default=lambda: settings.settings().results,
+        type=utf8_path,
+        default=lambda: str(settings.settings().results),  # a string, so that argparse checks it as given
     ),
     Option(
         "--run",
@@ -96,10 +184,10 @@ DATA_OPTIONS = (
     ),
 )
 PROTOCOL_OPTIONS = (
-    Option("--epochs", f"epochs per pair (default {Protocol.epochs})", type=whole_number),
-    Option("--batch-size", f"training batch size (default {Protocol.batch_size})", type=whole_number),
-    Option("--seed", f"seed for weights and shuffling (default {Protocol.seed})", type=whole_number),
-    Option("--limit", "use only the first N training images (default: all 60,000)", type=whole_number),
+    Option("--epochs", f"epochs per pair (default {Protocol.epochs})", type=EPOCHS),
+    Option("--batch-size", f"training batch size (default {Protocol.batch_size})", type=BATCH_SIZE),
+    Option("--seed", f"seed for weights and shuffling (default {Protocol.seed}; 0 to {MAX_SEED})", type=SEED),
+    Option("--limit", "use only the first N training images (default: all 60,000)", type=LIMIT),
     Option("--mixed-precision", "train in mixed_float16 (GPU speed-up; changes numbers)", switch=True),
     Option("--xla", "compile with XLA (changes rounding; not deterministic)", switch=True),
 )
@@ -149,20 +237,13 @@ def add_repeats_arg(parser: argparse.ArgumentParser | Any, default: int | None =
     """--repeats R: the cross-validation R times over, each repeat on its own shuffle of the images."""
     parser.add_argument(
         "--repeats",
-        type=repeats_arg,
+        type=REPEATS,
         default=default,
         metavar="R",
         help=help
         or "repeats of the cross-validation, each on its own shuffle (KFold's random_state split seed + r): "
         "task ids 0 to 10R-1, repeat r being ids 10r to 10r+9 (default 1: the tutorial's one split)",
     )
-
-
-def repeats_arg(text: str) -> int:
-    """A whole number of repeats, 1 or more (the protocol bounds it further: see repeats_from_args)."""
-    if not _WHOLE.fullmatch(text) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a number of repeats (1 or more): {text!r}")
-    return int(text)
 
 
 def repeats_from_args(args: argparse.Namespace, protocol: Protocol) -> int:

@@ -12,12 +12,15 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
+from job.cli.options import number
 from job.console import PROG, one_line
 from job.console import console as Console
 from job.errors import JobError, UsageError
 from job.pair import predict
 from job.pair.models import N_CLASSES
 from job.pair.predict import Inputs
+
+MAX_ROWS = 1_000_000_000  # rows of a table on a terminal: far more than a person reads
 
 
 def add_parser(subparsers: Any) -> None:
@@ -40,20 +43,26 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--model-file", type=Path, required=True, help="a model saved by `final` (RESULTS/RUN/final/MODEL.keras)"
     )
-    p.add_argument("--top", type=int, default=3, help="how many of the most probable digits to show (1-10, default 3)")
+    p.add_argument(
+        "--top",
+        type=number(1, N_CLASSES),
+        default=3,
+        help=f"how many of the most probable digits to show (1-{N_CLASSES}, default 3)",
+    )
     p.add_argument(
         "--labels", type=Path, help="IDX labels file (.gz or plain) of the single batch IMAGE: adds the accuracy"
     )
     p.add_argument("--json", action="store_true", help="print one JSON document with every prediction")
-    p.add_argument("--rows", type=int, default=100, help="most rows the table shows (default 100; --json has all)")
+    p.add_argument(
+        "--rows",
+        type=number(1, MAX_ROWS),
+        default=100,
+        help="most rows the table shows (default 100; --json has all)",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 1 <= args.top <= N_CLASSES:
-        raise UsageError(f"--top must be 1-{N_CLASSES}, got {args.top}")
-    if args.rows < 1:
-        raise UsageError(f"--rows must be at least 1, got {args.rows}")
     if args.labels is not None and len(args.images) != 1:
         raise UsageError("--labels goes with exactly one IMAGE (an IDX file or a .npy batch)")
 

@@ -7,6 +7,9 @@ import os
 from typing import Any
 
 from job.cli.options import (
+    FOLD,
+    REPEAT,
+    TASK_ID,
     add_data_args,
     add_device_args,
     add_protocol_args,
@@ -14,7 +17,6 @@ from job.cli.options import (
     add_results_args,
     inputs_from_args,
     protocol_from_args,
-    whole_number,
 )
 from job.errors import UsageError
 from job.pair import models
@@ -42,13 +44,11 @@ def add_parser(subparsers: Any) -> None:
     )
     which = p.add_argument_group("which pair (either --model and --fold [and --repeat], or a task id)")
     which.add_argument("--model", help=f"model name ({', '.join(DEFAULT_MODELS)}, or an extra one like cnn-small)")
-    which.add_argument("--fold", type=whole_number, help="held-out fold, 0-4")
-    which.add_argument(
-        "--repeat", type=whole_number, help="repeat of the cross-validation (default 0: the tutorial's split)"
-    )
+    which.add_argument("--fold", type=FOLD, help="held-out fold, 0-4")
+    which.add_argument("--repeat", type=REPEAT, help="repeat of the cross-validation (default 0: the tutorial's split)")
     which.add_argument(
         "--task-id",
-        type=task_id_arg,
+        type=TASK_ID,
         help="array index 0-9 -> (mlp, 0..4), (cnn, 0..4); 10r to 10r+9 the same of repeat r; "
         "default $SLURM_ARRAY_TASK_ID",
     )
@@ -64,14 +64,6 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the per-epoch checkpoint after success")
     add_device_args(p)
     p.set_defaults(handler=run)
-
-
-def task_id_arg(text: str) -> int:
-    """--task-id as parse_task_id reads it (int() would take '٣' for 3), as argparse reports a bad value."""
-    try:
-        return parse_task_id(text, "--task-id")
-    except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:

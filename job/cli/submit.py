@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import math
-import re
 from pathlib import Path
 from typing import Any
 
 from job.cli.options import (
     FORWARDED,
+    TASK_ID,
+    Number,
+    Ranges,
     add_data_args,
     add_protocol_args,
     add_repeats_arg,
     add_results_args,
-    at_least,
     forward,
+    number,
     protocol_from_args,
     repeats_from_args,
 )
 from job.errors import UsageError
 from job.launch import submission
 from job.pair import data, models
-from job.protocol import all_pairs
+from job.protocol import MAX_TASK_ID, all_pairs
 from job.results.layout import RunLayout
 from job.results.status import array_spec
 from job.settings import IMAGE, settings
@@ -55,7 +56,7 @@ def add_parser(subparsers: Any) -> None:
         help="submit only the pairs not done (default)",
     )
     which.add_argument("--all", action="store_true", help="submit every pair (done ones skip at once)")
-    p.add_argument("--task-ids", type=task_ids, metavar="SPEC", help="only these pairs, in --array syntax: 0,5 or 5-9")
+    p.add_argument("--task-ids", type=TASK_IDS, metavar="SPEC", help="only these pairs, in --array syntax: 0,5 or 5-9")
     # Not passed on to `job run`: a task's id says its repeat.
     add_repeats_arg(p)
     p.add_argument(
@@ -77,15 +78,21 @@ def add_parser(subparsers: Any) -> None:
     res.add_argument("--qos", help="Slurm QOS")
     res.add_argument(
         "--time",
-        type=at_least(1),
+        type=number(1, MAX_MINUTES),
         metavar="MIN",
         help="time limit per pair in minutes (default: the script's --time); 180 s before it the pair checkpoints "
         "and is requeued. Under 50, submitit counts every preemption as a timeout (at most 3)",
     )
-    res.add_argument("--gpus-per-task", type=at_least(0), metavar="N", help="GPUs per pair (default: --gres=gpu:N)")
-    res.add_argument("--cpus-per-task", type=at_least(1), metavar="N", help="CPUs per pair (default: --cpus-per-task)")
-    res.add_argument("--mem-gb", type=positive_gigabytes, metavar="G", help="memory per pair in GB (default: --mem)")
-    res.add_argument("--array-parallelism", type=at_least(1), metavar="N", help="run at most N pairs at a time")
+    res.add_argument(
+        "--gpus-per-task", type=number(0, MAX_GPUS), metavar="N", help="GPUs per pair (default: --gres=gpu:N)"
+    )
+    res.add_argument(
+        "--cpus-per-task", type=number(1, MAX_CPUS), metavar="N", help="CPUs per pair (default: --cpus-per-task)"
+    )
+    res.add_argument("--mem-gb", type=MEM_GB, metavar="G", help="memory per pair in GB (default: --mem)")
+    res.add_argument(
+        "--array-parallelism", type=number(1, MAX_TASK_ID + 1), metavar="N", help="run at most N pairs at a time"
+    )
     res.add_argument(
         "--slurm-additional",
         type=key_value,
@@ -122,42 +129,25 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
-_ARRAY_SPEC = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
+# Bounds of what a pair can ask for: a year of minutes; more GPUs or CPUs than any node has.
+MAX_MINUTES = 365 * 24 * 60
+MAX_GPUS = 64
+MAX_CPUS = 4096
+# submitit writes --mem-gb G as sbatch's --mem=GGB when whole, else --mem=int(G * 1024)MB: below 1 MB that is
+# --mem=0MB, which Slurm reads as all of the node's memory.
+MEM_GB = Number(float, 1 / 1024, 2**20, unit="GB", note="sbatch's --mem counts whole megabytes: 1 MB at least")
+TASK_IDS = Ranges(TASK_ID, "task ids")
+task_ids = TASK_IDS  # Slurm's --array syntax as task ids: the inverse of pair_status.array_spec
 
 
-def positive_gigabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):  # sbatch would get --mem=nanG or a job with no memory
-        raise argparse.ArgumentTypeError(f"not a positive number of GB: {text!r}")
-    return value
-
-
-def task_ids(text: str) -> tuple[tuple[int, int], ...]:
-    """Slurm's --array syntax ('0,5', '5-9', '0-2,7') as (first, last) ranges: the inverse of status.array_spec.
-    Not expanded here: the ranges are checked against the run's pairs first (`0-9999999999` is 10 billion ids)."""
-    if not _ARRAY_SPEC.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"not task ids like 0,5 or 5-9: {text!r}")
-    ranges = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        ranges.append((int(first), int(last or first)))
-    if any(first > last for first, last in ranges):
-        raise argparse.ArgumentTypeError(f"not task ids like 0,5 or 5-9 (a range runs upward): {text!r}")
-    return tuple(ranges)
-
-
-def check_task_ids(ranges: tuple[tuple[int, int], ...] | None, repeats: int) -> frozenset[int] | None:
-    """--task-ids within the pairs of --repeats (0-9 for one repeat), or a UsageError; checked before expanding."""
-    if ranges is None:
+def check_task_ids(ids: set[int] | None, repeats: int) -> frozenset[int] | None:
+    """--task-ids within the pairs of --repeats (0-9 for one repeat), or a UsageError."""
+    if ids is None:
         return None
     n = len(all_pairs(repeats=repeats))
-    highest = max(last for _, last in ranges)
-    if highest >= n:
-        raise UsageError(f"--task-ids: task ids are 0-{n - 1} (--repeats {repeats}), got {highest}")
-    return frozenset(i for first, last in ranges for i in range(first, last + 1))
+    if not all(0 <= i < n for i in ids):
+        raise UsageError(f"--task-ids: task ids are 0-{n - 1} (--repeats {repeats}), got {max(ids)}")
+    return frozenset(ids)
 
 
 def key_value(text: str) -> tuple[str, str | bool]:

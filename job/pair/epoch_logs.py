@@ -69,7 +69,7 @@ class EpochLogs:
         """Log the last epoch of `state`, just saved in its checkpoint."""
         row = rows(state)[-1]
         with self._writing():
-            with open(self.csv, "a") as csv:
+            with open(self.csv, "a", encoding="utf-8") as csv:
                 csv.write(csv_line([row[c] for c in COLUMNS]))
             self._write_events(row)
             self._writer.flush()

@@ -80,6 +80,9 @@ def training(
         raise UsageError(
             f"--limit {protocol.limit} is beyond the {len(dataset.x_train)} training images of {dataset.source}"
         )
+    images = protocol.limit or len(dataset.x_train)
+    if protocol.batch_size > images:  # a batch larger than the data is one batch under a name that says otherwise
+        raise UsageError(f"--batch-size {protocol.batch_size} is beyond the {images} training images")
     runtime_info = runtime.configure_training(protocol, model_name, allow_cpu=inputs.allow_cpu)
     from job.pair.progress import EpochProgress  # deferred: keras, imported after runtime.configure
 
