@@ -199,8 +199,9 @@ def test_a_task_of_sbatch_array_sh_records_itself_once_with_its_log(tmp_path: Pa
     ensure_cluster()
     results = tmp_path / "results"
     record = (
-        "import sys; from job.results.submissions import record_running_task as r; "
-        "r(sys.argv[1], 'default', 'cfg', 7); r(sys.argv[1], 'default', 'cfg', 7); r(sys.argv[1], 'default', 'cfg', 3)"
+        "import sys; from job.results.layout import RunLayout; from job.results.submissions import "
+        "record_running_task as r; run = RunLayout(sys.argv[1], 'default'); r(run, 'cfg', 7); r(run, 'cfg', 7); "
+        "r(run, 'cfg', 3)"
     )
     options = ["--array=7", "--mem=200M", "-J", JOB_NAME, f"--output={tmp_path}/%x_%A_%a.out"]
     job = submit(
