@@ -1,7 +1,8 @@
 """What Slurm says about the pairs' jobs: squeue for the live array tasks, sacct for the finished ones.
 
-The only module that runs squeue or sacct (status and the lease's stale-holder check both ask it). Standard library
-only, and nothing at all happens without Slurm: `available()` is False and every query answers with no tasks.
+The only module that runs squeue or sacct (status, the lease's stale-holder check, and the search by job name for
+plain `sbatch slurm/array.sh` arrays, whose squeue lines carry the working folder and the script's arguments). Standard
+library only, and nothing at all happens without Slurm: `available()` is False and every query answers with no tasks.
 Slurm's output is parsed defensively: a pending array is one line with a task range (`123_[4-9%2]`) unless expanded,
 sacct never expands a pending or never-started range, and its states carry suffixes ("CANCELLED by 1000").
 """
@@ -31,8 +32,14 @@ FINISHED = frozenset(
 )
 MAX_ARRAY_SIZE = 4_000_001  # Slurm's largest MaxArraySize: no real range is longer
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
-# squeue's --Format, "|"-separated; the name last because it is the one field a user may fill with anything.
-_SQUEUE_FIELDS = "ArrayJobID:|,ArrayTaskID:|,State:|,Reason:|,NodeList:|,TimeUsed:|,Restartcnt:|,TimeLimit:|,Name:"
+# squeue's --Format, each field ended by the ASCII unit separator: the name, the working folder and the command are
+# a user's to fill ("|" included); the command last, since an argument may hold anything.
+_SEP = "\x1f"
+_SQUEUE_COLUMNS = (
+    "ArrayJobID", "ArrayTaskID", "State", "Reason", "NodeList", "TimeUsed", "Restartcnt", "TimeLimit", "Name",
+    "WorkDir", "Command",
+)  # fmt: skip
+_SQUEUE_FIELDS = ",".join(f"{column}:{_SEP}" for column in _SQUEUE_COLUMNS)
 _SACCT_FIELDS = "JobID,State,ExitCode,Reason,NodeList,ElapsedRaw,JobName"
 
 
@@ -56,6 +63,10 @@ class TaskState:
     restarts: int = 0  # requeues so far (squeue's restart count; at least 1 when sacct shows a REQUEUED run)
     name: str = ""
     time_limit_s: int | None = None  # squeue's TimeLimit; None when UNLIMITED or from sacct
+    workdir: str = ""  # squeue's WorkDir: sbatch's --chdir, else the folder it ran in
+    # squeue's Command: the batch script and its arguments joined by spaces, unquoted ("" from sacct, "(null)" for
+    # --wrap): an argument holding a space cannot be told apart from two.
+    command: str = ""
 
     @property
     def job_id(self) -> str:
@@ -82,12 +93,12 @@ def tasks(job_ids: Iterable[str]) -> dict[str, TaskState]:
     return _merge(_squeue(["-j", selection]), _sacct(["-j", selection]))
 
 
-def named_tasks(name: str, user: str | None = None, since: str = "now-7days") -> dict[str, TaskState]:
-    """The same for every job called `name` of `user` (default: this user), finished ones back to `since`."""
+def live_tasks(name: str, user: str | None = None) -> list[TaskState]:
+    """Every live task of the jobs called `name` of `user` (default: this user), as squeue shows them: with the
+    working folder and command line a plain `sbatch SCRIPT ARGS` array is known by before any task records itself."""
     if not available():
-        return {}
-    user = user or getpass.getuser()
-    return _merge(_squeue(["-n", name, "-u", user]), _sacct(["--name", name, "-u", user, "-S", since]))
+        return []
+    return _squeue(["-n", name, "-u", user or getpass.getuser()])
 
 
 def task(job_id: str) -> TaskState | None:
@@ -133,12 +144,18 @@ def _squeue(selection: list[str]) -> list[TaskState]:
         if "Invalid job id" in out.stderr:  # every id given has left slurmctld's memory
             return []
         raise SchedulerError(f"squeue failed: {_first_line(out.stderr)}")
+    return _parse_squeue(out.stdout)
+
+
+def _parse_squeue(text: str) -> list[TaskState]:
+    """The tasks of squeue's lines in _SQUEUE_FIELDS' format."""
     found = []
-    for line in out.stdout.splitlines():
-        fields = line.split("|", 8)
-        if len(fields) != 9:
+    for line in text.splitlines():
+        fields = line.removesuffix(_SEP).split(_SEP, len(_SQUEUE_COLUMNS) - 1)
+        if len(fields) != len(_SQUEUE_COLUMNS):
             continue  # not a line of ours (a site's squeue wrapper chatter)
-        array_job, task_ids, state, reason, node, used, restarts, limit, name = (f.strip() for f in fields)
+        array_job, task_ids, state, reason, node, used, restarts, limit, name = (f.strip() for f in fields[:-2])
+        workdir, command = fields[-2:]
         found += _each_task(
             array_job,
             task_ids,
@@ -150,6 +167,8 @@ def _squeue(selection: list[str]) -> list[TaskState]:
             restarts=int(restarts) if restarts.isdigit() else 0,
             name=name,
             time_limit_s=_seconds(limit),
+            workdir=workdir,
+            command=command.strip(),
         )
     return found
 

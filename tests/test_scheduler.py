@@ -103,7 +103,8 @@ def test_a_running_task_shows_its_node_and_elapsed_time_and_a_failed_one_its_exi
         assert task.node == cluster["node"]
         assert task.elapsed_s is not None and task.elapsed_s >= 0
         assert not task.finished
-        assert slurm.named_tasks("sched-run")[f"{running}_7"].state == "RUNNING"
+        (named,) = [t for t in slurm.live_tasks("sched-run") if t.job_id == f"{running}_7"]
+        assert (named.state, named.workdir, named.command) == ("RUNNING", str(tmp_path), "(null)")  # --wrap: no script
     finally:
         subprocess.run(["scancel", running], check=True)
     exit3 = ended(failed)[failed]
@@ -129,4 +130,4 @@ def test_without_slurm_on_the_path_nothing_is_asked(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no squeue, as on a laptop
     assert not slurm.available()
     assert slurm.tasks(["12_3"]) == {}
-    assert slurm.named_tasks("mnist-cv-pairs") == {}
+    assert slurm.live_tasks("mnist-cv-pairs") == []

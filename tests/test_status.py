@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from support import ROOT, cli, cli_without_reader, last_line, wait_for
-from support.cluster import ensure_cluster, submit
+from support.cluster import array_env, ensure_cluster, submit, submit_array, with_gpus
 
 from job import slurm
+from job.cli import plain_arrays
+from job.launch.submission import Request, pairs_to_submit
 from job.protocol import Pair, Protocol
 from job.results.layout import RunLayout
 from job.results.status import PairState, PairStatus, status
@@ -197,8 +199,9 @@ def test_a_task_of_sbatch_array_sh_records_itself_once_with_its_log(tmp_path: Pa
     ensure_cluster()
     results = tmp_path / "results"
     record = (
-        "import sys; from job.results.submissions import record_running_task as r; "
-        "r(sys.argv[1], 'default', 'cfg', 7); r(sys.argv[1], 'default', 'cfg', 7); r(sys.argv[1], 'default', 'cfg', 3)"
+        "import sys; from job.results.layout import RunLayout; from job.results.submissions import "
+        "record_running_task as r; run = RunLayout(sys.argv[1], 'default'); r(run, 'cfg', 7); r(run, 'cfg', 7); "
+        "r(run, 'cfg', 3)"
     )
     options = ["--array=7", "--mem=200M", "-J", JOB_NAME, f"--output={tmp_path}/%x_%A_%a.out"]
     job = submit(
@@ -243,3 +246,78 @@ def test_submitting_the_same_ten_pairs_twice_in_a_row_runs_each_pair_once(mnist_
     assert sorted(states) == sorted(f"{array}_{i}" for i in range(10)) and set(states.values()) == {"COMPLETED"}
     finished = status(RunLayout(tmp_path, "default"), Protocol().with_overrides(epochs=1, limit=1000))
     assert [s.state for s in finished] == [PairState.DONE] * 10
+
+
+def squeue_line(job: str, tasks: str, state: str, workdir: str | Path, command: str) -> str:
+    """One line of squeue's as job/slurm.py asks for it (Slurm 22.05: each field ended by the unit separator)."""
+    reason = "BeginTime" if state == "PENDING" else "None"
+    node, used = ("", "0:00") if state == "PENDING" else ("localhost", "1:05")
+    fields = [job, tasks, state, reason, node, used, "0", "1:00:00", JOB_NAME, str(workdir), command]
+    return "".join(f"{field}\x1f" for field in fields)
+
+
+def test_a_plain_array_sh_array_counts_for_the_run_and_config_its_workdir_and_arguments_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The caller's own settings say nothing of where a job it did not start writes.
+    monkeypatch.setenv("MNIST_CV_RESULTS", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("MNIST_CV_RUN", "elsewhere")
+    results, script = tmp_path / "results", f"{ROOT}/slurm/array.sh"
+    lines = [
+        # results/default under the working folder, the default; a pending range as one line
+        squeue_line("101", "[0-3%2]", "PENDING", tmp_path, f"slurm/array.sh {' '.join(PROTOCOL)}"),
+        # an absolute --results and its own working folder: running, its lease not taken yet
+        squeue_line("102", "4", "RUNNING", "/nowhere", f"{script} --epochs=60 --limit 2000 --results {results}"),
+        squeue_line("103", "5", "PENDING", tmp_path, f"{script} --limit 2000 --epochs 61"),  # another config
+        squeue_line("104", "6", "PENDING", tmp_path, f"{script} {' '.join(PROTOCOL)} --run other|run"),  # another run
+        squeue_line("105", "7", "PENDING", tmp_path, f"{tmp_path}/submission_file_1.sh"),  # a `submit` array's
+        squeue_line("106", "8", "PENDING", tmp_path, f"{script} {' '.join(PROTOCOL)} --task-id 3"),  # picks its pair
+        squeue_line("107", "9", "PENDING", tmp_path, f"{script} {' '.join(PROTOCOL)} --no-such-option"),
+        squeue_line("108", "9", "PENDING", tmp_path, "(null)"),  # a --wrap job of that name
+        squeue_line("109", "9", "PENDING", tmp_path, f"{script} {' '.join(PROTOCOL)} --help"),
+    ]
+    tasks = slurm._parse_squeue("\n".join(lines) + "\n")
+    assert len(tasks) == 12 and tasks[6].command.endswith("--run other|run")
+    layout = RunLayout(results, "default")
+    matched = plain_arrays.matching(tasks, layout, CONFIG)
+    assert [t.job_id for t in matched] == ["101_0", "101_1", "101_2", "101_3", "102_4"]
+    assert capsys.readouterr() == ("", "")  # a job's --help is read, never acted on
+
+    def plain(asked: RunLayout, protocol: Protocol) -> list[slurm.TaskState]:
+        return plain_arrays.matching(tasks, asked, protocol)
+
+    found = status(layout, CONFIG, queue=lambda ids: {}, plain_arrays=plain)
+    assert [s.state for s in found] == [PairState.QUEUED] * 4 + [PairState.RUNNING] + [PairState.MISSING] * 5
+    assert (found[0].job_id, found[0].detail) == ("101_0", "job 101_0 (BeginTime)")
+    assert found[4].detail == "job 102_4 on localhost, no epoch done yet, 0:01:05 elapsed"
+    request = Request("slurm", layout, CONFIG, job_options=(), plain_arrays=plain)
+    assert [s.task_id for s in pairs_to_submit(request)] == [5, 6, 7, 8, 9]
+    other = RunLayout(results, "other|run")
+    assert [t.job_id for t in plain_arrays.matching(tasks, other, CONFIG)] == ["104_6"]
+
+    # Once a task has started it records itself: the record speaks for it, the pair is counted once.
+    record_submission(layout, array_job_id="101", tasks={2: 2}, config_id=CONFIG.config_id, log="", job_name=JOB_NAME)
+    started = slurm.TaskState("101", 2, "RUNNING", "squeue", node="localhost", elapsed_s=3)
+    again = status(layout, CONFIG, queue=lambda ids: {"101_2": started} if "101_2" in ids else {}, plain_arrays=plain)
+    assert [s.state.value for s in again[:5]] == ["queued", "queued", "running", "queued", "running"]
+
+
+@pytest.mark.slurm
+def test_a_held_sbatch_array_sh_array_is_queued_and_never_submitted_twice(mnist_mini: Path, tmp_path: Path) -> None:
+    """`sbatch slurm/array.sh ARGS` held for an hour: no task starts, so none records itself; squeue alone tells."""
+    with_gpus()  # the script asks for a GPU
+    results = tmp_path / "results"
+    where = ("--results", str(results), "--run", "held", "--epochs", "1", "--limit", "1000")
+    job = submit_array(tmp_path, array_env(mnist_mini, results), (*where, "--custom-data"), "--begin=now+1hour")
+    try:
+        shown = json.loads(cli("status", "--json", *where).stdout)
+        assert [(s["state"], s["job_id"]) for s in shown] == [("queued", f"{job}_{i}") for i in range(10)]
+        missing = cli("pairs", "--missing", *where)
+        assert (missing.returncode, missing.stdout) == (1, "")
+        again = cli("submit", "--executor", "slurm", "--dry-run", *where, cwd=ROOT)
+        assert again.returncode == 0 and again.stdout.startswith("nothing to submit"), again.stdout + again.stderr
+        other = cli("pairs", "--missing", *where, "--epochs", "2")  # another config: the array is not its
+        assert (other.returncode, other.stdout) == (0, "0-9\n")
+    finally:
+        subprocess.run(["scancel", job], check=False)
+    assert not (results / "held" / "submissions.jsonl").exists()

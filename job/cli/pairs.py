@@ -10,6 +10,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from job.cli import plain_arrays
 from job.cli.options import add_protocol_args, add_repeats_arg, add_results_args, protocol_from_args, repeats_from_args
 from job.cli.status import STATE_STYLES
 from job.console import console as rich_console
@@ -23,8 +24,8 @@ def add_parser(subparsers: Any) -> None:
         help="list the ten pairs (ten per repeat), their task ids, and which are done",
         description="List the ten (model, fold) pairs (of each repeat, with --repeats) with their array task ids "
         "and state in RESULTS/RUN "
-        "(see `status` for the details). Give the same protocol overrides as the run, so 'done' means done "
-        "with that config.",
+        f"(see `status` for the details). {plain_arrays.HELP} Give the same protocol overrides as the run, so "
+        "'done' means done with that config.",
     )
     add_results_args(p)
     add_protocol_args(p)
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     protocol = protocol_from_args(args)
     repeats = repeats_from_args(args, protocol)
-    statuses = status(RunLayout(args.results, args.run), protocol, repeats=repeats)
+    layout = RunLayout(args.results, args.run)
+    statuses = status(layout, protocol, repeats=repeats, plain_arrays=plain_arrays.live_tasks)
     if args.missing:
         for s in statuses:
             if s.state.blocked:  # a task for it would fail at once: said, not listed

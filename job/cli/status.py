@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from job.cli import plain_arrays
 from job.cli.options import add_protocol_args, add_repeats_arg, add_results_args, protocol_from_args, repeats_from_args
 from job.console import console as rich_console
 from job.results.layout import RunLayout
@@ -39,8 +40,8 @@ def add_parser(subparsers: Any) -> None:
         "elapsed, when it should end at its latest epoch's pace against its time limit), queued (job, reason), "
         "requeued, failed/cancelled/preempted (Slurm state, exit code, log and its last error line), interrupted "
         "(a checkpoint, nothing running) or missing. Reads the result files, leases, "
-        "checkpoints and RESULTS/RUN/submissions.jsonl, and asks squeue/sacct when Slurm is installed. Give the "
-        "same protocol overrides as the run, so 'done' means done with that config.",
+        "checkpoints and RESULTS/RUN/submissions.jsonl, and asks squeue/sacct when Slurm is installed. "
+        f"{plain_arrays.HELP} Give the same protocol overrides as the run, so 'done' means done with that config.",
     )
     add_results_args(p)
     add_protocol_args(p)
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     protocol = protocol_from_args(args)
     repeats = repeats_from_args(args, protocol)
-    statuses = status(RunLayout(args.results, args.run), protocol, repeats=repeats)
+    layout = RunLayout(args.results, args.run)
+    statuses = status(layout, protocol, repeats=repeats, plain_arrays=plain_arrays.live_tasks)
     code = check_code(statuses) if args.check else 0
     if args.json:
         print(json.dumps([s.to_json() for s in statuses], indent=1))

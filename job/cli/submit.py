@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from job.cli import plain_arrays
 from job.cli.options import (
     FORWARDED,
     TASK_ID,
@@ -192,6 +193,7 @@ def request_from_args(args: argparse.Namespace) -> submission.Request:
         dry_run=args.dry_run,
         allow_dirty=args.allow_dirty,
         live_code=args.live_code,
+        plain_arrays=plain_arrays.live_tasks,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ from job.launch.argv import final_args, pair_args
 from job.launch.follow import follow
 from job.protocol import Protocol
 from job.results.layout import RunLayout
-from job.results.status import status
+from job.results.status import no_plain_arrays, status
 from job.results.submissions import record_submission
+from job.slurm import TaskState
 
 EXECUTORS = ("slurm", "local", "debug")
 
@@ -54,6 +56,9 @@ class Request:
     dry_run: bool = False
     allow_dirty: bool = False
     live_code: bool = False
+    # The live tasks of plain `sbatch slurm/array.sh` arrays writing a run with a config (status's `plain_arrays`):
+    # their pairs are queued, not to submit again.
+    plain_arrays: Callable[[RunLayout, Protocol], Iterable[TaskState]] = no_plain_arrays
 
 
 def executor_parameters(request: Request) -> dict[str, Any]:
@@ -148,7 +153,7 @@ def pairs_to_submit(request: Request) -> list[Any]:
     as job.results.status sees them."""
     asked = [
         s
-        for s in status(request.layout, request.protocol, repeats=request.repeats)
+        for s in status(request.layout, request.protocol, repeats=request.repeats, plain_arrays=request.plain_arrays)
         if request.task_ids is None or s.task_id in request.task_ids
     ]
     clashes = [f"{s.pair} ({s.detail})" for s in asked if s.state == "other config"]

@@ -2,6 +2,8 @@
 
 Read from the result files, the leases (who trains a pair now), the checkpoints (how far it got), the submission
 record (which Slurm tasks were meant to run it) and, when Slurm is there, one squeue and one sacct for all of them.
+A plain `sbatch slurm/array.sh` array is recorded only as each of its tasks starts: the caller says which live tasks
+of such arrays write this run with this config (`plain_arrays`), and each counts for the pair its index names.
 Without Slurm the same files still tell done, running (a live lease), interrupted and missing.
 """
 
@@ -90,22 +92,37 @@ class PairStatus:
         return head | rest | where
 
 
+def no_plain_arrays(layout: RunLayout, protocol: Protocol) -> list[TaskState]:
+    """No plain arrays: the default of a caller that cannot read a job's arguments."""
+    return []
+
+
 def status(
     layout: RunLayout,
     protocol: Protocol,
     *,
     repeats: int = 1,
     queue: Callable[[Iterable[str]], dict[str, TaskState]] = slurm.tasks,
+    plain_arrays: Callable[[RunLayout, Protocol], Iterable[TaskState]] = no_plain_arrays,
 ) -> list[PairStatus]:
     """One PairStatus per pair of `repeats` repeats, in task-id order. `queue` answers what the scheduler says of
-    the jobs named (job id -> TaskState); Slurm's squeue and sacct by default, nothing where Slurm is not installed."""
+    the jobs named (job id -> TaskState); Slurm's squeue and sacct by default, nothing where Slurm is not installed.
+    `plain_arrays` gives the live tasks of arrays that write `layout` with `protocol`'s config and whose index is
+    the pair's task id (slurm/array.sh's), recorded or not; none by default (reading a job's arguments is the CLI's).
+    """
     pairs = all_pairs(protocol.n_folds, repeats)
     submitted = read_submissions(layout)
+    recorded = {s.job_id for s in submitted}
+    # A task records itself when it starts; until then squeue's answer is all there is of it.
+    plain = {t.job_id: t for t in plain_arrays(layout, protocol) if t.job_id not in recorded}
+    submitted += [
+        Submission(t.array_job_id, index, index, protocol.config_id, log="", job_name=t.name, time_utc="")
+        for t in plain.values()
+        if (index := t.task_id) is not None
+    ]
     holders = {pair: _holder(layout.pair_paths(pair).lease) for pair in pairs}
-    job_ids = {s.job_id for s in submitted} | {
-        h.slurm_task for h in holders.values() if isinstance(h, Holder) and h.slurm_task
-    }
-    states = queue(job_ids) if job_ids else {}
+    job_ids = recorded | {h.slurm_task for h in holders.values() if isinstance(h, Holder) and h.slurm_task}
+    states = plain | (queue(job_ids) if job_ids else {})
     return [
         _status_of(
             task_id,

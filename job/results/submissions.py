@@ -1,8 +1,10 @@
 """Which Slurm arrays were submitted for a run: RESULTS/RUN/submissions.jsonl, one JSON object a line.
 
-`status` learns a run's job ids here (queued tasks hold no lease yet) and finds each task's log. A line is appended
-with one write() of O_APPEND, so concurrent writers on one host never interleave; a torn or foreign line is skipped
-on reading, and a task named by several lines takes its newest line.
+`status` learns a run's job ids here (queued tasks hold no lease yet) and finds each task's log. A plain
+`sbatch slurm/array.sh` array is written here only as each task starts; until then `status` is told of its pending
+tasks by its caller, from squeue (job/cli/plain_arrays.py). A line is appended with one write() of O_APPEND, so
+concurrent writers on one host never interleave; a torn or foreign line is skipped on reading, and a task named by
+several lines takes its newest line.
 """
 
 from __future__ import annotations
