@@ -28,8 +28,6 @@ ESCAPE = "mnist-cv-escape"  # the codecs error handler registered below
 # (EBADF), its terminal hung up (EIO, ENXIO).
 GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.EIO, errno.ENXIO})
 
-lost: set[str] = set()  # the streams pointed at /dev/null so far: "stdout", "stderr"
-
 
 def escape_char(c: str) -> str:
     """One character as ASCII: a surrogate of os.fsdecode as the byte it stands for ('\\xff'), else Python's escape."""
@@ -100,7 +98,6 @@ class _Descriptor(io.RawIOBase):
                 if error.errno not in GONE:
                     raise  # a full disk under `> log` is the user's to hear of
                 _to_null(self._fd)
-                lost.add(self.name)
                 return len(view)
         return done
 
@@ -127,8 +124,6 @@ def install() -> None:
             os.fstat(fd)
         except OSError:
             _to_null(fd)
-            if fd:
-                lost.add(("stdout", "stderr")[fd - 1])
     if sys.stdout is None or sys.stdout is sys.__stdout__:
         sys.stdout = _stream(1, "stdout", sys.stdout, buffered=True)
     if sys.stderr is None or sys.stderr is sys.__stderr__:
