@@ -20,9 +20,10 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import NoReturn
+from importlib import metadata
+from typing import Any, NoReturn
 
-from job import output
+from job import output, provenance
 from job.console import PROG, one_line
 from job.errors import JobError
 
@@ -36,6 +37,24 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
+class VersionAction(argparse.Action):
+    """`--version`: the package's version and the commit of the code that runs (what a result would record); asked
+    of git only when given, not at every start."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
+        try:
+            version = metadata.version("mnist-cv")
+        except metadata.PackageNotFoundError:  # run from a checkout or snapshot that was never installed
+            version = "(not installed)"
+        git = provenance.git()
+        commit = "unknown commit" if git is None else git["commit"] + (" with uncommitted changes" * git["dirty"])
+        print(f"{PROG} {version}, {commit}", flush=True)  # on stdout, for a script to read
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=PROG,
@@ -44,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="print the traceback of an internal error (a bug) instead of saving it"
     )
+    parser.add_argument("--version", action=VersionAction, help="print the version and the commit of this code, exit")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMANDS:
         importlib.import_module(f"job.cli.{name}").add_parser(subparsers)
