@@ -234,6 +234,44 @@ def test_a_16_bit_png_is_scaled_not_clipped(dataset: data.Dataset, tmp_path: Pat
         )
 
 
+@pytest.mark.parametrize(
+    ("name", "mode", "to_mode"),
+    [
+        ("int32.tif", "I", lambda d: d.astype(np.int32) * 257),  # 32-bit greyscale holding 16-bit values
+        ("int32-full.tif", "I", lambda d: d.astype(np.int64) * 8421504),  # the whole (signed) 32-bit range
+        ("int32-8bit.tif", "I", lambda d: d.astype(np.int32)),  # 8-bit values stored in 32 bits
+        ("float01.tif", "F", lambda d: d.astype(np.float32) / 255),  # floats 0-1
+        ("float255.tif", "F", lambda d: d.astype(np.float32)),  # floats 0-255
+    ],
+)
+def test_a_deep_greyscale_image_is_scaled_by_its_real_range(
+    dataset: data.Dataset, tmp_path: Path, name: str, mode: str, to_mode: Any
+) -> None:
+    # Clipped at 255 by convert("L"), a 32-bit TIFF was predicted wrong and floats 0-1 were "no digit found".
+    from PIL import Image
+
+    for i in range(5):
+        digit = dataset.x_test[i]
+        Image.fromarray(to_mode(digit).astype(np.int32 if mode == "I" else np.float32), mode).save(tmp_path / name)
+        Image.fromarray(digit).save(tmp_path / "plain.png")
+        np.testing.assert_allclose(
+            predict.read_input(tmp_path / name), predict.read_input(tmp_path / "plain.png"), atol=1e-5
+        )
+
+
+@pytest.mark.parametrize("fmt", ["TGA", "ICO"])
+def test_an_image_starting_with_two_zero_bytes_is_read_as_an_image_not_as_idx(
+    dataset: data.Dataset, tmp_path: Path, fmt: str
+) -> None:
+    from PIL import Image
+
+    path = tmp_path / f"digit.{fmt.lower()}"
+    sizes = {"sizes": [(28, 28)]} if fmt == "ICO" else {}  # an icon is saved at 16 and 24 pixels otherwise
+    Image.fromarray(dataset.x_test[0]).convert("RGB").save(path, format=fmt, **sizes)
+    assert path.read_bytes()[:2] == b"\0\0"
+    np.testing.assert_allclose(predict.read_input(path), dataset.x_test[:1] / np.float32(255), atol=1e-6)
+
+
 # Saves two copies of the model: one with a NaN weight, one whose finite weights overflow to NaN probabilities.
 BROKEN_MODELS = """
 import sys

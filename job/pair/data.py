@@ -45,8 +45,8 @@ MAX_IDX_BYTES = 1 << 30
 MNIST_MAX_BYTES = 16 + 60_000 * 28 * 28  # the training images, the largest of the four MNIST files
 MAX_DOWNLOAD_BYTES = 64 << 20  # the four MNIST .gz files are 9.9 MB at most; a mirror sending more is wrong
 
-_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
-_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _IMAGE_SIDE = 28
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -222,7 +222,7 @@ def _read_idx_stream(stream: BinaryIO, name: str, where: str, max_bytes: int) ->
     if len(header) < header_len:
         raise DataError(f"{where}: {len(header)} bytes, too short for an IDX header")
     magic = int.from_bytes(header[:4], "big")
-    expected_magic = _IMAGES_MAGIC if images else _LABELS_MAGIC
+    expected_magic = IMAGES_MAGIC if images else LABELS_MAGIC
     if magic != expected_magic:
         raise DataError(f"{where}: bad IDX magic number 0x{magic:08x} (expected 0x{expected_magic:08x})")
     shape = tuple(int.from_bytes(header[i : i + 4], "big") for i in range(4, header_len, 4))
@@ -327,7 +327,7 @@ def _npz_part(array: np.ndarray, name: str, where: str) -> IdxFile:
     _check_array(array, name, where)
     array = np.ascontiguousarray(array)
     array.setflags(write=False)
-    magic = _IMAGES_MAGIC if _is_images(name) else _LABELS_MAGIC
+    magic = IMAGES_MAGIC if _is_images(name) else LABELS_MAGIC
     header = b"".join(int(v).to_bytes(4, "big") for v in (magic, *array.shape))
     digest = hashlib.sha256(header)
     digest.update(array.data)

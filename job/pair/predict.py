@@ -110,7 +110,8 @@ def read_input(path: Path) -> np.ndarray:
         if head.startswith(b"\x93NUMPY"):
             f.seek(0)
             return _read_npy(f, path)
-    if head[:2] in (b"\x1f\x8b", b"\x00\x00"):  # gzip, or the two zero bytes every IDX file starts with
+    # gzip, or the whole signature of an IDX images file (TGA and ICO files start with two zero bytes too)
+    if head[:2] == b"\x1f\x8b" or head[:4] == data.IMAGES_MAGIC.to_bytes(4, "big"):
         return data.read_idx(path, data.TEST_IMAGES, MAX_INPUT_BYTES).array.astype(np.float32) / 255
     gray = _read_image(path)
     try:
@@ -150,8 +151,8 @@ def _read_image(path: Path) -> np.ndarray:
             opened.draft("L", (JPEG_DRAFT_SIDE, JPEG_DRAFT_SIDE))  # JPEG only; other formats ignore it
             if opened.width * opened.height > MAX_PIXELS:
                 raise JobError(f"{path}: {opened.width} x {opened.height} pixels, over the limit of {MAX_PIXELS:,}")
-            if opened.mode.startswith("I;16"):  # 16-bit greyscale: convert("L") would clip it at 255
-                return np.asarray(opened, np.float32) / 257
+            if opened.mode.startswith("I;16") or opened.mode in ("I", "F"):  # convert("L") would clip at 255
+                return _scaled(np.asarray(opened, np.float64), opened.mode, path)
             image = ImageOps.exif_transpose(opened)  # phone photos are stored sideways with an EXIF rotation
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 image = image.convert("RGBA")
@@ -161,6 +162,21 @@ def _read_image(path: Path) -> np.ndarray:
         raise JobError(f"{path}: not an image, .npy array or IDX file") from None
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise JobError(f"{path}: unreadable image ({error})") from None
+
+
+def _scaled(values: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """A greyscale of more than 8 bits as 0-255, by the range its mode holds: 16-bit 0-65535; 32-bit integers 0-255,
+    0-65535 or their whole (signed) range, the smallest that holds them; floats 0-1, 0-255 or up to their largest."""
+    if not np.isfinite(values).all() or values.min() < 0:
+        raise JobError(f"{path}: a {mode} image with negative or non-finite pixel values")
+    top = values.max()
+    if mode.startswith("I;16"):
+        full = 65535.0
+    elif mode == "I":
+        full = next(limit for limit in (255.0, 65535.0, 2147483647.0) if top <= limit)
+    else:
+        full = 1.0 if top <= 1 else 255.0 if top <= 255 else top
+    return (values * (255.0 / full)).astype(np.float32)
 
 
 def to_mnist(gray: np.ndarray) -> np.ndarray:
