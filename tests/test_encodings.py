@@ -38,8 +38,7 @@ ENCODINGS = [
     pytest.param({"PYTHONIOENCODING": "ascii"}, id="PYTHONIOENCODING=ascii"),
     pytest.param({"PYTHONIOENCODING": "latin-1"}, id="PYTHONIOENCODING=latin-1"),
     pytest.param({"LC_ALL": "C", "PYTHONUTF8": "0"}, id="LC_ALL=C"),  # UTF-8 mode off: ASCII, as Python 3.6 was
-    _locale("en_US.ISO-8859-1"),
-    _locale("tr_TR.ISO-8859-9"),
+    _locale("tr_TR.ISO-8859-9"),  # (en_US.ISO-8859-1 is latin-1's encoding, above)
 ]
 
 
@@ -150,7 +149,7 @@ def test_a_folder_whose_name_is_not_utf8_never_stops_collect(stray: str, run_cop
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env", ENCODINGS[:3])
+@pytest.mark.parametrize("env", ENCODINGS[:1])
 def test_a_training_from_a_data_folder_whose_name_is_not_utf8_shows_it_escaped(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -163,7 +162,7 @@ def test_a_training_from_a_data_folder_whose_name_is_not_utf8_shows_it_escaped(
 
 
 @pytest.mark.parametrize("command", ["run", "final", "status", "pairs", "collect", "submit"])
-@pytest.mark.parametrize("env", [{}, {"PYTHONIOENCODING": "ascii"}], ids=["utf-8", "ascii"])
+@pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"}], ids=["ascii"])
 def test_a_results_folder_whose_name_is_not_utf8_is_one_line_exit_2(
     command: str, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -198,7 +197,7 @@ def test_a_results_folder_from_the_environment_whose_name_is_not_utf8_is_one_lin
     ]
 
 
-@pytest.mark.parametrize("env", [{}, *ENCODINGS[:3]])
+@pytest.mark.parametrize("env", [{}, *ENCODINGS[:1]])
 def test_a_file_name_that_is_not_utf8_is_escaped_in_an_error(env: dict[str, str], tmp_path: Path) -> None:
     missing = os.fsencode(tmp_path) + b"/model\xff.keras"
     done = job(env, "predict", "--model-file", missing, "digit.png")

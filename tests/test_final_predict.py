@@ -255,7 +255,7 @@ def test_a_bad_model_file_is_one_line(reference: Reference, tmp_path: Path) -> N
     (tmp_path / "notes.txt").write_text("not a model")
     (tmp_path / "torn.keras").write_bytes(b"PK\x03\x04 and then nothing")
     cases = {
-        tmp_path / "absent.keras": "absent.keras: cannot read (No such file or directory)",
+        tmp_path / "absent.keras": "cannot read (No such file or directory)",
         tmp_path / "torn.keras": "not a Keras model file (truncated or not a .keras zip archive)",
         tmp_path / "notes.txt": "not a Keras model file (",
         reference.foreign_model: "not an MNIST digit model (input shape (None, 8), output shape (None, 3)",

@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,9 +66,7 @@ def test_a_training_read_by_head_finishes_and_writes_its_result(command: str, tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("command", "closed"), [("run", ">&-"), ("run", "2>&-"), ("run", ">&- 2>&-"), ("final", ">&-"), ("final", "2>&-")]
-)
+@pytest.mark.parametrize(("command", "closed"), [("run", ">&-"), ("run", ">&- 2>&-"), ("final", "2>&-")])
 def test_a_training_with_a_closed_stream_finishes_and_writes_its_result(
     command: str, closed: str, tmp_path: Path
 ) -> None:
@@ -128,10 +127,7 @@ def test_a_training_stopped_by_a_signal_with_its_reader_gone_exits_3_and_keeps_i
 FAILING = ["--data-dir", "/nonexistent", "--custom-data", "--epochs", "1", "--limit", "1000"]
 # Each writes the training's exit status to a file named after it (its stdout may be the closed stream).
 OUTPUT_GONE = {
-    "piped-to-head": "| head -1; echo ${PIPESTATUS[0]}",
     "reader-gone-at-once": "| head -n 0; echo ${PIPESTATUS[0]}",
-    "stdout-closed": ">&-; echo $?",
-    "stderr-closed": "2>&-; echo $?",
     "both-closed": ">&- 2>&-; echo $?",
 }
 
@@ -144,7 +140,7 @@ def test_a_failing_training_with_its_output_gone_still_exits_1(redirect: str, tm
     assert not (tmp_path / "default" / "mlp" / "fold-0.json").exists()
 
 
-@pytest.mark.parametrize("listing", [["status"], ["pairs"], ["pairs", "--missing"], ["status", "--json"]], ids=" ".join)
+@pytest.mark.parametrize("listing", [["status"], ["pairs", "--missing"]], ids=" ".join)
 @pytest.mark.parametrize("head", ["head -1", "head -n 0"])  # the reader leaves after a line, or before any
 def test_a_listing_read_by_head_exits_0_quietly(listing: list[str], head: str, tmp_path: Path) -> None:
     done = shell(f"{job_command(*listing, '--results', str(tmp_path))} | {head}; echo ${{PIPESTATUS[@]}}")
@@ -152,13 +148,10 @@ def test_a_listing_read_by_head_exits_0_quietly(listing: list[str], head: str, t
     assert done.stderr == ""
 
 
-@pytest.mark.slow
 def test_collect_json_read_by_head_still_writes_the_summary(tmp_path: Path) -> None:
-    """A command with files to write writes them, whoever reads its stdout."""
-    for fold in (0, 1):
-        training = [*TRAININGS["run"][:-1], str(fold), "--results", str(tmp_path), *QUICK]
-        assert shell(job_command(*training)).returncode == 0
-    collect = job_command("collect", "--results", str(tmp_path), "--allow-partial", "--json")
+    """A command with files to write writes them, whoever reads its stdout (on a copy of the committed run)."""
+    results = Path(shutil.copytree(ROOT / "tests" / "data" / "run-folder", tmp_path / "results"))
+    collect = job_command("collect", "--results", str(results), "--allow-partial", "--json")
     done = shell(f"{collect} | head -n 0; echo ${{PIPESTATUS[@]}}")
     assert statuses(done) == [0, 0], done.stderr
-    assert json.loads((tmp_path / "default" / "summary.json").read_text(encoding="utf-8"))["models"]["mlp"]["n"] == 2
+    assert json.loads((results / "default" / "summary.json").read_text(encoding="utf-8"))["models"]["mlp"]["n"] == 5

@@ -186,10 +186,14 @@ _POISONED_CHECKPOINT = """
 import sys
 import numpy as np
 from job.pair import models, runtime
+from job import folds
 from job.pair.checkpoint import Checkpoint, TrainState
-from job.protocol import Protocol
+from job.pair.train import checkpoint_owner
+from job.protocol import Pair, Protocol
 
 folder, name, how = sys.argv[1:]
+protocol = Protocol(epochs=2, limit=1000)
+train_ix, held_out_ix = folds.split(1000, 0, protocol)
 runtime.configure(deterministic=True, precision="float32", allow_cpu=True)
 model = models.build(name, steps_per_execution=50)
 model.optimizer.build(model.trainable_variables)
@@ -202,7 +206,8 @@ else:  # nan in the output bias
     weights[-1] = np.full_like(weights[-1], np.nan)
 model.set_weights(weights)
 history = {"loss": [0.9], "accuracy": [0.7], "val_loss": [0.8], "val_accuracy": [0.75]}
-state = TrainState(Protocol(epochs=2, limit=1000).config_id, 1, history, [1.0], [], "2026-01-01T00:00:00+00:00")
+owner = checkpoint_owner(name, Pair(name, 0).stream(protocol.n_folds), train_ix, held_out_ix)
+state = TrainState(protocol.config_id, 1, history, [1.0], [], "2026-01-01T00:00:00+00:00", owner=owner)
 Checkpoint(folder).save(model, state)
 """
 

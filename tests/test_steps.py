@@ -81,7 +81,7 @@ def ours():
     train.STEPS_PER_CALL = per_call
     with tempfile.TemporaryDirectory() as tmp:
         model, outcome = train.fit(name, protocol, images, labels, train_ix, val_ix, Checkpoint(Path(tmp)),
-                                   stream=0, callbacks=[], log=print)
+                                   stream=0, hooks=train.Hooks())
     return {"history": {key: list(values) for key, values in dataclasses.asdict(outcome.history).items()},
             "score": dataclasses.asdict(outcome.score), "weights": weights_sha256(model)}
 
@@ -130,7 +130,8 @@ recorder = keras.callbacks.LambdaCallback(
     on_train_batch_end=lambda batch, logs: calls[-1].append(batch),
 )
 with tempfile.TemporaryDirectory() as tmp:
-    train.fit(name, protocol, images, labels, train_ix, val_ix, Checkpoint(Path(tmp)), stream=0, callbacks=[recorder])
+    train.fit(name, protocol, images, labels, train_ix, val_ix, Checkpoint(Path(tmp)), stream=0,
+              hooks=train.Hooks(callbacks=[recorder]))
 print(json.dumps({"calls": calls, "n_train": len(train_ix)}))
 """
 

@@ -310,11 +310,11 @@ def job_ids(stdout: str) -> list[str]:
 
 
 @pytest.mark.slurm
-def test_a_failed_pair_is_reported_and_resubmitting_runs_only_the_missing_ones(
+def test_pairs_blocked_by_a_path_in_the_way_are_refused_before_anything_is_submitted(
     cluster: dict[str, str], mnist_mini: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "results"
-    blocker = out / "default" / "cnn"  # a file where the cnn results go: the five cnn pairs fail
+    blocker = out / "default" / "cnn"  # a file where the cnn results go: the five cnn pairs could only fail
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a folder")
     # A GPU when the node declares some: the request must reach Slurm, and the job records what it got.
@@ -324,17 +324,16 @@ def test_a_failed_pair_is_reported_and_resubmitting_runs_only_the_missing_ones(
 
     first = cli(*command, cwd=tmp_path, env=ENV)
     assert first.returncode == 1, first.stdout + first.stderr
-    assert "submitted 10 pairs" in first.stdout
-    for fold in range(5):
-        report = first.stdout.split(f"FAILED cnn/fold-{fold} ")[1].split("\n[")[0]
-        assert f"cannot write to {blocker}" in report and "_log.out:" in report and "_log.err:" in report
-    assert last_line(first.stderr).startswith("mnist-cv submit: error: 5 of 10 pairs failed (cnn/fold-0, ")
+    assert "submitted" not in first.stdout and not (out / "default" / "submissions.jsonl").exists()
+    refusal = last_line(first.stderr)
+    assert refusal.startswith("mnist-cv submit: error: a task would fail at once on a path in the way: cnn/fold-0 (")
+    assert f"{blocker} is in the way: it should be a folder" in refusal
 
     blocker.unlink()
     second = cli(*command, cwd=tmp_path, env=ENV)
     assert second.returncode == 0, second.stdout + second.stderr
     submitted = re.findall(r"^  (\S+)  job ", second.stdout, flags=re.MULTILINE)
-    assert "submitted 5 pairs" in second.stdout and submitted == [f"cnn/fold-{fold}" for fold in range(5)]
+    assert "submitted 10 pairs" in second.stdout and submitted == [str(pair) for pair in all_pairs()]
     assert (out / "default" / "summary.json").is_file(), "collect did not run"
     assert "wrote summary.json" in second.stdout
     for pair in all_pairs():

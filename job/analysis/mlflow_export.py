@@ -64,6 +64,9 @@ def export(layout: RunLayout) -> Exported:
     import sqlalchemy.exc  # deferred: mlflow's store, installed with it
 
     failures = (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError, ValueError)
+    if not server and os.path.lexists(layout.mlflow_db) and not layout.mlflow_db.is_file():
+        # SQLite would retry a folder (or a FIFO) in its place for minutes before it fails
+        raise JobError(f"mlflow export to {uri} failed ({layout.mlflow_db} is not a file); nothing logged")
     try:
         lock = _one_export_at_a_time(layout)
     except OSError as error:

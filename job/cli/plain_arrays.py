@@ -7,10 +7,10 @@ working folder; default `results`), --run (default `default`) and the protocol o
 one asked about. Task N of such an array runs pair N.
 
 What squeue does not show is not matched, so such an array's pairs still read as missing:
-- MNIST_CV_RESULTS, MNIST_CV_RUN and MNIST_CV_HOME set at submission (squeue shows no job's environment): a run
+- the results, run and home settings given as variables at submission (squeue shows no job's environment): a run
   chosen by those alone is matched as if they were unset (results/default under the working folder);
 - a relative --results with `sbatch --chdir` elsewhere than the folder sbatch ran in (the script cds back there),
-  or with MNIST_CV_HOME on a checkout (not a code snapshot): give --results absolute;
+  or with the home setting on a checkout (not a code snapshot): give --results absolute;
 - an argument holding whitespace (squeue joins the arguments with spaces);
 - arguments that pick the pair themselves (--task-id, --model, --fold, --repeat): the index is then no pair's id.
 """
@@ -37,8 +37,8 @@ PAIR_OPTIONS = ("task_id", "model", "fold", "repeat")  # `run`'s own choice of a
 HELP = (
     "Tasks of a plain `sbatch slurm/array.sh ARGS` array that have not started (they record themselves as they "
     "start) are matched to RESULTS/RUN and the config by squeue's working dir and ARGS: --results relative to the "
-    "working dir, default results/default; MNIST_CV_RESULTS/MNIST_CV_RUN set at submission are not visible in "
-    "squeue, so give --results and --run."
+    f"working dir, default results/default; ${settings.RESULTS.name}/${settings.RUN.name} set at submission are not "
+    "visible in squeue, so give --results and --run."
 )
 
 

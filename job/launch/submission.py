@@ -165,6 +165,9 @@ def pairs_to_submit(request: Request) -> list[Any]:
     bad_leases = [f"{s.pair} ({s.detail})" for s in asked if s.state == "bad lease"]
     if bad_leases:
         raise JobError(f"a task would fail at once on an unreadable lease: {'; '.join(bad_leases)}")
+    in_the_way = [f"{s.pair} ({s.detail})" for s in asked if s.state == "in the way"]
+    if in_the_way:
+        raise JobError(f"a task would fail at once on a path in the way: {'; '.join(in_the_way)}")
     # Queued and running pairs are never submitted again, --all or not: that is a second training of one pair.
     return [s for s in asked if s.state.needs_run or (request.all and s.state == "done")]
 

@@ -74,6 +74,16 @@ def epoch_order(train_ix: np.ndarray, seed: int, stream: int, epoch: int) -> np.
     return train_ix[rng.permutation(len(train_ix))]
 
 
+def checkpoint_owner(model_name: str, stream: int, train_ix: np.ndarray, held_out_ix: np.ndarray) -> dict[str, Any]:
+    """What a checkpoint records of the training it belongs to; only that very training resumes it."""
+    return {
+        "model": model_name,
+        "stream": stream,
+        "n_train": len(train_ix),
+        "held_out_sha256": folds.indices_sha256(held_out_ix),
+    }
+
+
 def steps_per_call(model_name: str, batch_size: int) -> int:
     """Training steps per compiled call: the model's own, fewer for batches larger than the protocol's default.
 
@@ -132,12 +142,7 @@ def fit(
 
     model = fresh_model()
     had_checkpoint = checkpoint.exists()
-    owner = {
-        "model": model_name,
-        "stream": stream,
-        "n_train": len(train_ix),
-        "held_out_sha256": folds.indices_sha256(held_out_ix),
-    }
+    owner = checkpoint_owner(model_name, stream, train_ix, held_out_ix)
     state = restore(checkpoint, model, protocol.config_id, owner, log)
     if state is None and had_checkpoint:
         # Keras loads every variable it can (the optimizer's too) before it raises on a damaged file: start
