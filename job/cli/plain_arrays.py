@@ -101,4 +101,10 @@ def live_tasks(layout: RunLayout, protocol: Protocol) -> list[TaskState]:
         name = resources.pairs().job_name
     except JobError:
         return []  # no slurm/ beside this code (an installed package): no array of its script to look for
-    return matching(slurm.live_tasks(name), layout, protocol)
+    try:
+        live = slurm.live_tasks(name)
+    except slurm.SchedulerError:
+        # A controller that does not answer (Slurm installed, slurmctld down) hides only the arrays none of whose
+        # tasks has started, as before they were looked for: status still answers from the files.
+        return []
+    return matching(live, layout, protocol)
