@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from job.errors import JobError
 
-HASH_CHUNK_BYTES = 1 << 20  # models reach 120 MB: hashed a MiB at a time
+HASH_CHUNK_BYTES = 1 << 20  # models reach 120 MB: read and hashed a MiB at a time
 
 
 class FileError(JobError):
@@ -40,27 +41,30 @@ def read_bounded(path: Path, max_bytes: int, holds: str = "it holds") -> bytes:
     """The whole content of the regular file `path`, refused without reading when it is over `max_bytes`.
 
     `holds` names what the file should be, for the message ("more than a result holds")."""
-    with open_regular(Path(path)) as f:
-        if os.fstat(f.fileno()).st_size > max_bytes:
-            raise FileError(f"{path}: over {max_bytes:,} bytes, more than {holds}")
-        content = f.read(max_bytes + 1)  # a file growing while read is still cut at the cap
-    if len(content) > max_bytes:
-        raise FileError(f"{path}: over {max_bytes:,} bytes, more than {holds}")
-    return content
+    return b"".join(_chunks(path, max_bytes, holds))
 
 
 def sha256_file(path: Path, max_bytes: int, holds: str = "it holds") -> str:
     """The hex SHA-256 of a regular file's content, refused without reading when it is over `max_bytes`."""
-    digest, read = hashlib.sha256(), 0
+    digest = hashlib.sha256()
+    for chunk in _chunks(path, max_bytes, holds):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _chunks(path: Path, max_bytes: int, holds: str) -> Iterator[bytes]:
+    """The file's content a MiB at a time: its declared size is checked before any read, and what it grows to
+    while read is cut at the cap all the same."""
+    too_large = FileError(f"{path}: over {max_bytes:,} bytes, more than {holds}")
+    read = 0
     with open_regular(Path(path)) as f:
         if os.fstat(f.fileno()).st_size > max_bytes:
-            raise FileError(f"{path}: over {max_bytes:,} bytes, more than {holds}")
+            raise too_large
         while chunk := f.read(HASH_CHUNK_BYTES):
             read += len(chunk)
-            if read > max_bytes:  # grown while read
-                raise FileError(f"{path}: over {max_bytes:,} bytes, more than {holds}")
-            digest.update(chunk)
-    return digest.hexdigest()
+            if read > max_bytes:
+                raise too_large
+            yield chunk
 
 
 def read_tail(path: Path, max_bytes: int) -> bytes:
@@ -70,10 +74,14 @@ def read_tail(path: Path, max_bytes: int) -> bytes:
         return f.read(max_bytes)
 
 
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device")):
-        if test(mode):
-            return name
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    return "a socket" if stat.S_ISSOCK(mode) else "not a file"
+    return next((name for test, name in _KINDS if test(mode)), "not a file")

@@ -154,9 +154,10 @@ def _status_of(
     submitted: list[Submission],
     states: dict[str, TaskState],
 ) -> PairStatus:
-    path = layout.pair_paths(pair).result
+    paths = layout.pair_paths(pair)
+    path = paths.result
     base = {"task_id": task_id, "pair": pair, "path": path}
-    if blocked := store.in_the_way(layout, layout.pair_paths(pair)):
+    if blocked := store.in_the_way(layout, paths):
         return PairStatus(state=PairState.IN_THE_WAY, detail=blocked, **base)
     if path.exists():
         try:
@@ -169,7 +170,7 @@ def _status_of(
         return PairStatus(state=PairState.DONE, detail=f"{accuracy * 100:.3f}%", accuracy=accuracy, **base)
     if isinstance(holder, JobError):
         return PairStatus(state=PairState.BAD_LEASE, detail=str(holder), **base)
-    epochs = checkpoint_state.epochs_done(layout.pair_paths(pair).checkpoint)
+    epochs = checkpoint_state.epochs_done(paths.checkpoint)
     stale = ""
     if holder is not None:
         gone = gone_because(holder, states.get)  # the one query's answers; empty without Slurm: alive then
