@@ -469,3 +469,18 @@ def test_a_stray_repeat_folder_is_skipped_and_never_makes_the_run_expect_more(re
     found = json.loads(done.stdout)
     assert (found["repeats"], found["n_expected"]) == (REPEATS, 10 * REPEATS)
     assert "mlp/repeat-999999999/fold-0.json" in {s["file"] for s in found["skipped"]}
+
+
+def test_a_lease_whose_time_stamp_has_no_time_zone_is_a_bad_lease_not_a_crash(results: Path, tmp_path: Path) -> None:
+    bin_folder = tmp_path / "bin"  # a PATH where squeue cannot be found: the files alone decide
+    bin_folder.mkdir()
+    (bin_folder / "python").symlink_to(sys.executable)
+    lease = RunLayout(results, RUN).pair_paths(LEASED).lease
+    holder = json.loads(lease.read_text())
+    holder["start_utc"] = "2026-01-01T10:00:00"  # no zone: it once crashed status and pairs --missing
+    lease.write_text(json.dumps(holder))
+    where = ("--results", str(results), *PROTOCOL, "--repeats", str(REPEATS))
+    done = job_without_tensorflow("status", "--json", *where, env={"PATH": str(bin_folder)})
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)[13]
+    assert row["state"] == "bad lease" and "has no time zone" in row["detail"]
