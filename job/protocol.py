@@ -141,6 +141,18 @@ def pair_for_task(task_id: int, n_folds: int = Protocol.n_folds, repeats: int | 
     return Pair(DEFAULT_MODELS[model], fold, repeat)
 
 
+def n_tasks(repeats: int, n_folds: int = Protocol.n_folds) -> int:
+    """The task ids of a run of `repeats` repeats: 0 to this minus one."""
+    return len(DEFAULT_MODELS) * n_folds * repeats
+
+
+def packed_task_ids(index: int, per_task: int, repeats: int, n_folds: int = Protocol.n_folds) -> tuple[int, ...]:
+    """The task ids array index `index` trains when each array task trains `per_task` pairs: per_task * index and the
+    next per_task - 1, capped at the run's last task id (that of `repeats` repeats); () for an index past it."""
+    first = per_task * index
+    return tuple(range(first, min(first + per_task, n_tasks(repeats, n_folds))))
+
+
 def task_for_pair(pair: Pair, n_folds: int = Protocol.n_folds) -> int | None:
     """The array index of a default pair; None for models outside the default ones."""
     if pair.model not in DEFAULT_MODELS or not 0 <= pair.fold < n_folds:

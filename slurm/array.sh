@@ -6,6 +6,8 @@
 #   sbatch slurm/array.sh --epochs 2 --limit 2000          # arguments go to `python -m job run`
 #   sbatch --array=$(python -m job pairs --missing) slurm/array.sh    # only the pairs not done
 #   sbatch --array=0-29 slurm/array.sh --repeats 3         # 3 repeats: task 10r + N is pair N of repeat r
+#   sbatch --array=0-1 -t 2:00:00 slurm/array.sh --pairs-per-task 5   # packed: task i trains pairs 5i..5i+4, one
+#                                                          # process (one TensorFlow start-up); ask for their time
 #   sbatch -p gpu -A myproj --qos=normal -t 0:30:00 --array=0-9%4 slurm/array.sh   # site options
 #   sbatch --test-only slurm/array.sh                      # would it be accepted, and when would it start?
 #   MNIST_CV_HOME=$(python3 -m job.launch.snapshot) sbatch slurm/array.sh   # run the code of this commit, frozen

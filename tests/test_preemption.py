@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,8 +20,8 @@ from typing import Any, NamedTuple
 
 import h5py
 import pytest
-from support import cluster, last_line
-from support.cluster import array_env, wait_for_jobs, with_gpus
+from support import cluster, last_line, start_pinned
+from support.cluster import array_env, sacct_runs, wait_for_jobs, with_gpus
 
 from job.protocol import Pair
 from job.results import store as results
@@ -75,17 +73,10 @@ def leftovers(out: Path) -> list[Path]:
 
 def start_pair(fold: int, out: Path, data: Path, cpu_index: int = 0) -> subprocess.Popen[str]:
     """`python -m job run` of one cnn pair in the background, pinned to one CPU (so one TensorFlow thread)."""
-    cpus = sorted(os.sched_getaffinity(0))
-    cpu = cpus[cpu_index % len(cpus)]
-    # No SLURM_* variables: a pytest inside an allocation must not size the thread pool from them.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "job", "run", "--model", "cnn", "--fold", str(fold), *CONFIG, "--results", str(out)],
-        env={**env, "MNIST_CV_DATA": str(data), "MNIST_CV_RUN": "default"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    return start_pinned(
+        ["run", "--model", "cnn", "--fold", str(fold), *CONFIG, "--results", str(out)],
+        cpu_index,
+        env={"MNIST_CV_DATA": str(data), "MNIST_CV_RUN": "default"},
     )
 
 
@@ -269,18 +260,6 @@ def queued(job: str, task: int) -> Callable[[], bool]:
 def slurm_ok(*command: str) -> None:
     out = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, f"{' '.join(command)}: {out.stderr}"
-
-
-def sacct_runs(job: str) -> dict[str, list[str]]:
-    """Task -> the state of each of its runs, oldest first (-D keeps the runs that a requeue ended)."""
-    out = subprocess.run(
-        ["sacct", "-j", job, "-X", "-D", "-n", "-P", "-o", "JobID,State"], capture_output=True, text=True, check=True
-    )
-    runs: dict[str, list[str]] = {}
-    for line in out.stdout.splitlines():
-        task, state = line.split("|", 1)
-        runs.setdefault(task, []).append(state.split(" ")[0])
-    return runs
 
 
 def log_of(folder: Path, job: str, task: int) -> str:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from support import ROOT, cli, cli_without_reader, last_line, wait_for
-from support.cluster import array_env, ensure_cluster, submit, submit_array, with_gpus
+from support.cluster import array_env, ensure_cluster, squeue_line, submit, submit_array, with_gpus
 
 from job import slurm
 from job.cli import plain_arrays
 from job.launch.submission import Request, pairs_to_submit
 from job.protocol import Pair, Protocol
 from job.results.layout import RunLayout
-from job.results.status import PairState, PairStatus, status
+from job.results.status import PairState, PairStatus, PlainTask, status
 from job.results.submissions import read_submissions, record_submission
 
 PROTOCOL = ["--limit", "2000", "--epochs", "60"]  # tens of seconds of training a pair: long enough to watch it
@@ -199,9 +199,9 @@ def test_a_task_of_sbatch_array_sh_records_itself_once_with_its_log(tmp_path: Pa
     ensure_cluster()
     results = tmp_path / "results"
     record = (
-        "import sys; from job.results.layout import RunLayout; from job.results.submissions import "
-        "record_running_task as r; run = RunLayout(sys.argv[1], 'default'); r(run, 'cfg', 7); r(run, 'cfg', 7); "
-        "r(run, 'cfg', 3)"
+        "import sys; from job.results.layout import RunLayout; from job.results.submissions import ArrayTask, "
+        "record_running_task as r; run = RunLayout(sys.argv[1], 'default'); r(run, 'cfg', ArrayTask(7, (7,))); "
+        "r(run, 'cfg', ArrayTask(7, (7,))); r(run, 'cfg', ArrayTask(3, (3,)))"
     )
     options = ["--array=7", "--mem=200M", "-J", JOB_NAME, f"--output={tmp_path}/%x_%A_%a.out"]
     job = submit(
@@ -248,14 +248,6 @@ def test_submitting_the_same_ten_pairs_twice_in_a_row_runs_each_pair_once(mnist_
     assert [s.state for s in finished] == [PairState.DONE] * 10
 
 
-def squeue_line(job: str, tasks: str, state: str, workdir: str | Path, command: str) -> str:
-    """One line of squeue's as job/slurm.py asks for it (Slurm 22.05: each field ended by the unit separator)."""
-    reason = "BeginTime" if state == "PENDING" else "None"
-    node, used = ("", "0:00") if state == "PENDING" else ("localhost", "1:05")
-    fields = [job, tasks, state, reason, node, used, "0", "1:00:00", JOB_NAME, str(workdir), command]
-    return "".join(f"{field}\x1f" for field in fields)
-
-
 def test_a_plain_array_sh_array_counts_for_the_run_and_config_its_workdir_and_arguments_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -280,10 +272,12 @@ def test_a_plain_array_sh_array_counts_for_the_run_and_config_its_workdir_and_ar
     assert len(tasks) == 12 and tasks[6].command.endswith("--run other|run")
     layout = RunLayout(results, "default")
     matched = plain_arrays.matching(tasks, layout, CONFIG)
-    assert [t.job_id for t in matched] == ["101_0", "101_1", "101_2", "101_3", "102_4"]
+    assert [(t.state.job_id, t.task_ids) for t in matched] == [
+        ("101_0", (0,)), ("101_1", (1,)), ("101_2", (2,)), ("101_3", (3,)), ("102_4", (4,))
+    ]  # fmt: skip
     assert capsys.readouterr() == ("", "")  # a job's --help is read, never acted on
 
-    def plain(asked: RunLayout, protocol: Protocol) -> list[slurm.TaskState]:
+    def plain(asked: RunLayout, protocol: Protocol) -> list[PlainTask]:
         return plain_arrays.matching(tasks, asked, protocol)
 
     found = status(layout, CONFIG, queue=lambda ids: {}, plain_arrays=plain)
@@ -293,7 +287,7 @@ def test_a_plain_array_sh_array_counts_for_the_run_and_config_its_workdir_and_ar
     request = Request("slurm", layout, CONFIG, job_options=(), plain_arrays=plain)
     assert [s.task_id for s in pairs_to_submit(request)] == [5, 6, 7, 8, 9]
     other = RunLayout(results, "other|run")
-    assert [t.job_id for t in plain_arrays.matching(tasks, other, CONFIG)] == ["104_6"]
+    assert [t.state.job_id for t in plain_arrays.matching(tasks, other, CONFIG)] == ["104_6"]
 
     # Once a task has started it records itself: the record speaks for it, the pair is counted once.
     record_submission(layout, array_job_id="101", tasks={2: 2}, config_id=CONFIG.config_id, log="", job_name=JOB_NAME)

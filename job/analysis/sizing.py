@@ -1,6 +1,7 @@
 """Right-sizing: what each model's pairs really used (the `resources` their results record) and the Slurm request that
 fits it with a stated margin. The limit must also leave room for the requeue warning (WARNING_S): a limit shorter than
-the pair plus the warning would requeue it every time.
+the pair plus the warning would requeue it every time. Also how many pairs a packed task should train to last at
+least TASK_MINUTES, and the request that covers such a task (job/results/packing.py, shared with `submit --pack`).
 
 Pure: typed results in, typed sizing and lines of text out; reads no file, imports no TensorFlow. A pair whose result
 records no resources (a version 1 file) is counted as unmeasured and said so, never guessed.
@@ -12,10 +13,9 @@ import math
 from collections.abc import Mapping, Sequence
 
 from job.results.contract import ModelSizing, PairResult, Resources, Sizing, SlurmRequest
+from job.results.packing import TASK_MINUTES, TIME_MARGIN, TIME_STEP_S, pair_cost, pairs_per_task, time_limit_seconds
 from job.results.projection import WARNING_S, clock
 
-TIME_MARGIN = 1.5
-TIME_STEP_S = 5 * 60
 MEM_MARGIN = 1.25
 MEM_STEP_MIB = 512
 BEFORE = " (written before they were measured)"
@@ -24,7 +24,9 @@ GIB = 1 << 30
 MARGIN = (
     f"--time: the slowest pair x{TIME_MARGIN:g} plus the {WARNING_S} s requeue warning, rounded up to "
     f"{TIME_STEP_S // 60} min; --mem: the largest peak RSS x{MEM_MARGIN:g}, rounded up to {MEM_STEP_MIB} MiB; "
-    "-c: the busiest pair's CPU seconds per wall second, rounded up; --gres: the GPUs the pairs used"
+    "-c: the busiest pair's CPU seconds per wall second, rounded up; --gres: the GPUs the pairs used; "
+    f"packed: the fewest pairs a task that last {TASK_MINUTES} min (the slowest start-up, then the slowest pair past "
+    "its start-up for each), and its --time as above"
 )
 
 
@@ -36,7 +38,7 @@ def slurm_memory(n_bytes: int) -> str:
 
 def request(max_wall_s: float, max_rss_bytes: int, max_cores: float, cpu_count: int, gpus: int) -> SlurmRequest:
     """The request of the module's MARGIN over the measured peaks."""
-    time_s = math.ceil((max_wall_s * TIME_MARGIN + WARNING_S) / TIME_STEP_S) * TIME_STEP_S
+    time_s = time_limit_seconds(max_wall_s)
     step = MEM_STEP_MIB * MIB
     mem = max(1, math.ceil(max_rss_bytes * MEM_MARGIN / step)) * step
     # Never more CPUs than the pairs had: a ratio a hair over a whole number is clock noise, not a core more.
@@ -51,15 +53,18 @@ def effective_cores(resources: Resources) -> float:
     return resources.cpu_seconds / resources.wall_seconds if resources.wall_seconds > 0 else 0.0
 
 
-def model_sizing(results: Sequence[PairResult]) -> ModelSizing:
-    """The peaks over one model's results, and the request that fits them (None when none was measured)."""
+def model_sizing(results: Sequence[PairResult], run: Sequence[PairResult], pairs_per_model: int) -> ModelSizing:
+    """The peaks over one model's results, the request that fits them, and the packed task of at least TASK_MINUTES
+    (at most `pairs_per_model` pairs; the start-up from all of the `run`'s results) with its request (None when
+    none was measured)."""
     measured = [(r, r.resources) for r in results if r.resources is not None]
     used = [u for _, u in measured]
-    if not used:
+    cost = pair_cost(results, run)
+    if cost is None:
         return ModelSizing(
             n_measured=0, n_unmeasured=len(results), max_wall_seconds=None, slowest_fold=None,
             max_startup_seconds=None, max_peak_rss_bytes=None, max_effective_cores=None, cpu_count=None,
-            gpu_count=0, max_gpu_memory_bytes=None, request=None,
+            gpu_count=0, max_gpu_memory_bytes=None, request=None, pairs_per_task=None, packed_request=None,
         )  # fmt: skip
     slowest, _ = max(measured, key=lambda m: m[1].wall_seconds)
     wall = max(u.wall_seconds for u in used)
@@ -68,6 +73,7 @@ def model_sizing(results: Sequence[PairResult]) -> ModelSizing:
     cpu_count = max(u.cpu_count for u in used)
     gpus = max((u.gpu.count for u in used if u.gpu is not None), default=0)
     gpu_memory = [u.gpu.peak_memory_bytes for u in used if u.gpu is not None and u.gpu.peak_memory_bytes is not None]
+    packed = pairs_per_task(cost, TASK_MINUTES * 60, most=pairs_per_model)
     return ModelSizing(
         n_measured=len(used),
         n_unmeasured=len(results) - len(used),
@@ -80,12 +86,18 @@ def model_sizing(results: Sequence[PairResult]) -> ModelSizing:
         gpu_count=gpus,
         max_gpu_memory_bytes=max(gpu_memory) if gpu_memory else None,
         request=request(wall, rss, cores, cpu_count, gpus),
+        pairs_per_task=packed,
+        packed_request=request(cost.task_seconds(packed), rss, cores, cpu_count, gpus),
     )
 
 
-def sizing(by_model: Mapping[str, Sequence[PairResult]]) -> Sizing:
-    """The sizing of every model with at least one result."""
-    return Sizing(margin=MARGIN, models={model: model_sizing(rs) for model, rs in by_model.items() if rs})
+def sizing(by_model: Mapping[str, Sequence[PairResult]], pairs_per_model: int) -> Sizing:
+    """The sizing of every model with at least one result; a run has `pairs_per_model` pairs of each."""
+    run = [result for results in by_model.values() for result in results]
+    return Sizing(
+        margin=MARGIN,
+        models={model: model_sizing(rs, run, pairs_per_model) for model, rs in by_model.items() if rs},
+    )
 
 
 def _size(n_bytes: int) -> str:
@@ -115,4 +127,9 @@ def lines(found: Sizing, quote: str = "") -> list[str]:
             f"{gpu}"
         )
         out.append(f"{model}: suggested request {quote}{s.request.options}{quote}")
+        if s.packed_request is not None:
+            out.append(
+                f"{model}: packed, {_count(s.pairs_per_task, 'pair')} a task ({quote}submit --pack "
+                f"{s.pairs_per_task}{quote}): request {quote}{s.packed_request.options}{quote}"
+            )
     return out

@@ -314,5 +314,5 @@ def summarise(
         figures=tuple(figures),
         repeats=repeats,
         repeated_comparison=compare_repeats(by_model, models, *DEFAULT_MODELS) if repeats > 1 else None,
-        sizing=sizing.sizing({m: [r.result for r in by_model.get(m, [])] for m in models}),
+        sizing=sizing.sizing({m: [r.result for r in by_model.get(m, [])] for m in models}, n_folds * repeats),
     )

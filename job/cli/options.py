@@ -39,10 +39,14 @@ class Number:
         unit: str = "",
         note: str = "",
         syntax: str = "",  # the message for text that is no number, '{text}' in it; else "not a whole number: ..."
+        words: tuple[str, ...] = (),  # words taken as they are besides the numbers ('auto')
     ):
         self.kind, self.low, self.high, self.unit, self.note, self.syntax = kind, low, high, unit, note, syntax
+        self.words = words
 
     def __call__(self, text: str) -> Any:
+        if text in self.words:
+            return text
         if self.kind is int:
             if not _WHOLE.fullmatch(text):
                 raise argparse.ArgumentTypeError(
@@ -114,6 +118,8 @@ FOLD = number(0, Protocol.n_folds - 1)
 REPEAT = number(0, MAX_REPEATS - 1)
 REPEATS = number(1, MAX_REPEATS)
 TASK_ID = Number(int, 0, MAX_TASK_ID, syntax="{text} is not a task id (the digits 0-9 only)")  # as the env's
+TASK_IDS = Ranges(TASK_ID, "task ids")  # Slurm's --array syntax: the inverse of job.results.status.array_spec
+PAIRS_PER_TASK = number(1, MAX_TASK_ID + 1)
 
 
 def utf8_path(text: str) -> Path:

@@ -4,7 +4,8 @@ Such an array is recorded in RESULTS/RUN/submissions.jsonl only as each of its t
 knows it. Its tasks are this user's jobs named as slurm/array.sh's `#SBATCH --job-name`, whose command is a script of
 that file name; the arguments after it are `run`'s, read with `run`'s own parser: --results (relative to squeue's
 working folder; default `results`), --run (default `default`) and the protocol options, whose config id must be the
-one asked about. Task N of such an array runs pair N.
+one asked about. Task N of such an array runs pair N; with `--pairs-per-task P`, the pairs P*N to P*N+P-1 (capped at
+the last of --repeats, as `run` caps them).
 
 What squeue does not show is not matched, so such an array's pairs still read as missing:
 - the results, run and home settings given as variables at submission (squeue shows no job's environment): a run
@@ -12,7 +13,8 @@ What squeue does not show is not matched, so such an array's pairs still read as
 - a relative --results with `sbatch --chdir` elsewhere than the folder sbatch ran in (the script cds back there),
   or with the home setting on a checkout (not a code snapshot): give --results absolute;
 - an argument holding whitespace (squeue joins the arguments with spaces);
-- arguments that pick the pair themselves (--task-id, --model, --fold, --repeat): the index is then no pair's id.
+- arguments that pick the pairs themselves (--task-id, --task-ids, --model, --fold, --repeat): the index then names
+  no pair.
 """
 
 from __future__ import annotations
@@ -20,19 +22,21 @@ from __future__ import annotations
 import argparse
 import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from job import settings, slurm
 from job.cli import run
-from job.cli.options import protocol_from_args
+from job.cli.options import protocol_from_args, repeats_from_args
 from job.errors import JobError
 from job.launch import resources
-from job.protocol import Protocol
+from job.protocol import Protocol, packed_task_ids
 from job.results.layout import RunLayout
+from job.results.status import PlainTask
 from job.slurm import TaskState
 
-PAIR_OPTIONS = ("task_id", "model", "fold", "repeat")  # `run`'s own choice of a pair
+PAIR_OPTIONS = ("task_id", "task_ids", "model", "fold", "repeat")  # `run`'s own choice of pairs
 # What `status` and `pairs` say of it in their --help.
 HELP = (
     "Tasks of a plain `sbatch slurm/array.sh ARGS` array that have not started (they record themselves as they "
@@ -63,36 +67,59 @@ def _run_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def writes(workdir: str, command: str) -> tuple[Path, str] | None:
-    """(run folder, config id) a task of `sbatch slurm/array.sh ARGS` writes, from squeue's WorkDir and Command; None
-    for another script (a `submit` array's, a --wrap), arguments `run` refuses, or ones that pick the pair."""
+@dataclass(frozen=True)
+class Written:
+    """What the tasks of one `sbatch slurm/array.sh ARGS` array write: a run folder, with a config, and which pairs
+    each array index trains."""
+
+    folder: Path
+    config_id: str
+    pairs_per_task: int | None  # --pairs-per-task; None: index N trains pair N
+    repeats: int  # --repeats, what caps a packed task's pairs (1 when not given, as `run` reads it)
+
+    def task_ids(self, index: int) -> tuple[int, ...]:
+        if self.pairs_per_task is None:
+            return (index,)
+        return packed_task_ids(index, self.pairs_per_task, self.repeats)
+
+
+def writes(workdir: str, command: str) -> Written | None:
+    """What a task of `sbatch slurm/array.sh ARGS` writes, from squeue's WorkDir and Command; None for another script
+    (a `submit` array's, a --wrap), arguments `run` refuses, or ones that pick the pairs."""
     script, *args = command.split() or [""]
     if Path(script).name != resources.PAIRS_SCRIPT.name or not Path(workdir).is_absolute():
         return None
     try:
         parsed = _run_parser().parse_args(args)
-        config_id = protocol_from_args(parsed).config_id
+        protocol = protocol_from_args(parsed)
+        repeats = repeats_from_args(parsed, protocol)
         folder = RunLayout(Path(workdir) / parsed.results, parsed.run).folder  # an absolute --results stays itself
     except (ValueError, JobError):
         return None
     if any(getattr(parsed, name) is not None for name in PAIR_OPTIONS):
         return None
-    return folder.resolve(), config_id
+    return Written(folder.resolve(), protocol.config_id, parsed.pairs_per_task, repeats)
 
 
-def matching(tasks: Iterable[TaskState], layout: RunLayout, protocol: Protocol) -> list[TaskState]:
-    """The tasks (squeue's, with their working folder and command) that write `layout` with `protocol`'s config."""
-    tasks = list(tasks)
+def matching(tasks: Iterable[TaskState], layout: RunLayout, protocol: Protocol) -> list[PlainTask]:
+    """The tasks (squeue's, with their working folder and command) that write `layout` with `protocol`'s config,
+    each with the pairs it trains."""
     wanted = (layout.folder.resolve(), protocol.config_id)
-    found: dict[tuple[str, str], bool] = {}  # an array's tasks share one command line: read it once
+    found: dict[tuple[str, str], Written | None] = {}  # an array's tasks share one command line: read it once
+    matched = []
     for task in tasks:
         key = (task.workdir, task.command)
         if key not in found:
-            found[key] = writes(*key) == wanted
-    return [task for task in tasks if found[(task.workdir, task.command)]]
+            written = writes(*key)
+            found[key] = written if written is not None and (written.folder, written.config_id) == wanted else None
+        written = found[key]
+        task_ids = () if written is None or task.task_id is None else written.task_ids(task.task_id)
+        if task_ids:  # an index past a packed run's last pair trains nothing
+            matched.append(PlainTask(task, task_ids))
+    return matched
 
 
-def live_tasks(layout: RunLayout, protocol: Protocol) -> list[TaskState]:
+def live_tasks(layout: RunLayout, protocol: Protocol) -> list[PlainTask]:
     """This user's live tasks of slurm/array.sh arrays that write `layout` with `protocol`'s config (status's
     `plain_arrays`); none without Slurm."""
     if not slurm.available():

@@ -9,9 +9,8 @@ from typing import Any
 from job.cli import plain_arrays
 from job.cli.options import (
     FORWARDED,
-    TASK_ID,
+    TASK_IDS,
     Number,
-    Ranges,
     add_data_args,
     add_protocol_args,
     add_repeats_arg,
@@ -26,6 +25,7 @@ from job.launch import submission
 from job.pair import data, models
 from job.protocol import MAX_TASK_ID, all_pairs
 from job.results.layout import RunLayout
+from job.results.packing import TASK_MINUTES
 from job.results.status import array_spec
 from job.settings import IMAGE, settings
 
@@ -58,6 +58,21 @@ def add_parser(subparsers: Any) -> None:
     )
     which.add_argument("--all", action="store_true", help="submit every pair (done ones skip at once)")
     p.add_argument("--task-ids", type=TASK_IDS, metavar="SPEC", help="only these pairs, in --array syntax: 0,5 or 5-9")
+    p.add_argument(
+        "--pack",
+        type=PACK,
+        metavar="auto|N",
+        help="train N pairs of one model one after another in each array task (`run --task-ids`: one TensorFlow "
+        "start-up and data load for all); auto: as many as make a task last --pack-minutes, by the durations the "
+        "run's results of this config record (1 for a model with none yet). The time limit covers the task's pairs",
+    )
+    p.add_argument(
+        "--pack-minutes",
+        type=number(1, MAX_MINUTES),
+        default=TASK_MINUTES,
+        metavar="MIN",
+        help=f"with --pack auto: what a task should last at least (default {TASK_MINUTES})",
+    )
     # Not passed on to `job run`: a task's id says its repeat.
     add_repeats_arg(p)
     p.add_argument(
@@ -81,8 +96,9 @@ def add_parser(subparsers: Any) -> None:
         "--time",
         type=number(1, MAX_MINUTES),
         metavar="MIN",
-        help="time limit per pair in minutes (default: the script's --time); 180 s before it the pair checkpoints "
-        "and is requeued. Under 50, submitit counts every preemption as a timeout (at most 3)",
+        help="time limit per pair in minutes (default: the script's --time; a packed task asks its pairs x this); "
+        "180 s before it the pair checkpoints and is requeued. Under 50, submitit counts every preemption as a "
+        "timeout (at most 3)",
     )
     res.add_argument(
         "--gpus-per-task", type=number(0, MAX_GPUS), metavar="N", help="GPUs per pair (default: --gres=gpu:N)"
@@ -137,8 +153,8 @@ MAX_CPUS = 4096
 # submitit writes --mem-gb G as sbatch's --mem=GGB when whole, else --mem=int(G * 1024)MB: below 1 MB that is
 # --mem=0MB, which Slurm reads as all of the node's memory.
 MEM_GB = Number(float, 1 / 1024, 2**20, unit="GB", note="sbatch's --mem counts whole megabytes: 1 MB at least")
-TASK_IDS = Ranges(TASK_ID, "task ids")
-task_ids = TASK_IDS  # Slurm's --array syntax as task ids: the inverse of pair_status.array_spec
+PACK = Number(int, 1, MAX_TASK_ID + 1, syntax="{text} is neither auto nor a number of pairs", words=(submission.AUTO,))
+task_ids = TASK_IDS  # Slurm's --array syntax as task ids
 
 
 def check_task_ids(ids: set[int] | None, repeats: int) -> frozenset[int] | None:
@@ -175,6 +191,8 @@ def request_from_args(args: argparse.Namespace) -> submission.Request:
         array_parallelism=args.array_parallelism,
         slurm_additional=tuple(args.slurm_additional),
     )
+    if args.final is not None and args.pack is not None:
+        raise UsageError("--pack packs pairs: not with --final")
     protocol = protocol_from_args(args)
     repeats = repeats_from_args(args, protocol)
     return submission.Request(
@@ -194,6 +212,8 @@ def request_from_args(args: argparse.Namespace) -> submission.Request:
         allow_dirty=args.allow_dirty,
         live_code=args.live_code,
         plain_arrays=plain_arrays.live_tasks,
+        pack=args.pack,
+        pack_minutes=args.pack_minutes,
     )
 
 

@@ -48,6 +48,11 @@ def pair_args(task_id: int, run_args: Sequence[str]) -> tuple[str, ...]:
     return ("run", "--task-id", str(task_id), *run_args)
 
 
+def pairs_args(task_ids: str, run_args: Sequence[str]) -> tuple[str, ...]:
+    """Several pairs one after another in one task; `task_ids` in --array syntax."""
+    return ("run", "--task-ids", task_ids, *run_args)
+
+
 def final_args(model: str, run_args: Sequence[str]) -> tuple[str, ...]:
     return ("final", "--model", model, *run_args)
 

@@ -1,8 +1,14 @@
 """What `mnist-cv submit` does: choose the jobs (the pairs to run, or a final model), freeze the code, submit them as
-one array through submitit, record the array for `status`, and with wait follow it (collect is the command's)."""
+one array through submitit, record the array for `status`, and with wait follow it (collect is the command's).
+
+With `pack`, an array task trains several pairs of one model one after another (`run --task-ids`): a given number,
+or AUTO, as many as make a task last `pack_minutes` by the run's measured pairs (job/results/packing.py). One array
+has one time limit: that of its longest task (N pairs x the per-pair limit, or the sizing rule on the measured
+task)."""
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -13,15 +19,18 @@ from typing import Any
 
 from job.errors import JobError
 from job.launch import resources, snapshot
-from job.launch.argv import final_args, pair_args
+from job.launch.argv import final_args, pair_args, pairs_args
 from job.launch.follow import follow
 from job.protocol import Protocol
+from job.results import store
 from job.results.layout import RunLayout
-from job.results.status import no_plain_arrays, status
+from job.results.packing import TASK_MINUTES, PairCost, pair_cost, pairs_per_task, time_limit_seconds
+from job.results.projection import clock
+from job.results.status import PairStatus, PlainTask, array_spec, no_plain_arrays, status
 from job.results.submissions import record_submission
-from job.slurm import TaskState
 
 EXECUTORS = ("slurm", "local", "debug")
+AUTO = "auto"  # `submit --pack auto`
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,9 @@ class Request:
     live_code: bool = False
     # The live tasks of plain `sbatch slurm/array.sh` arrays writing a run with a config (status's `plain_arrays`):
     # their pairs are queued, not to submit again.
-    plain_arrays: Callable[[RunLayout, Protocol], Iterable[TaskState]] = no_plain_arrays
+    plain_arrays: Callable[[RunLayout, Protocol], Iterable[PlainTask]] = no_plain_arrays
+    pack: int | str | None = None  # pairs of one model per array task: a number, or AUTO; None: one
+    pack_minutes: int = TASK_MINUTES  # with AUTO: what a task should last at least
 
 
 def executor_parameters(request: Request) -> dict[str, Any]:
@@ -100,14 +111,18 @@ def submit(request: Request) -> bool:
     if not chosen:
         print(f"nothing to submit: the pairs asked for are done, queued or running with config {protocol.config_id}")
         return wait and not request.dry_run
+    if request.pack is not None and request.final is None:
+        per_pair = params["timeout_min"]
+        params["timeout_min"] = max(job.minutes(per_pair, request.resources.time is not None) for job in chosen)
 
     logs = (request.logs or layout.logs).absolute()
     image = str(Path(request.image).absolute()) if request.image else None  # the task starts in another folder
     code = None if request.live_code else snapshot.plan(allow_dirty=request.allow_dirty)
     workdir = os.getcwd() if code is None else str(layout.code / code.name)
     version = None if code is None else (code.commit, code.dirty)
-    tasks = [launch.JobTask(name, job_args, image, sys.executable, workdir, version) for name, job_args, _ in chosen]
-    what = "final model" if request.final else "pair" if len(tasks) == 1 else "pairs"
+    tasks = [launch.JobTask(job.name, job.args, image, sys.executable, workdir, version) for job in chosen]
+    n_pairs = sum(len(job.task_ids) for job in chosen)
+    what = "final model" if request.final else "pair" if n_pairs == 1 else "pairs" if n_pairs == len(tasks) else "tasks"
     if request.dry_run:
         print_plan(request, what, tasks, params, logs, code)
         return False
@@ -117,8 +132,9 @@ def submit(request: Request) -> bool:
     # submitit submits a single job as a plain job, not an array of one: only array tasks are recorded (a plain
     # job's pair is seen by `status` through its lease once it runs).
     if request.executor == "slurm" and not request.final and "_" in jobs[0].job_id:
-        record(request, params, logs, [task_id for _, _, task_id in chosen], jobs)
-    print(f"submitted {len(jobs)} {what} of config {protocol.config_id} ({request.executor}):")
+        record(request, params, logs, [job.task_ids for job in chosen], jobs)
+    packed = f" ({n_pairs} pairs)" if what == "tasks" else ""
+    print(f"submitted {len(jobs)} {what}{packed} of config {protocol.config_id} ({request.executor}):")
     for task, job in zip(tasks, jobs, strict=True):
         print(f"  {task.name}  job {job.job_id}")
     print(f"code: {describe_code(code, workdir)}")
@@ -137,18 +153,87 @@ def submit(request: Request) -> bool:
     return True
 
 
-def jobs_to_submit(request: Request) -> list[tuple[str, tuple[str, ...], int | None]]:
-    """(name, `job` arguments, pair task id) of each job to submit: the final model (no task id) if asked for, else
-    the pairs to run."""
+@dataclass(frozen=True)
+class Chosen:
+    """One job to submit: what reports call it, its `job` arguments, the pairs (task ids) it trains, and how long
+    its pairs should take by the run's measured ones (None: not measured, or not packed by AUTO)."""
+
+    name: str
+    args: tuple[str, ...]
+    task_ids: tuple[int, ...]  # () for a final model
+    expected_seconds: float | None = None
+
+    def minutes(self, per_pair: int, given: bool) -> int:
+        """Its time limit: the sizing rule on the expected seconds, else its pairs x the per-pair limit (always that
+        when the per-pair limit was `given`)."""
+        if self.expected_seconds is None or given:
+            return max(1, len(self.task_ids)) * per_pair
+        return math.ceil(time_limit_seconds(self.expected_seconds) / 60)
+
+
+def jobs_to_submit(request: Request) -> list[Chosen]:
+    """The jobs to submit: the final model if asked for, else the pairs to run, one or a pack a job."""
     forwarded = request.job_options
-    if request.final is not None:  # a model name the command checked
-        return [
-            (f"{request.final}/final", final_args(request.final, forwarded), None)
-        ]  # `job final` itself skips a done model
-    return [(str(s.pair), pair_args(s.task_id, forwarded), s.task_id) for s in pairs_to_submit(request)]
+    if request.final is not None:  # a model name the command checked; `job final` itself skips a done model
+        return [Chosen(f"{request.final}/final", final_args(request.final, forwarded), ())]
+    chosen = []
+    for pack, expected in packs(request, pairs_to_submit(request)):
+        ids = tuple(s.task_id for s in pack)
+        if len(pack) == 1:
+            chosen.append(Chosen(str(pack[0].pair), pair_args(ids[0], forwarded), ids, expected))
+        else:
+            spec = array_spec(list(ids))
+            name = f"{pack[0].pair.model} x{len(pack)} (task ids {spec})"
+            chosen.append(Chosen(name, pairs_args(spec, forwarded), ids, expected))
+    return chosen
 
 
-def pairs_to_submit(request: Request) -> list[Any]:
+def packs(request: Request, to_run: list[PairStatus]) -> list[tuple[list[PairStatus], float | None]]:
+    """The pairs to run in packs of one model (in task-id order), request.pack a pack, each with the seconds it
+    should take by the measured pairs (None unless AUTO measured its model)."""
+    by_model: dict[str, list[PairStatus]] = {}
+    for found in to_run:
+        by_model.setdefault(found.pair.model, []).append(found)
+    costs = measured(request) if request.pack == AUTO else {}
+    planned = []
+    for model, pairs in by_model.items():
+        cost = costs.get(model)
+        size = pack_size(request, model, cost, len(pairs))
+        for start in range(0, len(pairs), size):
+            pack = pairs[start : start + size]
+            planned.append((pack, None if cost is None else cost.task_seconds(len(pack))))
+    return planned
+
+
+def pack_size(request: Request, model: str, cost: PairCost | None, n_pairs: int) -> int:
+    """How many of `model`'s `n_pairs` pairs one task trains; AUTO says why in one line."""
+    if request.pack != AUTO:
+        return int(request.pack or 1)
+    if cost is None:
+        print(f"--pack auto: no {model} pair of this run and config records what it took yet: 1 pair a task")
+        return 1
+    target = request.pack_minutes * 60
+    size = pairs_per_task(cost, target, most=n_pairs)
+    lasts = cost.task_seconds(size)
+    minutes = request.pack_minutes
+    aim = f"at least {minutes} min" if lasts >= target else f"all {n_pairs}: under {minutes} min"
+    print(
+        f"--pack auto: {model}: {cost.startup_seconds:.1f} s of start-up, then {cost.pair_seconds:.1f} s a pair "
+        f"(the slowest of {cost.n_measured} measured): {size} a task, about {clock(lasts)} ({aim})"
+    )
+    return size
+
+
+def measured(request: Request) -> dict[str, PairCost]:
+    """Each model's pair cost, from the run's valid results of this config that record their resources."""
+    run = [r.result for r in store.scan(request.layout).records if r.result.config_id == request.protocol.config_id]
+    by_model: dict[str, list[Any]] = {}
+    for result in run:
+        by_model.setdefault(result.model, []).append(result)
+    return {model: cost for model, results in by_model.items() if (cost := pair_cost(results, run)) is not None}
+
+
+def pairs_to_submit(request: Request) -> list[PairStatus]:
     """The pairs asked for (--task-ids, default all) that are neither queued nor running nor (unless --all) done,
     as job.results.status sees them."""
     asked = [
@@ -220,12 +305,14 @@ def not_done(request: Request) -> list[int]:
     return [s.task_id for s in statuses if s.state != "done"]
 
 
-def record(request: Request, params: dict[str, Any], logs: Path, task_ids: list[int], jobs: list[Any]) -> None:
-    """Write down which array task runs which pair, so `status` and `pairs --missing` know them from now on."""
+def record(
+    request: Request, params: dict[str, Any], logs: Path, task_ids: list[tuple[int, ...]], jobs: list[Any]
+) -> None:
+    """Write down which array task runs which pairs, so `status` and `pairs --missing` know them from now on."""
     record_submission(
         request.layout,
         array_job_id=jobs[0].job_id.split("_")[0],
-        tasks={int(job.job_id.split("_")[1]): task_id for job, task_id in zip(jobs, task_ids, strict=True)},
+        tasks={int(job.job_id.split("_")[1]): ids for job, ids in zip(jobs, task_ids, strict=True)},
         config_id=request.protocol.config_id,
         log=str(logs / "%A_%a_0_log.err"),  # submitit's %j_%t_log.err: where `run` says why it failed
         job_name=params["name"],

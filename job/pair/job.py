@@ -1,28 +1,30 @@
 """The one training skeleton of `run` and `final`: done-check, lease, session, typed result, validate, atomic write,
-checkpoint removal. A pair and a final model differ only in what they train and write (PairJob, FinalJob)."""
+checkpoint removal. A pair and a final model differ only in what they train and write (PairJob, FinalJob). Several
+pairs in one process (`run --task-ids`) go through the same skeleton one after another, sharing one Setup."""
 
 from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from job import atomic
+from job.console import one_line
 from job.errors import JobError
 from job.pair import final, session
 from job.pair.checkpoint import Checkpoint
 from job.pair.epoch_logs import EpochLogs
-from job.pair.session import Inputs, Session
-from job.pair.train import fit_pair
+from job.pair.session import Inputs, Session, Setup
+from job.pair.train import Preempted, fit_pair
 from job.protocol import Pair, Protocol, task_for_pair
 from job.results import store
 from job.results.contract import FinalResult, ModelFile, PairResult
 from job.results.layout import JobPaths, RunLayout
-from job.results.lease import Lease
-from job.results.submissions import record_running_task
+from job.results.lease import Lease, LeaseHeld
+from job.results.submissions import ArrayTask, record_running_task
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class PairJob(Job):
     layout: RunLayout
     protocol: Protocol
     pair: Pair
+    array_task: ArrayTask | None = None  # the slurm/array.sh task it is part of, as `run` was told; None: none
 
     @property
     def model_name(self) -> str:
@@ -103,7 +106,8 @@ class PairJob(Job):
         )
 
     def record_task(self) -> None:
-        record_running_task(self.layout, self.protocol.config_id, task_for_pair(self.pair, self.protocol.n_folds))
+        if self.array_task is not None:
+            record_running_task(self.layout, self.protocol.config_id, self.array_task)
 
     def report(self, result: PairResult) -> str:
         return (
@@ -166,10 +170,12 @@ def run_pair(
     inputs: Inputs,
     options: Options = Options(),
     callbacks: Sequence[Any] = (),
+    array_task: ArrayTask | None = None,
 ) -> str:
     """Train one (model, fold, repeat) pair into `layout` unless it is done; the line to print (see execute).
-    `callbacks`: Keras callbacks to add to the training's own (the bench marks its start-up with one)."""
-    return execute(PairJob(layout, protocol, pair), inputs, options, callbacks)
+    `callbacks`: Keras callbacks to add to the training's own (the bench marks its start-up with one).
+    `array_task`: the slurm/array.sh task `run` was told it is (recorded in submissions.jsonl as the task starts)."""
+    return execute(PairJob(layout, protocol, pair, array_task), Setup(inputs), options, callbacks)
 
 
 def run_final(
@@ -180,12 +186,78 @@ def run_final(
     options: Options = Options(),
 ) -> str:
     """Train the final model of `model` on all training images into `layout` unless it is done; see execute."""
-    return execute(FinalJob(layout, protocol, model), inputs, options)
+    return execute(FinalJob(layout, protocol, model), Setup(inputs), options)
 
 
-def execute(job: Job, inputs: Inputs, options: Options = Options(), callbacks: Sequence[Any] = ()) -> str:
+@dataclass
+class Pack:
+    """How the pairs of one process ended (run_pairs): done (trained now or before), held by another live process,
+    failed."""
+
+    pairs: Sequence[Pair]
+    done: list[Pair] = field(default_factory=list)
+    held: list[Pair] = field(default_factory=list)
+    failed: list[Pair] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """The worst: 1 when a pair failed, else 75 (LeaseHeld's) when one was held, else 0."""
+        return 1 if self.failed else LeaseHeld.exit_code if self.held else 0
+
+    def summary(self) -> str:
+        parts = [f"{len(self.done)} done"]
+        parts += [f"{len(self.failed)} failed ({', '.join(map(str, self.failed))})"] * bool(self.failed)
+        parts += [f"{len(self.held)} held by another process ({', '.join(map(str, self.held))})"] * bool(self.held)
+        return f"{len(self.pairs)} pairs, {self.pairs[0]} to {self.pairs[-1]}: {', '.join(parts)}"
+
+
+def run_pairs(
+    layout: RunLayout,
+    protocol: Protocol,
+    pairs: Sequence[Pair],
+    inputs: Inputs,
+    options: Options = Options(),
+    array_task: ArrayTask | None = None,
+) -> Pack:
+    """Train `pairs` one after another in this process, each exactly as run_pair would (its own done-check, lease,
+    checkpoint and result), on one data load and one TensorFlow set-up; each pair's line is printed as it ends.
+
+    A pair held by another live process, or one that fails (JobError), is reported in one line on stderr and the
+    next pair runs. A stop signal ends the whole pack (Preempted, exit 3) once the current pair is checkpointed: a
+    rerun skips the done pairs and resumes the others. A failed set-up (the data, TensorFlow) would fail every
+    pair alike: it ends the pack too, as it ends a single run."""
+    setup, pack = Setup(inputs), Pack(pairs)
+    for position, pair in enumerate(pairs):
+        try:
+            if setup.stop():
+                raise Preempted(f"stopped by a signal before {pair}")
+            line = execute(PairJob(layout, protocol, pair, array_task), setup, options)
+        except Preempted as error:
+            left = ", ".join(map(str, pairs[position:]))
+            raise Preempted(f"{error}; {len(pairs) - position} of {len(pairs)} pairs left to a rerun: {left}") from None
+        except LeaseHeld as error:
+            print(f"{pair}: skipped: {_about(pair, error)}", file=sys.stderr, flush=True)
+            pack.held.append(pair)
+        except JobError as error:
+            if error is setup.failure:
+                raise
+            print(f"{pair}: error: {_about(pair, error)}", file=sys.stderr, flush=True)
+            pack.failed.append(pair)
+        else:
+            print(line, flush=True)
+            pack.done.append(pair)
+    return pack
+
+
+def _about(pair: Pair, error: JobError) -> str:
+    """The error's one line without the pair's name in front, which the line printed puts there."""
+    return one_line(str(error)).removeprefix(f"{pair}: ")
+
+
+def execute(job: Job, setup: Setup, options: Options = Options(), callbacks: Sequence[Any] = ()) -> str:
     """Train `job` unless it is done with its config; return the line to print. Raises JobError (one line), or
-    LeaseHeld (exit 75) while another live process trains the same pair."""
+    LeaseHeld (exit 75) while another live process trains the same pair. `setup`: the process's data, TensorFlow
+    and stop flag, made when a training first needs them."""
     paths = job.paths
     if blocked := store.in_the_way(job.layout, paths):
         raise JobError(f"{job.label}: {blocked}")
@@ -202,7 +274,7 @@ def execute(job: Job, inputs: Inputs, options: Options = Options(), callbacks: S
         if options.force and checkpoint.exists():  # --force trains from epoch 1; what was there is kept aside
             print(f"{job.label}: --force: checkpoint set aside as {checkpoint.set_aside()}", file=sys.stderr)
         epoch_logs = EpochLogs(paths.csv, paths.tensorboard)
-        with session.training(inputs, job.protocol, job.model_name, job.label, epoch_logs, callbacks) as trained:
+        with session.training(setup, job.protocol, job.model_name, job.label, epoch_logs, callbacks) as trained:
             result = job.train(trained, checkpoint)
         # The in-memory result passes the readers' checks before it is written: the schema, finite numbers, and
         # a history consistent with the score.

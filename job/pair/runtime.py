@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.abc
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -78,7 +79,7 @@ def configure(
     import keras
 
     cpus = allocated_cpus()
-    intra_op = min(cpus, max_threads or cpus)
+    intra_op = intra_op_threads(max_threads)
     tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     tf.config.threading.set_inter_op_parallelism_threads(min(2, cpus))
     gpus = tf.config.list_physical_devices("GPU")
@@ -104,6 +105,34 @@ def configure(
         "threads": {"allocated": cpus, "intra_op": intra_op, "inter_op": min(2, cpus)},
         "deterministic": deterministic,
     }
+
+
+def intra_op_threads(max_threads: int | None) -> int:
+    """TensorFlow's intra-op threads: the allocation's CPUs, capped by a model's `max_threads`."""
+    cpus = allocated_cpus()
+    return min(cpus, max_threads or cpus)
+
+
+class _NewModelTraces(logging.Filter):
+    """Drops TensorFlow's warning that a function is traced again and again: it counts the traces of every
+    tf.function made from the same code, and each training's new model makes its compiled steps anew."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+_NEW_MODEL_TRACES = _NewModelTraces()
+
+
+def between_trainings(protocol: Protocol) -> None:
+    """Before a process's next training (`run --task-ids`): Keras's global state as new (names, graphs, cached kernels;
+    its seeds are set again by the training itself), and the protocol's precision policy, which that clears too.
+    TensorFlow's own set-up (threads, determinism, devices) stays: it can be made only once in a process."""
+    import keras
+
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy(protocol.precision)
+    logging.getLogger("tensorflow").addFilter(_NEW_MODEL_TRACES)  # once: a filter already there is not added again
 
 
 def configure_training(protocol: Protocol, model_name: str, *, allow_cpu: bool) -> dict[str, Any]:

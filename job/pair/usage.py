@@ -8,6 +8,11 @@ seconds, as `timings.epoch_seconds` has always counted it.
 
 Resumes: every checkpoint save records the totals so far (`Spent`, in the checkpoint's TrainState); a process that
 resumes adds its own to them. A process killed after its last checkpoint is counted up to that checkpoint.
+
+A process that trains several pairs one after another (`run --task-ids`) counts each from where the training before
+it ended: the first carries the process's start-up (imports, data load), a later one only its own (model build,
+checkpoint restore), and the pairs' wall and CPU seconds add up to the process's. The peak RSS is the process's so
+far: the kernel keeps no peak per pair.
 """
 
 from __future__ import annotations
@@ -56,11 +61,26 @@ def seconds_since_start() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME) - started
 
 
-class ProcessUsage:
-    """This process's use, and the totals of the processes before it on the same training."""
+def process_so_far() -> Spent:
+    """This process's wall and CPU seconds since it started, and its peak RSS (no GPU: TensorFlow may not be loaded)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return Spent(
+        wall_seconds=round(seconds_since_start(), 3),
+        cpu_seconds=round(own.ru_utime + own.ru_stime, 3),
+        peak_rss_bytes=own.ru_maxrss * 1024,  # kilobytes on Linux
+    )
 
-    def __init__(self) -> None:
+
+class ProcessUsage:
+    """This training's use in this process, and the totals of the processes before it on the same training.
+
+    `since`: what this process had spent when the training began to count (process_so_far() where the training
+    before it in this process ended); zero, from the process's start, for its first.
+    """
+
+    def __init__(self, since: Spent = Spent()) -> None:
         self.earlier = Spent()
+        self.since = since
         self.startup_seconds: float | None = None
 
     def resume(self, earlier: Spent) -> None:
@@ -68,17 +88,17 @@ class ProcessUsage:
         self.earlier = earlier
 
     def training_starts(self) -> float:
-        """Mark the end of start-up (the first call only: a process starts up once); its seconds."""
+        """Mark the end of start-up (the first call only: a training starts up once); its seconds."""
         if self.startup_seconds is None:
-            self.startup_seconds = round(seconds_since_start(), 3)
+            self.startup_seconds = round(seconds_since_start() - self.since.wall_seconds, 3)
         return self.startup_seconds
 
     def this_process(self) -> Spent:
-        own = resource.getrusage(resource.RUSAGE_SELF)
+        now = process_so_far()
         return Spent(
-            wall_seconds=round(seconds_since_start(), 3),
-            cpu_seconds=round(own.ru_utime + own.ru_stime, 3),
-            peak_rss_bytes=own.ru_maxrss * 1024,  # kilobytes on Linux
+            wall_seconds=round(now.wall_seconds - self.since.wall_seconds, 3),
+            cpu_seconds=round(now.cpu_seconds - self.since.cpu_seconds, 3),
+            peak_rss_bytes=now.peak_rss_bytes,
             gpu_peak_memory_bytes=gpu_peak_memory(),
         )
 

@@ -357,6 +357,8 @@ class ModelSizing:
     gpu_count: int  # the most GPUs a pair saw; 0 on the CPU
     max_gpu_memory_bytes: int | None  # None without a GPU or when TensorFlow could not tell
     request: SlurmRequest | None  # None when no pair was measured
+    pairs_per_task: int | None  # the fewest pairs a packed task that lasts job.results.packing.TASK_MINUTES
+    packed_request: SlurmRequest | None  # the request of such a task; None when no pair was measured
 
 
 @dataclass(frozen=True)

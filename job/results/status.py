@@ -3,7 +3,9 @@
 Read from the result files, the leases (who trains a pair now), the checkpoints (how far it got), the submission
 record (which Slurm tasks were meant to run it) and, when Slurm is there, one squeue and one sacct for all of them.
 A plain `sbatch slurm/array.sh` array is recorded only as each of its tasks starts: the caller says which live tasks
-of such arrays write this run with this config (`plain_arrays`), and each counts for the pair its index names.
+of such arrays write this run with this config (`plain_arrays`), and each counts for the pairs its index names.
+A packed task trains several pairs one after another: while it runs, the pair it holds the lease of is running,
+the ones after it wait their turn (queued), and one before it without a result was gone past (failed).
 Without Slurm the same files still tell done, running (a live lease), interrupted and missing.
 """
 
@@ -62,6 +64,7 @@ class PairState(str, Enum):
 
 
 FINISHED_AS = {"CANCELLED": PairState.CANCELLED, "PREEMPTED": PairState.PREEMPTED}
+RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")  # a live task that has its node
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,16 @@ class PairStatus:
         return head | rest | where
 
 
-def no_plain_arrays(layout: RunLayout, protocol: Protocol) -> list[TaskState]:
+@dataclass(frozen=True)
+class PlainTask:
+    """A live task of a plain `sbatch slurm/array.sh` array, and the pairs (task ids) its index names: its own id,
+    or the pack of `run --pairs-per-task`."""
+
+    state: TaskState
+    task_ids: tuple[int, ...]
+
+
+def no_plain_arrays(layout: RunLayout, protocol: Protocol) -> list[PlainTask]:
     """No plain arrays: the default of a caller that cannot read a job's arguments."""
     return []
 
@@ -103,26 +115,34 @@ def status(
     *,
     repeats: int = 1,
     queue: Callable[[Iterable[str]], dict[str, TaskState]] = slurm.tasks,
-    plain_arrays: Callable[[RunLayout, Protocol], Iterable[TaskState]] = no_plain_arrays,
+    plain_arrays: Callable[[RunLayout, Protocol], Iterable[PlainTask]] = no_plain_arrays,
 ) -> list[PairStatus]:
     """One PairStatus per pair of `repeats` repeats, in task-id order. `queue` answers what the scheduler says of
     the jobs named (job id -> TaskState); Slurm's squeue and sacct by default, nothing where Slurm is not installed.
-    `plain_arrays` gives the live tasks of arrays that write `layout` with `protocol`'s config and whose index is
-    the pair's task id (slurm/array.sh's), recorded or not; none by default (reading a job's arguments is the CLI's).
+    `plain_arrays` gives the live tasks of arrays that write `layout` with `protocol`'s config and whose index names
+    the pairs they train (slurm/array.sh's), recorded or not; none by default (reading a job's arguments is the CLI's).
     """
     pairs = all_pairs(protocol.n_folds, repeats)
     submitted = read_submissions(layout)
     recorded = {s.job_id for s in submitted}
     # A task records itself when it starts; until then squeue's answer is all there is of it.
-    plain = {t.job_id: t for t in plain_arrays(layout, protocol) if t.job_id not in recorded}
+    plain = {t.state.job_id: t for t in plain_arrays(layout, protocol) if t.state.job_id not in recorded}
     submitted += [
-        Submission(t.array_job_id, index, index, protocol.config_id, log="", job_name=t.name, time_utc="")
+        Submission(
+            t.state.array_job_id, index, task_id, protocol.config_id, log="", job_name=t.state.name, time_utc="",
+            pack=t.task_ids if len(t.task_ids) > 1 else (),
+        )
         for t in plain.values()
-        if (index := t.task_id) is not None
-    ]
+        if (index := t.state.task_id) is not None
+        for task_id in t.task_ids
+    ]  # fmt: skip
     holders = {pair: _holder(layout.pair_paths(pair).lease) for pair in pairs}
     job_ids = recorded | {h.slurm_task for h in holders.values() if isinstance(h, Holder) and h.slurm_task}
-    states = plain | (queue(job_ids) if job_ids else {})
+    states = {job_id: t.state for job_id, t in plain.items()} | (queue(job_ids) if job_ids else {})
+    # The pair a running packed task trains now: the one whose lease it holds.
+    training = {
+        h.slurm_task: task_id for task_id, h in enumerate(holders.values()) if isinstance(h, Holder) and h.slurm_task
+    }
     return [
         _status_of(
             task_id,
@@ -132,6 +152,7 @@ def status(
             holders[pair],
             [s for s in submitted if s.task_id == task_id],
             states,
+            training,
         )
         for task_id, pair in enumerate(pairs)
     ]
@@ -153,6 +174,7 @@ def _status_of(
     holder: Holder | JobError | None,
     submitted: list[Submission],
     states: dict[str, TaskState],
+    training: dict[str, int],
 ) -> PairStatus:
     paths = layout.pair_paths(pair)
     path = paths.result
@@ -178,6 +200,8 @@ def _status_of(
             return _projected(_running(base, holder, states.get(holder.slurm_task or ""), epochs), layout, protocol)
         stale = f"; stale lease: {gone}"
     submission, task = _latest(submitted, states)
+    if task is not None and task.state in RUNNING_STATES and submission is not None and submission.pack:
+        return _in_pack(base, submission, task, epochs, training.get(submission.job_id))
     if task is not None and not task.finished:
         return _projected(_live(base, submission, task, epochs), layout, protocol)
     if task is not None and task.state != "COMPLETED":
@@ -243,8 +267,25 @@ def _projected(found: PairStatus, layout: RunLayout, protocol: Protocol) -> Pair
     return replace(found, detail=f"{found.detail}; {text}", projected_s=total)
 
 
+def _in_pack(
+    base: dict[str, Any], submission: Submission, task: TaskState, epochs: int | None, training: int | None
+) -> PairStatus:
+    """A pair of a running packed task that holds no lease on it: gone past, or waiting its turn."""
+    pack, job, log = submission.pack, submission.job_id, submission.log_path()
+    position = pack.index(base["task_id"])
+    common = {"job_id": job, "node": task.node or None, "epochs_done": epochs, "slurm_state": task.state, "log": log}
+    if training in pack and pack.index(training) > position:
+        error = None if log is None else last_error_line(log)
+        where = "" if log is None else f"; log {log}" + (f": {error}" if error else "")
+        detail = f"job {job} went past it without a result{where}"
+        return PairStatus(state=PairState.FAILED, detail=detail, last_error=error, **common, **base)
+    resume = f", resumes after epoch {epochs}" if epochs else ""
+    detail = f"job {job} on {task.node} trains its {len(pack)} pairs in turn: this is number {position + 1}{resume}"
+    return PairStatus(state=PairState.QUEUED, detail=detail, reason="its pack's turn", **common, **base)
+
+
 def _live(base: dict[str, Any], submission: Submission | None, task: TaskState, epochs: int | None) -> PairStatus:
-    if task.state in ("RUNNING", "COMPLETING", "CONFIGURING"):  # running, its lease not taken (yet)
+    if task.state in RUNNING_STATES:  # running, its lease not taken (yet)
         return PairStatus(
             state=PairState.RUNNING,
             detail=f"job {task.job_id} on {task.node}, {_epochs(epochs)}, {_duration(task.elapsed_s)}",

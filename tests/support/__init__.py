@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,23 @@ def cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def start_pinned(args: Sequence[str], cpu_index: int = 0, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`python -m job ARGS` in the background, pinned to one CPU (so one TensorFlow thread: the thread count changes
+    the float summation order), `env` added to the environment. No SLURM_* variables: a pytest inside an allocation
+    must not size the thread pool from them."""
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = cpus[cpu_index % len(cpus)]
+    outside = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "job", *args],
+        env={**outside, "PYTHONPATH": str(ROOT), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
     )
 
 

@@ -184,6 +184,15 @@ def wait_for_jobs(job_id: str, timeout: float = 120) -> dict[str, str]:
 ARRAY_SCRIPT = ROOT / "slurm" / "array.sh"
 
 
+def squeue_line(job: str, tasks: str, state: str, workdir: StrPath, command: str) -> str:
+    """One line of squeue's as job/slurm.py asks for it (Slurm 22.05: each field ended by the unit separator), of a
+    job named as slurm/array.sh names its own."""
+    reason = "BeginTime" if state == "PENDING" else "None"
+    node, used = ("", "0:00") if state == "PENDING" else ("localhost", "1:05")
+    fields = [job, tasks, state, reason, node, used, "0", "1:00:00", "mnist-cv-pairs", str(workdir), command]
+    return "".join(f"{field}\x1f" for field in fields)
+
+
 def sacct(job: str, *fields: str) -> dict[str, dict[str, str]]:
     """Task -> {field: value} for each array task of `job`."""
     out = subprocess.run(
@@ -194,6 +203,18 @@ def sacct(job: str, *fields: str) -> dict[str, dict[str, str]]:
     )
     rows = (line.split("|") for line in out.stdout.splitlines())
     return {row[0]: dict(zip(fields, row[1:], strict=True)) for row in rows}
+
+
+def sacct_runs(job: str) -> dict[str, list[str]]:
+    """Task -> the state of each of its runs, oldest first (-D keeps the runs that a requeue ended)."""
+    out = subprocess.run(
+        ["sacct", "-j", job, "-X", "-D", "-n", "-P", "-o", "JobID,State"], capture_output=True, text=True, check=True
+    )
+    runs: dict[str, list[str]] = {}
+    for line in out.stdout.splitlines():
+        task, state = line.split("|", 1)
+        runs.setdefault(task, []).append(state.split(" ")[0])
+    return runs
 
 
 def with_gpus() -> dict[str, str]:
