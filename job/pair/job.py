@@ -190,7 +190,7 @@ def run_final(
 
 
 @dataclass
-class Pack:
+class PackOutcome:
     """How the pairs of one process ended (run_pairs): done (trained now or before), held by another live process,
     failed."""
 
@@ -218,7 +218,7 @@ def run_pairs(
     inputs: Inputs,
     options: Options = Options(),
     array_task: ArrayTask | None = None,
-) -> Pack:
+) -> PackOutcome:
     """Train `pairs` one after another in this process, each exactly as run_pair would (its own done-check, lease,
     checkpoint and result), on one data load and one TensorFlow set-up; each pair's line is printed as it ends.
 
@@ -226,7 +226,7 @@ def run_pairs(
     next pair runs. A stop signal ends the whole pack (Preempted, exit 3) once the current pair is checkpointed: a
     rerun skips the done pairs and resumes the others. A failed set-up (the data, TensorFlow) would fail every
     pair alike: it ends the pack too, as it ends a single run."""
-    setup, pack = Setup(inputs), Pack(pairs)
+    setup, pack = Setup(inputs), PackOutcome(pairs)
     for position, pair in enumerate(pairs):
         try:
             if setup.stop():
