@@ -28,6 +28,7 @@ from job.launch import resources as launch_resources
 from job.protocol import Pair
 from job.results.contract import GpuUse, PairResult, Resources, Summary
 from job.results.layout import RunLayout
+from job.results.packing import PairCost, pairs_per_task, time_limit_seconds
 from job.results.projection import WARNING_S, clock, projection
 
 GIB = 1 << 30
@@ -56,6 +57,24 @@ def test_the_request_is_the_measured_peaks_with_the_stated_margin(
     found = sizing.request(wall, rss, cores, cpu_count, gpus)
     assert found.options == options
     assert found.options == f"--time={found.time} --mem={found.mem} -c {found.cpus} --gres={found.gres}"
+
+
+@pytest.mark.parametrize(
+    ("startup", "pair", "most", "pairs", "limit"),
+    [
+        # full mlp pairs: 3 s of start-up, 6 s each after it; 10 min want 100 of them, a run has 5: 33 s -> 5 min
+        (3.0, 6.0, 5, 5, "0:05:00"),
+        (3.0, 6.0, None, 100, "0:20:00"),  # 603 s x1.5 + 180 = 1084.5 s -> 20 min
+        (3.0, 780.0, 5, 1, "0:25:00"),  # a full cnn pair lasts longer than the target alone
+        (700.0, 1.0, 5, 1, "0:25:00"),  # a start-up past the target: one pair
+    ],
+)
+def test_a_packed_task_takes_the_fewest_pairs_that_last_the_target(
+    startup: float, pair: float, most: int | None, pairs: int, limit: str
+) -> None:
+    cost = PairCost(startup_seconds=startup, pair_seconds=pair, n_measured=5)
+    assert pairs_per_task(cost, 600, most=most) == pairs
+    assert clock(time_limit_seconds(cost.task_seconds(pairs))) == limit
 
 
 def test_the_requeue_warning_is_the_one_slurm_array_sh_asks_for() -> None:
@@ -175,6 +194,15 @@ def test_collect_sizes_the_measured_pairs_and_counts_the_unmeasured_one(
     options = f"--time={minutes // 60}:{minutes % 60:02d}:00 --mem={mem} -c {cpus} --gres=none"
     assert mlp.request is not None and mlp.request.options == options
     assert f"mlp: suggested request {options}" in out
+    # The packed task: the slowest start-up, then the slowest pair past its start-up, as many as last 10 min (at
+    # most the run's five mlp pairs).
+    startup = max(u.startup_seconds for u in used.values())
+    pair = max(u.wall_seconds - u.startup_seconds for u in used.values())
+    pairs = min(5, max(1, math.ceil((600 - startup) / pair)))
+    minutes = math.ceil((1.5 * (startup + pairs * pair) + WARNING_S) / 300) * 5
+    packed = f"--time={minutes // 60}:{minutes % 60:02d}:00 --mem={mem} -c {cpus} --gres=none"
+    assert mlp.pairs_per_task == pairs and mlp.packed_request is not None and mlp.packed_request.options == packed
+    assert f"mlp: packed, {pairs} pairs a task (submit --pack {pairs}): request {packed}" in out
     assert "2 of 3 pairs measured; 1 without resources (written before they were measured): not counted" in out
     rss = mlp.max_peak_rss_bytes
     assert (f"peak RSS {rss / MIB:.0f} MiB" if rss < GIB else f"peak RSS {rss / GIB:.2f} GiB") in out
