@@ -48,6 +48,9 @@ MEASURED_FOLDS = (0, 1)  # mlp folds trained with their resources; fold 2 is tra
         (600.0, int(3.2 * GIB), 1.3, 2, 0, "--time=0:20:00 --mem=4G -c 2 --gres=none"),
         # a ratio a hair over 1 on a one-CPU allocation is clock noise: still 1 CPU; a GPU used is asked for
         (3000.0, 100 * MIB, 1.0001, 1, 1, "--time=1:20:00 --mem=512M -c 1 --gres=gpu:1"),
+        # one busy core measured as 1.03 on a two-CPU node: still 1 CPU, not 2; 1.06 is a second core's work
+        (10.0, 100 * MIB, 1.03, 2, 0, "--time=0:05:00 --mem=512M -c 1 --gres=none"),
+        (10.0, 100 * MIB, 1.06, 2, 0, "--time=0:05:00 --mem=512M -c 2 --gres=none"),
     ],
 )
 def test_the_request_is_the_measured_peaks_with_the_stated_margin(
@@ -171,7 +174,7 @@ def test_collect_sizes_the_measured_pairs_and_counts_the_unmeasured_one(
     minutes = math.ceil((1.5 * mlp.max_wall_seconds + WARNING_S) / 300) * 5
     mem_mib = math.ceil(1.25 * mlp.max_peak_rss_bytes / (512 * MIB)) * 512
     mem = f"{mem_mib // 1024}G" if mem_mib % 1024 == 0 else f"{mem_mib}M"
-    cpus = max(1, math.ceil(min(cores, len(os.sched_getaffinity(0)))))
+    cpus = max(1, math.ceil(min(cores, len(os.sched_getaffinity(0))) - 0.05))
     options = f"--time={minutes // 60}:{minutes % 60:02d}:00 --mem={mem} -c {cpus} --gres=none"
     assert mlp.request is not None and mlp.request.options == options
     assert f"mlp: suggested request {options}" in out

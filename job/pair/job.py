@@ -38,6 +38,8 @@ class Job(ABC):
 
     layout: RunLayout
     protocol: Protocol
+    # What its per-epoch logs call the numbers of its held-out images (job/pair/epoch_logs.py).
+    held_out = "val"
 
     @property
     @abstractmethod
@@ -117,6 +119,7 @@ class FinalJob(Job):
     layout: RunLayout
     protocol: Protocol
     model: str
+    held_out = "test"  # a final model is watched on the test images
 
     @property
     def model_name(self) -> str:
@@ -201,7 +204,7 @@ def execute(job: Job, inputs: Inputs, options: Options = Options(), callbacks: S
         checkpoint = Checkpoint(paths.checkpoint)
         if options.force and checkpoint.exists():  # --force trains from epoch 1; what was there is kept aside
             print(f"{job.label}: --force: checkpoint set aside as {checkpoint.set_aside()}", file=sys.stderr)
-        epoch_logs = EpochLogs(paths.csv, paths.tensorboard)
+        epoch_logs = EpochLogs(paths.csv, paths.tensorboard, job.held_out)
         with session.training(inputs, job.protocol, job.model_name, job.label, epoch_logs, callbacks) as trained:
             result = job.train(trained, checkpoint)
         # The in-memory result passes the readers' checks before it is written: the schema, finite numbers, and

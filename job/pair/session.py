@@ -88,7 +88,7 @@ def training(
 
     stop = StopFlag()
     stop.install()
-    progress = EpochProgress(label, protocol.epochs)
+    progress = EpochProgress(label, protocol.epochs, epoch_logs.held_out)
     threads = runtime_info["threads"]["intra_op"]
     print(
         f"{label}: config {protocol.config_id}, data {dataset.name} from {dataset.source}, "
