@@ -61,6 +61,28 @@ def test_the_request_is_the_measured_peaks_with_the_stated_margin(
     assert found.options == f"--time={found.time} --mem={found.mem} -c {found.cpus} --gres={found.gres}"
 
 
+# What one full pair of each model used (all 60,000 images, 10 epochs, one CPU), as docs/performance.md#sizing
+# reports them: the slowest of the five mlp pairs and the cnn's fold 0, at commit f548be8.
+MEASURED = {"mlp": (9.0, 695 * MIB, 1.01), "cnn": (779.0, 946 * MIB, 1.0)}
+GPU_HOST_MIB = 2048  # docs/cluster.md#what-a-task-asks-for: CUDA's host memory, an allowance not measured on a GPU
+FINAL_IMAGES = 60_000 / 48_000  # a final model trains on every training image, a pair on four folds of five
+
+
+def test_the_scripts_ask_for_what_the_measured_pairs_used_with_the_stated_margin() -> None:
+    """The #SBATCH defaults are collect's own request over both models' measured pairs (one array runs both), a GPU
+    and its CUDA host memory added; the final model's are the cnn pair's for its 1.25x images."""
+    pairs = [sizing.request(wall, rss, cores, 1, 1) for wall, rss, cores in MEASURED.values()]
+    wall, rss, cores = MEASURED["cnn"]
+    final = sizing.request(wall * FINAL_IMAGES, rss, cores, 1, 1)
+    for script, requests in ((launch_resources.PAIRS_SCRIPT, pairs), (launch_resources.FINAL_SCRIPT, [final])):
+        asked = launch_resources.resources(script)
+        assert asked.time_min == max(launch_resources.minutes(r.time) for r in requests), script
+        mem_mib = max(launch_resources.gigabytes(r.mem) for r in requests) * 1024 + GPU_HOST_MIB
+        assert asked.mem_gb * 1024 == mem_mib, script
+        assert (asked.cpus, asked.gpus) == (max(r.cpus for r in requests), 1), script
+    assert launch_resources.sbatch_options(launch_resources.PAIRS_SCRIPT)["time"] == "00:25:00"
+
+
 def test_the_requeue_warning_is_the_one_slurm_array_sh_asks_for() -> None:
     signal = launch_resources.sbatch_options(launch_resources.PAIRS_SCRIPT)["signal"]
     assert signal == f"B:USR1@{WARNING_S}"

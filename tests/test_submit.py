@@ -139,13 +139,13 @@ def test_resources_map_to_submitits_parameters_and_sbatch_options(tmp_path: Path
         assert f"#SBATCH {option}\n" in sbatch
     # No GPU asked: no GPU option at all (Slurm refuses a zero count on some versions).
     assert "gpus_per_node" not in executor_parameters(submit_args("--gpus-per-task", "0"))
-    # The defaults are slurm/array.sh's: one GPU, 4 CPUs, 16 GB, an hour; with --final, slurm/final.sh's.
+    # The defaults are slurm/array.sh's: one GPU, 1 CPU, 3.5 GB, 25 minutes; with --final, slurm/final.sh's.
     defaults = executor_parameters(submit_args())
     assert (defaults["gpus_per_node"], defaults["cpus_per_task"], defaults["mem_gb"], defaults["timeout_min"]) == (
-        1, 4, 16, 60,
+        1, 1, 3.5, 25,
     )  # fmt: skip
     final_defaults = executor_parameters(submit_args("--final", "mlp"))
-    assert (final_defaults["name"], final_defaults["timeout_min"]) == ("mnist-cv-final", 120)
+    assert (final_defaults["name"], final_defaults["timeout_min"]) == ("mnist-cv-final", 30)
 
 
 def test_only_the_pairs_not_done_are_submitted_unless_all() -> None:
