@@ -282,7 +282,7 @@ def test_usage_and_config_errors(trained: Trained, tmp_path: Path, capsys: pytes
         (["predict", "--model-file", model, "--labels", "l.gz", "a.png", "b.png"], 2, "exactly one IMAGE"),
         (["final", "--model", "resnet", "--results", str(tmp_path)], 2, "unknown model 'resnet'"),
         # the same run with another config is refused, not overwritten (the last --epochs wins)
-        ([*trained.final_args, "--epochs", str(EPOCHS + 1)], 1, "holds config"),
+        ([*trained.final_args, "--epochs", str(EPOCHS + 1)], 2, f"you gave --epochs {EPOCHS + 1}"),
     ]:
         try:
             code = main(argv)

@@ -27,11 +27,11 @@ from support import cli, last_line
 from support.cluster import ensure_cluster, wait_for_jobs
 
 from job.cli import build_parser, submit
-from job.cli.options import protocol_from_args
+from job.cli.options import protocol_overrides
 from job.launch import argv as launch_argv
 from job.launch import task as launch
 from job.pair.train import Preempted
-from job.protocol import Pair, all_pairs
+from job.protocol import Pair, Protocol, all_pairs
 from job.results import store as results
 from job.results.layout import RunLayout
 
@@ -99,16 +99,19 @@ def test_shared_options_reach_the_pair_as_given_with_absolute_paths(tmp_path: Pa
         "--results", "out", "--run", "r1", "--data-dir", "data", "--custom-data",
         "--epochs", "2", "--batch-size", "64", "--seed", "0", "--limit", "500", "--mixed-precision", "--xla",
     )  # fmt: skip
-    run_args = submit.run_args(args)
+    run_args = submit.run_args(args, Protocol().with_overrides(**protocol_overrides(args)))
     assert run_args == [
         "--results", str(tmp_path / "out"), "--run", "r1", "--data-dir", str(tmp_path / "data"), "--custom-data",
         "--epochs", "2", "--batch-size", "64", "--seed", "0", "--limit", "500", "--mixed-precision", "--xla",
     ]  # fmt: skip
     # ... and `job run` reads them back into the same protocol.
     run = build_parser().parse_args(["run", "--task-id", "0", *run_args])
-    assert protocol_from_args(run) == protocol_from_args(args)
+    assert protocol_overrides(run) == protocol_overrides(args)
     # Defaults are forwarded too (they may come from $MNIST_CV_RESULTS...); unset options are left out.
-    assert submit.run_args(submit_args()) == ["--results", str(tmp_path / "results"), "--run", "default"]
+    assert submit.run_args(submit_args(), Protocol()) == ["--results", str(tmp_path / "results"), "--run", "default"]
+    # Only --run given: the tasks are given the run's protocol (its manifest's), as options.
+    only_run = submit.run_args(submit_args(), Protocol(epochs=1, limit=500))
+    assert only_run == ["--results", str(tmp_path / "results"), "--run", "default", "--epochs", "1", "--limit", "500"]
 
 
 def test_resources_map_to_submitits_parameters_and_sbatch_options(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 Such an array is recorded in RESULTS/RUN/submissions.jsonl only as each of its tasks starts; until then only squeue
 knows it. Its tasks are this user's jobs named as slurm/array.sh's `#SBATCH --job-name`, whose command is a script of
 that file name; the arguments after it are `run`'s, read with `run`'s own parser: --results (relative to squeue's
-working folder; default `results`), --run (default `default`) and the protocol options, whose config id must be the
-one asked about. Task N of such an array runs pair N.
+working folder; default `results`), --run (default `default`) and the protocol options, which resolve against that
+run's manifest as the task will (only --run: the run's config; an override that differs: refused, so no match);
+the config id must be the one asked about. Task N of such an array runs pair N.
 
 What squeue does not show is not matched, so such an array's pairs still read as missing:
 - the results, run and home settings given as variables at submission (squeue shows no job's environment): a run
@@ -25,7 +26,7 @@ from typing import Any, NoReturn
 
 from job import settings, slurm
 from job.cli import run
-from job.cli.options import protocol_from_args
+from job.cli.options import run_config
 from job.errors import JobError
 from job.launch import resources
 from job.protocol import Protocol
@@ -71,13 +72,14 @@ def writes(workdir: str, command: str) -> tuple[Path, str] | None:
         return None
     try:
         parsed = _run_parser().parse_args(args)
-        config_id = protocol_from_args(parsed).config_id
-        folder = RunLayout(Path(workdir) / parsed.results, parsed.run).folder  # an absolute --results stays itself
+        layout = RunLayout(Path(workdir) / parsed.results, parsed.run)  # an absolute --results stays itself
+        # The run's config, as the task will resolve it: with only --run, its manifest's.
+        config_id = run_config(parsed, layout).protocol.config_id
     except (ValueError, JobError):
         return None
     if any(getattr(parsed, name) is not None for name in PAIR_OPTIONS):
         return None
-    return folder.resolve(), config_id
+    return layout.folder.resolve(), config_id
 
 
 def matching(tasks: Iterable[TaskState], layout: RunLayout, protocol: Protocol) -> list[TaskState]:

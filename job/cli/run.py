@@ -10,13 +10,14 @@ from job.cli.options import (
     FOLD,
     REPEAT,
     TASK_ID,
+    RunConfig,
     add_data_args,
     add_device_args,
     add_protocol_args,
     add_repeats_arg,
     add_results_args,
     inputs_from_args,
-    protocol_from_args,
+    run_config,
 )
 from job.errors import UsageError
 from job.pair import models
@@ -31,6 +32,7 @@ from job.protocol import (
     pair_for_task,
     parse_task_id,
 )
+from job.results import manifest
 from job.results.layout import RunLayout
 
 
@@ -54,8 +56,8 @@ def add_parser(subparsers: Any) -> None:
     )
     add_repeats_arg(
         which,
-        default=None,
-        help="the run's repeats R: refuse a task id or --repeat beyond them (default: the task id says its repeat)",
+        "the run's repeats R: refuse a task id or --repeat beyond them (default: the run's, from its manifest; 1 for "
+        "a new run); an R larger than the run's grows it",
     )
     add_results_args(p)
     add_data_args(p)
@@ -90,10 +92,21 @@ def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
     return pair
 
 
+def check_in_run(args: argparse.Namespace, config: RunConfig, pair: Pair, run: str) -> None:
+    """Without --repeats, a pair beyond the run's repeats is refused, saying how to grow the run; a run of several
+    configs and no manifest bounds nothing (the task id says its repeat)."""
+    n = config.repeats
+    if args.repeats is None and config.found.source is not manifest.Source.MIXED and pair.repeat >= n:
+        raise UsageError(
+            f"{pair} is beyond run {run}'s {n} repeat{'s' * (n > 1)}: give --repeats {pair.repeat + 1} to grow the run"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
-    protocol = protocol_from_args(args)
-    layout, pair = RunLayout(args.results, args.run), resolve_pair(args, protocol)
-    print(
-        run_pair(layout, protocol, pair, inputs_from_args(args), Options(args.force, args.keep_checkpoint)), flush=True
-    )
+    layout = RunLayout(args.results, args.run)
+    config = run_config(args, layout)
+    pair = resolve_pair(args, config.protocol)
+    check_in_run(args, config, pair, layout.run)
+    options = Options(args.force, args.keep_checkpoint, config.repeats)
+    print(run_pair(layout, config.protocol, pair, inputs_from_args(args), options), flush=True)
     return 0

@@ -1,5 +1,6 @@
-"""What `mnist-cv submit` does: choose the jobs (the pairs to run, or a final model), freeze the code, submit them as
-one array through submitit, record the array for `status`, and with wait follow it (collect is the command's)."""
+"""What `mnist-cv submit` does: choose the jobs (the pairs to run, or a final model), record the run's manifest,
+freeze the code, submit them as one array through submitit, record the array for `status`, and with wait follow it
+(collect is the command's)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from job.launch import resources, snapshot
 from job.launch.argv import final_args, pair_args
 from job.launch.follow import follow
 from job.protocol import Protocol
+from job.results import manifest
 from job.results.layout import RunLayout
 from job.results.status import no_plain_arrays, status
 from job.results.submissions import record_submission
@@ -111,6 +113,9 @@ def submit(request: Request) -> bool:
     if request.dry_run:
         print_plan(request, what, tasks, params, logs, code)
         return False
+    # Before any task can start: a task given only --run reads the run's protocol and repeats there.
+    if grown := manifest.record(layout, protocol, request.repeats):
+        print(grown, file=sys.stderr)
     if code is not None:
         snapshot.freeze(code, layout.code)
     jobs = submit_array(request.executor, params, logs, tasks)

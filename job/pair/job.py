@@ -18,7 +18,7 @@ from job.pair.epoch_logs import EpochLogs
 from job.pair.session import Inputs, Session
 from job.pair.train import fit_pair
 from job.protocol import Pair, Protocol, task_for_pair
-from job.results import store
+from job.results import manifest, store
 from job.results.contract import FinalResult, ModelFile, PairResult
 from job.results.layout import JobPaths, RunLayout
 from job.results.lease import Lease
@@ -27,10 +27,12 @@ from job.results.submissions import record_running_task
 
 @dataclass(frozen=True)
 class Options:
-    """How to treat what is already there."""
+    """How to treat what is already there, and the run's repeats to record."""
 
     force: bool = False  # retrain even when a valid result of this config exists
     keep_checkpoint: bool = False  # keep the per-epoch checkpoint after the result is written
+    # Recorded in the run's manifest (job/results/manifest.py) before training; None records none (the bench's runs).
+    repeats: int | None = None
 
 
 class Job(ABC):
@@ -206,6 +208,10 @@ def execute(job: Job, inputs: Inputs, options: Options = Options(), callbacks: S
             print(f"{job.label}: --force: checkpoint set aside as {checkpoint.set_aside()}", file=sys.stderr)
         epoch_logs = EpochLogs(paths.csv, paths.tensorboard, job.held_out)
         with session.training(inputs, job.protocol, job.model_name, job.label, epoch_logs, callbacks) as trained:
+            # Once the data has passed its checks (a refused --batch-size fixes no config for the run), and before
+            # any epoch: a second config in the run is refused here at the latest.
+            if options.repeats is not None and (grown := manifest.record(job.layout, job.protocol, options.repeats)):
+                print(grown, file=sys.stderr, flush=True)
             result = job.train(trained, checkpoint)
         # The in-memory result passes the readers' checks before it is written: the schema, finite numbers, and
         # a history consistent with the score.
