@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the same folder, fsynced, then renamed over the target.
+"""Atomic file writes: a temp file in the same folder, fsynced, then renamed over the target (or, to create a name
+only if it does not exist, hard-linked to it).
 
 Readers (collect while pairs still run, a requeued task, a second array task) see the old file or the new
 one, never half of one; a kill at any instant leaves no torn file behind.
@@ -47,6 +48,36 @@ def write_json(path: Path, obj: Any) -> None:
     except ValueError as error:
         raise JobError(f"{path}: not written, {error}") from None
     write_bytes(path, (text + "\n").encode())
+
+
+def create(path: Path, data: bytes) -> bool:
+    """Create `path` holding `data`, complete, unless the name exists: then False, and nothing is written.
+
+    The temp file is hard-linked to the name: link(2) fails with EEXIST when the name exists, atomically on NFSv2+
+    and Lustre (unlike O_EXCL on NFSv2), so of two processes creating one name at once exactly one wins, and no one
+    sees half a file. On NFS a lost reply can report failure for a link that happened: the temp file then has two
+    names (the open(2) man page's advice for lock files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as written:
+            written.write(data)
+            written.flush()
+            os.fsync(written.fileno())
+        tmp.chmod(0o666 & ~_umask())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as error:
+            if os.stat(tmp).st_nlink == 2:
+                return True
+            raise JobError(f"cannot create {path}: {error.strerror or error}") from None
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _umask() -> int:

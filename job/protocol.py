@@ -29,6 +29,16 @@ MAX_EPOCHS = 100_000
 MAX_IMAGES = 1_000_000_000
 # ASCII digits only: str.isdigit() accepts '²' (which int() rejects) and int() turns '٣' into 3 silently.
 _TASK_ID = re.compile(r"[0-9]{1,9}")
+# The option that sets each field, as job/cli/options.py spells it, and the value a switch sets; n_folds and
+# split_seed are the tutorial's, set by no option.
+OPTIONS: dict[str, tuple[str, Any]] = {
+    "epochs": ("--epochs", None),
+    "batch_size": ("--batch-size", None),
+    "seed": ("--seed", None),
+    "limit": ("--limit", None),
+    "precision": ("--mixed-precision", "mixed_float16"),
+    "jit": ("--xla", True),
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,35 @@ class Protocol:
     def config_id(self) -> str:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def overrides(self) -> dict[str, Any]:
+        """Its fields that differ from the tutorial's protocol (the defaults)."""
+        default = Protocol()
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)
+        }
+
+    def as_options(self) -> list[str]:
+        """The options that give its overrides, as `run` takes them: ['--epochs', '1', '--limit', '2000']."""
+        return _option_words({name: value for name, value in self.overrides().items() if name in OPTIONS})
+
+    def describe(self) -> str:
+        """Its overrides in words, as a user gives them: '--epochs 1 --limit 2000', or 'the defaults'."""
+        return in_words(self.overrides())
+
+
+def in_words(values: dict[str, Any]) -> str:
+    """Protocol fields as the options that give them ('--epochs 10'); a field no option sets as 'split_seed 2';
+    'the defaults' for none."""
+    return " ".join(_option_words(values)) or "the defaults"
+
+
+def _option_words(values: dict[str, Any]) -> list[str]:
+    words: list[str] = []
+    for name, value in values.items():
+        flag, switch = OPTIONS.get(name, (name, None))
+        words += [flag] if switch is not None and value == switch else [flag, str(value)]
+    return words
 
 
 # The highest task id a run can have: ten pairs per repeat.

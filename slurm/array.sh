@@ -19,14 +19,16 @@
 # the submit directory: Slurm runs a spool copy of this script, so it cannot find the project from $0); all of
 # them are listed in job/settings.py. slurm/job-step.sh holds what this script and slurm/final.sh share: the task's
 # command line (from job/launch/argv.py), and requeue on the warning. These #SBATCH lines are also `mnist-cv
-# submit`'s defaults (job/launch/resources.py reads them).
+# submit`'s defaults (job/launch/resources.py reads them). The request is what full pairs of this code used, with
+# the margin docs/cluster.md#what-a-task-asks-for states (tests/test_sizing.py derives it); a GPU is asked for, and
+# host memory for its CUDA runtime, neither measured on a GPU.
 #
 #SBATCH --job-name=mnist-cv-pairs
 #SBATCH --array=0-9
 #SBATCH --gres=gpu:1
-#SBATCH --cpus-per-task=4
-#SBATCH --mem=16G
-#SBATCH --time=01:00:00
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=3584M
+#SBATCH --time=00:25:00
 #SBATCH --output=%x_%A_%a.out
 #SBATCH --open-mode=append
 #SBATCH --requeue

@@ -5,13 +5,14 @@
 #
 # Same settings and site options as slurm/array.sh (MNIST_CV_DATA, MNIST_CV_RESULTS, MNIST_CV_RUN,
 # MNIST_CV_IMAGE, MNIST_CV_PYTHON, MNIST_CV_HOME; SBATCH_* variables); a requeued job resumes from its checkpoint.
-# These #SBATCH lines are also `mnist-cv submit --final`'s defaults (job/launch/resources.py reads them).
+# These #SBATCH lines are also `mnist-cv submit --final`'s defaults (job/launch/resources.py reads them): the cnn
+# pair's measured request for the 1.25x images it trains on (docs/cluster.md#what-a-task-asks-for).
 #
 #SBATCH --job-name=mnist-cv-final
 #SBATCH --gres=gpu:1
-#SBATCH --cpus-per-task=4
-#SBATCH --mem=16G
-#SBATCH --time=02:00:00
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=3584M
+#SBATCH --time=00:30:00
 #SBATCH --output=%x_%j.out
 #SBATCH --open-mode=append
 #SBATCH --requeue

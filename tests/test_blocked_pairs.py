@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 from support import cli, last_line
+
+from job.protocol import Protocol
+from job.results import manifest
+from job.results.layout import RunLayout
 
 MINI = ("--data-dir", str(Path(__file__).parent / "data" / "mnist-mini"), "--custom-data")
 
@@ -48,11 +53,14 @@ def test_a_fifo_for_a_checkpoints_state_does_not_hang_status(tmp_path: Path) -> 
 
 @pytest.mark.slow  # trains one small pair (~10 s)
 def test_a_pair_holding_another_configs_result_is_left_out_of_missing(tmp_path: Path) -> None:
-    quick = ("--limit", "1000", "--results", str(tmp_path))
-    trained = cli("run", "--task-id", "2", "--epochs", "1", *quick, *MINI)
+    trained = cli("run", "--task-id", "2", "--epochs", "1", "--limit", "1000", "--results", str(tmp_path), *MINI)
     assert trained.returncode == 0, trained.stderr
+    # Its result copied into a run of another config (recorded in that run's manifest).
+    other = RunLayout(tmp_path, "other")
+    manifest.record(other, Protocol(epochs=2, limit=1000), 1)
+    shutil.copytree(tmp_path / "default" / "mlp", other.folder / "mlp")
 
-    assert _status(tmp_path, "--epochs", "2", "--limit", "1000")[("mlp", 2)]["state"] == "other config"
-    missing = cli("pairs", "--missing", "--epochs", "2", *quick)
+    assert _status(tmp_path, "--run", "other")[("mlp", 2)]["state"] == "other config"
+    missing = cli("pairs", "--missing", "--results", str(tmp_path), "--run", "other")
     assert (missing.returncode, missing.stdout.strip()) == (0, "0-1,3-9")
     assert "left out task 2 mlp/fold-2: other config" in missing.stderr

@@ -115,7 +115,9 @@ def _run_copy(tmp_path: Path) -> Path:
     return results
 
 
-@pytest.mark.parametrize("where", ["submissions.jsonl", "mlp/repeat-1/fold-2.ckpt/state.json", "logs/7002_2_0_log.err"])
+@pytest.mark.parametrize(
+    "where", ["run.json", "submissions.jsonl", "mlp/repeat-1/fold-2.ckpt/state.json", "logs/7002_2_0_log.err"]
+)
 def test_status_and_pairs_finish_with_a_fifo_or_dev_zero_where_they_read(tmp_path: Path, where: str) -> None:
     results = _run_copy(tmp_path)
     for swap in (os.mkfifo, lambda p: p.symlink_to("/dev/zero")):

@@ -72,7 +72,9 @@ def test_a_checkpoint_of_another_config_is_kept_aside_and_force_trains_from_epoc
 ) -> None:
     other = run(tmp_path, 0, "--keep-checkpoint", "--seed", "7")
     assert other.returncode == 0, other.stderr[-2000:]
-    (paths(tmp_path, 0).result).unlink()  # a result of another config would (rightly) refuse the run
+    # A result of another config would (rightly) refuse the run, and the run's manifest would make --seed 7 its own.
+    (paths(tmp_path, 0).result).unlink()
+    RunLayout(tmp_path, "default").manifest.unlink()
     weights = sorted(p.name for p in paths(tmp_path, 0).checkpoint.iterdir())
     done = run(tmp_path, 0, "--keep-checkpoint")
     assert done.returncode == 0, done.stderr[-2000:]

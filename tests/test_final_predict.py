@@ -121,7 +121,12 @@ def test_final_stops_on_a_signal_and_resumes_from_its_checkpoint(trained: Traine
     assert trained.skipped.returncode == 0 and "already done" in trained.skipped.stdout
     # the checkpoint is gone and no temp file is left beside the model, its result and its per-epoch logs
     assert sorted(p.name for p in trained.model_file.parent.iterdir()) == ["mlp.csv", "mlp.json", "mlp.keras", "mlp.tb"]
-    assert len((trained.model_file.parent / "mlp.csv").read_text().splitlines()) == 1 + EPOCHS
+    # Its curves are on the test images and say so: test_*, never val_*, in the CSV and the progress lines.
+    header, *rows = (trained.model_file.parent / "mlp.csv").read_text().splitlines()
+    assert header == "epoch,loss,accuracy,test_loss,test_accuracy,epoch_seconds" and len(rows) == EPOCHS
+    assert [float(row.split(",")[4]) for row in rows] == trained.result["history"]["val_accuracy"]
+    assert f"epoch {EPOCHS}/{EPOCHS}" in trained.resumed.stdout and "test_acc " in trained.resumed.stdout
+    assert "val_" not in trained.resumed.stdout
     assert trained.result["resources"]["wall_seconds"] >= trained.result["timings"]["fit_seconds"]
 
 
@@ -277,7 +282,7 @@ def test_usage_and_config_errors(trained: Trained, tmp_path: Path, capsys: pytes
         (["predict", "--model-file", model, "--labels", "l.gz", "a.png", "b.png"], 2, "exactly one IMAGE"),
         (["final", "--model", "resnet", "--results", str(tmp_path)], 2, "unknown model 'resnet'"),
         # the same run with another config is refused, not overwritten (the last --epochs wins)
-        ([*trained.final_args, "--epochs", str(EPOCHS + 1)], 1, "holds config"),
+        ([*trained.final_args, "--epochs", str(EPOCHS + 1)], 2, f"you gave --epochs {EPOCHS + 1}"),
     ]:
         try:
             code = main(argv)

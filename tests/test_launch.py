@@ -124,8 +124,8 @@ def test_job_step_sh_runs_the_line_job_launch_argv_builds(tmp_path: Path) -> Non
 
 
 def test_the_batch_scripts_sbatch_lines_are_the_resources() -> None:
-    assert resources.pairs() == resources.Resources("mnist-cv-pairs", 60, 1, 4, 16.0, True, 180)
-    assert resources.final() == resources.Resources("mnist-cv-final", 120, 1, 4, 16.0, True, 180)
+    assert resources.pairs() == resources.Resources("mnist-cv-pairs", 25, 1, 1, 3.5, True, 180)
+    assert resources.final() == resources.Resources("mnist-cv-final", 30, 1, 1, 3.5, True, 180)
     # ... and the README says what array.sh asks.
     pairs = resources.sbatch_options(resources.PAIRS_SCRIPT)
     asked = " ".join(f"--{key}={pairs[key]}" for key in ("gres", "cpus-per-task", "mem", "time"))
@@ -192,7 +192,7 @@ def test_dry_run_prints_the_plan_and_submits_nothing(mnist_full: Path, tmp_path:
             "--data-dir", str(mnist_full), *QUICK,
         ]  # fmt: skip
     assert lines[3] == (
-        "resources: name=mnist-cv-pairs, timeout_min=60, cpus_per_task=4, mem_gb=16.0, slurm_signal_delay_s=180, "
+        "resources: name=mnist-cv-pairs, timeout_min=25, cpus_per_task=1, mem_gb=3.5, slurm_signal_delay_s=180, "
         "slurm_additional_parameters={'requeue': True}, gpus_per_node=1"
     )
     assert re.fullmatch(f"code: {out}/default/code/[0-9a-f]{{40}}(-dirty-[0-9a-f]{{12}})? \\(commit .*", lines[4])

@@ -198,8 +198,9 @@ def test_bad_pair_lists_are_one_line_exit_2(args: list[str], message: str, tmp_p
 
 
 def resolved(argv: list[str]) -> tuple[list[Pair], ArrayTask | None]:
+    """`run`'s pairs for these arguments, in a new run (whose repeats are --repeats, else 1)."""
     args = build_parser().parse_args(["run", *argv])
-    return run.resolve_pairs(args, CONFIG)
+    return run.resolve_pairs(args, CONFIG, args.repeats or 1)
 
 
 def test_pairs_per_task_makes_array_index_i_train_task_ids_n_i_to_n_i_plus_n_minus_1_capped(

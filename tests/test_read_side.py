@@ -340,15 +340,15 @@ def test_status_and_pairs_commands_without_slurm_or_tensorflow(results: Path, tm
     table = job_without_tensorflow("status", *where, "--repeats", str(REPEATS), env=without)
     assert (table.returncode, table.stderr) == (0, "")
     lines = table.stdout.splitlines()
-    assert lines[0] == f"{results}/{RUN}  (config {CONFIG.config_id})"
+    assert lines[0] == f"{results}/{RUN}  (config {CONFIG.config_id}: --epochs 2 --limit 1000)"
     assert lines[-1] == "12 done, 1 interrupted, 1 running, 6 missing"
     row = next(line for line in lines if "7001_3" in line)
     assert [cell.strip() for cell in row.strip("│ ").split("│")][:5] == ["13", "1", "mlp", "3", "running"]
 
     missing = job_without_tensorflow("pairs", "--missing", *where, "--repeats", str(REPEATS), env=without)
     assert (missing.returncode, missing.stdout, missing.stderr) == (0, "12,14-19\n", "")
-    # Repeat 0 alone is done: nothing to submit, said by the exit code.
-    none = job_without_tensorflow("pairs", "--missing", *where, env=without)
+    # Repeat 0 alone (--repeats 1, a view: the run has 2) is done: nothing to submit, said by the exit code.
+    none = job_without_tensorflow("pairs", "--missing", *where, "--repeats", "1", env=without)
     assert (none.returncode, none.stdout, none.stderr) == (1, "", "")
 
     listed = job_without_tensorflow("pairs", "--json", *where, "--repeats", str(REPEATS), env=without)
@@ -359,7 +359,7 @@ def test_status_and_pairs_commands_without_slurm_or_tensorflow(results: Path, tm
     # status --check: what a script waits on. Repeat 0 is done (0); with repeat 1 a pair still runs (75); once the
     # running one is gone, pairs are missing and nothing is coming (1).
     check = ("status", "--check", *where)
-    assert job_without_tensorflow(*check, env=without).returncode == 0
+    assert job_without_tensorflow(*check, "--repeats", "1", env=without).returncode == 0
     assert job_without_tensorflow(*check, "--repeats", str(REPEATS), env=without).returncode == 75
     RunLayout(results, RUN).pair_paths(LEASED).lease.unlink()
     assert job_without_tensorflow(*check, "--repeats", str(REPEATS), "--json", env=without).returncode == 1

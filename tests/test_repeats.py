@@ -295,7 +295,7 @@ def test_repeat_0_of_a_repeated_run_is_the_plain_run_and_repeat_1_another(traine
     _, held_out = folds.split(1000, 0, Protocol(epochs=1, limit=1000), 1)
     assert second["data"]["val_indices_sha256"] == folds.indices_sha256(held_out)
     found = sorted(p.relative_to(trained / "rep").as_posix() for p in (trained / "rep").rglob("*.json"))
-    assert found == ["mlp/fold-0.json", "mlp/repeat-1/fold-0.json"]
+    assert found == ["mlp/fold-0.json", "mlp/repeat-1/fold-0.json", "run.json"]
 
 
 @pytest.mark.slow
@@ -398,7 +398,8 @@ def test_pairs_status_and_submit_take_repeats(repeated_run: Path) -> None:
     common = ("--results", str(repeated_run), "--run", "rep", "--epochs", "1", "--limit", str(REPEATED_LIMIT))
     missing = cli("pairs", "--missing", "--repeats", "3", *common)
     assert (missing.returncode, missing.stdout.strip()) == (0, "28-29")
-    assert cli("pairs", "--missing", *common).returncode == 1  # repeat 0 alone is done
+    assert cli("pairs", "--missing", *common).stdout == "28-29\n"  # the run's three repeats, from its results
+    assert cli("pairs", "--missing", "--repeats", "1", *common).returncode == 1  # a view: repeat 0 alone is done
     listed = cli("status", "--json", "--repeats", "3", *common)
     rows = json.loads(listed.stdout)
     assert len(rows) == 30 and rows[28]["repeat"] == 2 and rows[28]["state"] == "missing"

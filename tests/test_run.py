@@ -137,7 +137,11 @@ def test_a_result_of_another_config_is_never_overwritten(mlp_run: tuple[Path, di
     before = path.read_bytes()
     done = cli("run", "--task-id", "1", "--epochs", "1", "--limit", "2000", "--data-dir", str(mnist_full),
                "--results", str(out))  # fmt: skip
-    assert done.returncode == 1 and "use another --run" in last_line(done.stderr)
+    # Refused before anything is read or trained: the run's manifest says --epochs 2.
+    assert done.returncode == 2 and last_line(done.stderr) == (
+        "mnist-cv run: error: run default is --epochs 2 --limit 2000; you gave --epochs 1: one run holds one config, "
+        "use another --run"
+    )
     assert path.read_bytes() == before
 
 

@@ -190,7 +190,7 @@ def test_status_without_slurm_reads_leases_and_names_are_printed_as_text(tmp_pat
         listing = cli("pairs", "--results", str(tmp_path), "--run", run, *PROTOCOL, env={"COLUMNS": "200"})
     assert table.returncode == 0 and listing.returncode == 0, table.stderr + listing.stderr
     for out in (table.stdout, listing.stdout):
-        assert out.startswith(f"{tmp_path}/{run}  (config {CONFIG.config_id})\n")
+        assert out.startswith(f"{tmp_path}/{run}  (config {CONFIG.config_id}: --epochs 60 --limit 2000)\n")
     assert "pid " in table.stdout and "1 running" in last_line(table.stdout)
 
 

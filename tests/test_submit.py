@@ -27,11 +27,11 @@ from support import cli, last_line
 from support.cluster import ensure_cluster, wait_for_jobs
 
 from job.cli import build_parser, submit
-from job.cli.options import protocol_from_args
+from job.cli.options import protocol_overrides
 from job.launch import argv as launch_argv
 from job.launch import task as launch
 from job.pair.train import Preempted
-from job.protocol import Pair, all_pairs
+from job.protocol import Pair, Protocol, all_pairs
 from job.results import store as results
 from job.results.layout import RunLayout
 
@@ -99,16 +99,19 @@ def test_shared_options_reach_the_pair_as_given_with_absolute_paths(tmp_path: Pa
         "--results", "out", "--run", "r1", "--data-dir", "data", "--custom-data",
         "--epochs", "2", "--batch-size", "64", "--seed", "0", "--limit", "500", "--mixed-precision", "--xla",
     )  # fmt: skip
-    run_args = submit.run_args(args)
+    run_args = submit.run_args(args, Protocol().with_overrides(**protocol_overrides(args)))
     assert run_args == [
         "--results", str(tmp_path / "out"), "--run", "r1", "--data-dir", str(tmp_path / "data"), "--custom-data",
         "--epochs", "2", "--batch-size", "64", "--seed", "0", "--limit", "500", "--mixed-precision", "--xla",
     ]  # fmt: skip
     # ... and `job run` reads them back into the same protocol.
     run = build_parser().parse_args(["run", "--task-id", "0", *run_args])
-    assert protocol_from_args(run) == protocol_from_args(args)
+    assert protocol_overrides(run) == protocol_overrides(args)
     # Defaults are forwarded too (they may come from $MNIST_CV_RESULTS...); unset options are left out.
-    assert submit.run_args(submit_args()) == ["--results", str(tmp_path / "results"), "--run", "default"]
+    assert submit.run_args(submit_args(), Protocol()) == ["--results", str(tmp_path / "results"), "--run", "default"]
+    # Only --run given: the tasks are given the run's protocol (its manifest's), as options.
+    only_run = submit.run_args(submit_args(), Protocol(epochs=1, limit=500))
+    assert only_run == ["--results", str(tmp_path / "results"), "--run", "default", "--epochs", "1", "--limit", "500"]
 
 
 def test_resources_map_to_submitits_parameters_and_sbatch_options(tmp_path: Path) -> None:
@@ -139,13 +142,13 @@ def test_resources_map_to_submitits_parameters_and_sbatch_options(tmp_path: Path
         assert f"#SBATCH {option}\n" in sbatch
     # No GPU asked: no GPU option at all (Slurm refuses a zero count on some versions).
     assert "gpus_per_node" not in executor_parameters(submit_args("--gpus-per-task", "0"))
-    # The defaults are slurm/array.sh's: one GPU, 4 CPUs, 16 GB, an hour; with --final, slurm/final.sh's.
+    # The defaults are slurm/array.sh's: one GPU, 1 CPU, 3.5 GB, 25 minutes; with --final, slurm/final.sh's.
     defaults = executor_parameters(submit_args())
     assert (defaults["gpus_per_node"], defaults["cpus_per_task"], defaults["mem_gb"], defaults["timeout_min"]) == (
-        1, 4, 16, 60,
+        1, 1, 3.5, 25,
     )  # fmt: skip
     final_defaults = executor_parameters(submit_args("--final", "mlp"))
-    assert (final_defaults["name"], final_defaults["timeout_min"]) == ("mnist-cv-final", 120)
+    assert (final_defaults["name"], final_defaults["timeout_min"]) == ("mnist-cv-final", 30)
 
 
 def test_only_the_pairs_not_done_are_submitted_unless_all() -> None:

@@ -18,15 +18,19 @@ from job.results.projection import WARNING_S, clock
 
 MEM_MARGIN = 1.25
 MEM_STEP_MIB = 512
+# CPU seconds per wall second this far over a whole number are clock noise (a pair on one core measures 1.00-1.02,
+# its few helper threads included), not a core more: rounded up past it, the request would double a one-core pair.
+CORE_NOISE = 0.05
 BEFORE = " (written before they were measured)"
 MIB = 1 << 20
 GIB = 1 << 30
 MARGIN = (
     f"--time: the slowest pair x{TIME_MARGIN:g} plus the {WARNING_S} s requeue warning, rounded up to "
     f"{TIME_STEP_S // 60} min; --mem: the largest peak RSS x{MEM_MARGIN:g}, rounded up to {MEM_STEP_MIB} MiB; "
-    "-c: the busiest pair's CPU seconds per wall second, rounded up; --gres: the GPUs the pairs used; "
-    f"packed: the fewest pairs a task that last {TASK_MINUTES} min (the slowest start-up, then the slowest pair past "
-    "its start-up for each), and its --time as above"
+    f"-c: the busiest pair's CPU seconds per wall second, rounded up beyond {CORE_NOISE:g} of a core; "
+    "--gres: the GPUs the pairs used; packed: the fewest pairs a task that last "
+    f"{TASK_MINUTES} min (the slowest start-up, then the slowest pair past its start-up for each), and its --time as "
+    "above"
 )
 
 
@@ -41,8 +45,8 @@ def request(max_wall_s: float, max_rss_bytes: int, max_cores: float, cpu_count: 
     time_s = time_limit_seconds(max_wall_s)
     step = MEM_STEP_MIB * MIB
     mem = max(1, math.ceil(max_rss_bytes * MEM_MARGIN / step)) * step
-    # Never more CPUs than the pairs had: a ratio a hair over a whole number is clock noise, not a core more.
-    cpus = max(1, math.ceil(min(max_cores, cpu_count)))
+    # Never more CPUs than the pairs had, nor a core more for clock noise.
+    cpus = max(1, math.ceil(min(max_cores, cpu_count) - CORE_NOISE))
     time, memory, gres = clock(time_s), slurm_memory(mem), f"gpu:{gpus}" if gpus else "none"
     options = f"--time={time} --mem={memory} -c {cpus} --gres={gres}"
     return SlurmRequest(time=time, mem=memory, cpus=cpus, gres=gres, options=options)

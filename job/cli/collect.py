@@ -14,6 +14,7 @@ from job import settings
 from job.analysis.mlflow_export import export
 from job.cli.options import add_repeats_arg, add_results_args
 from job.pair import data
+from job.results import manifest
 from job.results.layout import RunLayout
 
 FORMATS = ("png", "pdf", "svg")
@@ -43,13 +44,17 @@ def add_parser(subparsers: Any) -> None:
         help="summarise what exists when pairs are missing or unusable (exit 0; n says how many folds)",
     )
     p.add_argument(
-        "--config", type=config_id, metavar="ID", help="use only the results of this config id (a run holding several)"
+        "--config",
+        type=config_id,
+        metavar="ID",
+        help="use only the results of this config id (default: the run's, from its manifest RESULTS/RUN/run.json; "
+        "a run folder of an earlier version holding several needs it)",
     )
     add_repeats_arg(
         p,
-        default=None,
-        help="the run's repeats R: expect repeats 0 to R-1 (missing ones are missing) and leave out results beyond "
-        "them (default: as many as the files show, up to the highest repeat found)",
+        "the run's repeats R: expect repeats 0 to R-1 (missing ones are missing) and leave out results beyond "
+        "them (default: the run's, from its manifest; without one, as many as the files show, up to the highest "
+        "repeat found)",
     )
     p.add_argument("--format", choices=FORMATS, default="png", help="figure format (default: png)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout, and nothing else there")
@@ -71,15 +76,17 @@ def config_id(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from job.analysis.collect import Request, collect  # deferred: matplotlib
 
+    # Without a manifest (a run folder of an earlier version), collect works both out from the files.
+    recorded = manifest.read(RunLayout(args.results, args.run))
     request = Request(
         args.results,
         args.run,
-        args.config,
+        args.config or (recorded.protocol.config_id if recorded else None),
         args.format,
         args.data_dir,
         args.allow_partial,
         args.json,
-        args.repeats,
+        args.repeats or (recorded.repeats if recorded else None),
         test_images=data.test_images,
     )
     status = collect(request)

@@ -6,12 +6,13 @@ import argparse
 from typing import Any
 
 from job.cli.options import (
+    RUN_CONFIG_HELP,
     add_data_args,
     add_device_args,
     add_protocol_args,
     add_results_args,
     inputs_from_args,
-    protocol_from_args,
+    run_config,
 )
 from job.pair import models
 from job.pair.job import Options, run_final
@@ -26,7 +27,7 @@ def add_parser(subparsers: Any) -> None:
         "the 10,000 test images, and write RESULTS/RUN/final/MODEL.keras and MODEL.json (test accuracy and loss, "
         "per-class accuracy, confusion matrix, misclassified test digits, provenance). Checkpointed every epoch: "
         "a rerun after a stop resumes. Done with the same config is skipped. With --limit N it trains on the "
-        "first N training images and is still scored on all 10,000 test images.",
+        f"first N training images and is still scored on all 10,000 test images. {RUN_CONFIG_HELP}",
     )
     p.add_argument("--model", required=True, help="model name (mlp, cnn, or an extra one like cnn-small)")
     add_results_args(p)
@@ -40,10 +41,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     layout, model = RunLayout(args.results, args.run), models.check_name(args.model)
-    print(
-        run_final(
-            layout, protocol_from_args(args), model, inputs_from_args(args), Options(args.force, args.keep_checkpoint)
-        ),
-        flush=True,
-    )
+    config = run_config(args, layout)  # the run's repeats: a final model grows none
+    options = Options(args.force, args.keep_checkpoint, config.repeats)
+    print(run_final(layout, config.protocol, model, inputs_from_args(args), options), flush=True)
     return 0

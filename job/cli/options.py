@@ -14,8 +14,21 @@ from typing import Any
 
 from job import settings
 from job.console import one_line
+from job.errors import UsageError
 from job.pair.session import Inputs
-from job.protocol import MAX_EPOCHS, MAX_IMAGES, MAX_REPEATS, MAX_SEED, MAX_TASK_ID, Protocol, check_repeats
+from job.protocol import (
+    MAX_EPOCHS,
+    MAX_IMAGES,
+    MAX_REPEATS,
+    MAX_SEED,
+    MAX_TASK_ID,
+    OPTIONS,
+    Protocol,
+    check_repeats,
+    in_words,
+)
+from job.results import manifest
+from job.results.layout import RunLayout
 
 # ASCII only, as a user types a number: int() and float() also read '٣' as 3, '1_0' as 10 and ' 3' as 3, float() 'nan'
 # and 'infinity', none of which a user meant as given. A sign is read, so that '-1' is told its range.
@@ -227,7 +240,11 @@ def add_results_args(parser: argparse.ArgumentParser) -> None:
 def add_protocol_args(parser: argparse.ArgumentParser) -> None:
     """Overrides of the tutorial protocol; each one changes the config id, so results never mix."""
     add_options(
-        parser.add_argument_group("protocol overrides (debugging; each changes the config id)"), PROTOCOL_OPTIONS
+        parser.add_argument_group(
+            "protocol overrides (debugging; each changes the config id; a run keeps the config it was started with, "
+            "recorded in RESULTS/RUN/run.json: later commands need only --run, and refuse an override that differs)"
+        ),
+        PROTOCOL_OPTIONS,
     )
 
 
@@ -239,33 +256,72 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     add_options(parser, DEVICE_OPTIONS)
 
 
-def add_repeats_arg(parser: argparse.ArgumentParser | Any, default: int | None = 1, help: str | None = None) -> None:
-    """--repeats R: the cross-validation R times over, each repeat on its own shuffle of the images."""
-    parser.add_argument(
-        "--repeats",
-        type=REPEATS,
-        default=default,
-        metavar="R",
-        help=help
-        or "repeats of the cross-validation, each on its own shuffle (KFold's random_state split seed + r): "
-        "task ids 0 to 10R-1, repeat r being ids 10r to 10r+9 (default 1: the tutorial's one split)",
-    )
+def add_repeats_arg(parser: argparse.ArgumentParser | Any, help: str) -> None:
+    """--repeats R: the cross-validation R times over, each repeat on its own shuffle of the images. Not given, it is
+    None: the run's (its manifest's), whose meaning `help` says."""
+    parser.add_argument("--repeats", type=REPEATS, metavar="R", help=help)
 
 
-def repeats_from_args(args: argparse.Namespace, protocol: Protocol) -> int:
-    """--repeats, checked against the protocol (every repeat's split seed must be a seed); 1 when not given."""
-    return check_repeats(1 if args.repeats is None else args.repeats, protocol)
+# What --repeats is, for the commands' help texts.
+REPEATS_HELP = (
+    "repeats of the cross-validation, each on its own shuffle (KFold's random_state split seed + r): task ids 0 to "
+    "10R-1, repeat r being ids 10r to 10r+9"
+)
+# status's and pairs': a view.
+SHOWN_REPEATS_HELP = (
+    f"{REPEATS_HELP} (default: the run's, from its manifest; 1 for a new run). An R other than the run's shows "
+    "repeats 0 to R-1 and changes nothing: a view"
+)
+# What status, pairs and final say of the run's config in their --help.
+RUN_CONFIG_HELP = (
+    "The run's config and repeats are those recorded in RESULTS/RUN/run.json by its first command (for a run folder "
+    "of an earlier version, those of its results): --run alone is enough, and a protocol override that differs from "
+    "the run's is refused."
+)
 
 
-def protocol_from_args(args: argparse.Namespace) -> Protocol:
-    return Protocol().with_overrides(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        limit=args.limit,
-        precision="mixed_float16" if args.mixed_precision else None,
-        jit=True if args.xla else None,
-    )
+def protocol_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The protocol fields the options given set, by field name."""
+    given = {}
+    for name, (flag, switch) in OPTIONS.items():
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if switch is not None:
+            value = switch if value else None
+        if value is not None:
+            given[name] = value
+    return given
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a command works on: the run's protocol, the repeats asked about, and the run's manifest."""
+
+    protocol: Protocol
+    repeats: int  # --repeats if given, else the run's (1 for a new run, or one of several configs)
+    found: manifest.Found
+
+
+def run_config(args: argparse.Namespace, layout: RunLayout) -> RunConfig:
+    """The protocol and repeats of the run in `layout`, from its manifest (recorded, or derived from the results of
+    a run of an earlier version), with the protocol options given; reads only. A run without one (new, or holding
+    several configs) takes the options over the defaults. An option that differs from the run's is a UsageError
+    naming the fields; one equal to it is accepted."""
+    found = manifest.find(layout)
+    given = protocol_overrides(args)
+    if found.manifest is None:
+        protocol = Protocol().with_overrides(**given)
+    else:
+        protocol = found.manifest.protocol
+        differ = {name: value for name, value in given.items() if getattr(protocol, name) != value}
+        if differ:
+            raise UsageError(
+                f"run {layout.run} is {protocol.describe()}; you gave {in_words(differ)}: one run holds one config, "
+                "use another --run"
+            )
+    asked = getattr(args, "repeats", None)
+    if asked is None:
+        asked = found.manifest.repeats if found.manifest else 1
+    return RunConfig(protocol, check_repeats(asked, protocol), found)
 
 
 def inputs_from_args(args: argparse.Namespace) -> Inputs:

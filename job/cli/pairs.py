@@ -11,25 +11,20 @@ from rich.table import Table
 from rich.text import Text
 
 from job.cli import plain_arrays
-from job.cli.options import add_protocol_args, add_repeats_arg, add_results_args, protocol_from_args, repeats_from_args
-from job.cli.status import STATE_STYLES
+from job.cli.options import RUN_CONFIG_HELP
+from job.cli.status import STATE_STYLES, add_run_args, heading, run_statuses
 from job.console import console as rich_console
-from job.results.layout import RunLayout
-from job.results.status import array_spec, status
+from job.results.status import array_spec
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "pairs",
         help="list the ten pairs (ten per repeat), their task ids, and which are done",
-        description="List the ten (model, fold) pairs (of each repeat, with --repeats) with their array task ids "
-        "and state in RESULTS/RUN "
-        f"(see `status` for the details). {plain_arrays.HELP} Give the same protocol overrides as the run, so "
-        "'done' means done with that config.",
+        description="List the ten (model, fold) pairs (of each repeat of the run) with their array task ids "
+        f"and state in RESULTS/RUN (see `status` for the details). {plain_arrays.HELP} {RUN_CONFIG_HELP}",
     )
-    add_results_args(p)
-    add_protocol_args(p)
-    add_repeats_arg(p)
+    add_run_args(p)
     p.add_argument(
         "--missing",
         action="store_true",
@@ -42,11 +37,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    protocol = protocol_from_args(args)
-    repeats = repeats_from_args(args, protocol)
-    layout = RunLayout(args.results, args.run)
-    statuses = status(layout, protocol, repeats=repeats, plain_arrays=plain_arrays.live_tasks)
+    protocol, repeats, statuses = run_statuses(args)
     if args.missing:
         for s in statuses:
             if s.state.blocked:  # a task for it would fail at once: said, not listed
@@ -64,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     console = rich_console(highlight=False)
-    console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)
+    console.print(Text(f"{args.results}/{args.run}  {heading(protocol)}"), soft_wrap=True)
     table = Table()
     # The repeat column only for a repeated run: the table of a plain one stays as it was.
     for column in ("task", *(["repeat"] * (repeats > 1)), "model", "fold", "state"):

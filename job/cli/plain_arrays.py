@@ -3,9 +3,10 @@
 Such an array is recorded in RESULTS/RUN/submissions.jsonl only as each of its tasks starts; until then only squeue
 knows it. Its tasks are this user's jobs named as slurm/array.sh's `#SBATCH --job-name`, whose command is a script of
 that file name; the arguments after it are `run`'s, read with `run`'s own parser: --results (relative to squeue's
-working folder; default `results`), --run (default `default`) and the protocol options, whose config id must be the
-one asked about. Task N of such an array runs pair N; with `--pairs-per-task P`, the pairs P*N to P*N+P-1 (capped at
-the last of --repeats, as `run` caps them).
+working folder; default `results`), --run (default `default`) and the protocol options, which resolve against that
+run's manifest as the task will (only --run: the run's config; an override that differs: refused, so no match);
+the config id must be the one asked about. Task N of such an array runs pair N; with `--pairs-per-task P`, the pairs
+P*N to P*N+P-1 (capped at the run's last, as `run` caps them).
 
 What squeue does not show is not matched, so such an array's pairs still read as missing:
 - the results, run and home settings given as variables at submission (squeue shows no job's environment): a run
@@ -28,7 +29,7 @@ from typing import Any, NoReturn
 
 from job import settings, slurm
 from job.cli import run
-from job.cli.options import protocol_from_args, repeats_from_args
+from job.cli.options import run_config
 from job.errors import JobError
 from job.launch import resources
 from job.protocol import Protocol, packed_task_ids
@@ -75,7 +76,7 @@ class Written:
     folder: Path
     config_id: str
     pairs_per_task: int | None  # --pairs-per-task; None: index N trains pair N
-    repeats: int  # --repeats, what caps a packed task's pairs (1 when not given, as `run` reads it)
+    repeats: int  # what caps a packed task's pairs: --repeats, else the run's (as `run` reads it)
 
     def task_ids(self, index: int) -> tuple[int, ...]:
         if self.pairs_per_task is None:
@@ -91,14 +92,14 @@ def writes(workdir: str, command: str) -> Written | None:
         return None
     try:
         parsed = _run_parser().parse_args(args)
-        protocol = protocol_from_args(parsed)
-        repeats = repeats_from_args(parsed, protocol)
-        folder = RunLayout(Path(workdir) / parsed.results, parsed.run).folder  # an absolute --results stays itself
+        layout = RunLayout(Path(workdir) / parsed.results, parsed.run)  # an absolute --results stays itself
+        # The run's config and repeats, as the task will resolve them: with only --run, its manifest's.
+        config = run_config(parsed, layout)
     except (ValueError, JobError):
         return None
     if any(getattr(parsed, name) is not None for name in PAIR_OPTIONS):
         return None
-    return Written(folder.resolve(), protocol.config_id, parsed.pairs_per_task, repeats)
+    return Written(layout.folder.resolve(), config.protocol.config_id, parsed.pairs_per_task, config.repeats)
 
 
 def matching(tasks: Iterable[TaskState], layout: RunLayout, protocol: Protocol) -> list[PlainTask]:

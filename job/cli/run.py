@@ -13,14 +13,14 @@ from job.cli.options import (
     REPEAT,
     TASK_ID,
     TASK_IDS,
+    RunConfig,
     add_data_args,
     add_device_args,
     add_protocol_args,
     add_repeats_arg,
     add_results_args,
     inputs_from_args,
-    protocol_from_args,
-    repeats_from_args,
+    run_config,
 )
 from job.errors import UsageError
 from job.pair import models
@@ -38,6 +38,7 @@ from job.protocol import (
     parse_task_id,
     task_for_pair,
 )
+from job.results import manifest
 from job.results.layout import RunLayout
 from job.results.submissions import ArrayTask
 
@@ -77,13 +78,13 @@ def add_parser(subparsers: Any) -> None:
         type=PAIRS_PER_TASK,
         metavar="N",
         help="array task I (--task-id or $SLURM_ARRAY_TASK_ID) trains task ids N*I to N*I+N-1, capped at the run's "
-        "last (10R-1, R = --repeats, default 1): `sbatch --array=0-1 slurm/array.sh --pairs-per-task 5` trains the "
-        "ten pairs in two tasks",
+        "last (10R-1, R its repeats): `sbatch --array=0-1 slurm/array.sh --pairs-per-task 5` trains the ten pairs "
+        "in two tasks",
     )
     add_repeats_arg(
         which,
-        default=None,
-        help="the run's repeats R: refuse a task id or --repeat beyond them (default: the task id says its repeat)",
+        "the run's repeats R: refuse a task id or --repeat beyond them (default: the run's, from its manifest; 1 for "
+        "a new run); an R larger than the run's grows it",
     )
     add_results_args(p)
     add_data_args(p)
@@ -94,8 +95,9 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def resolve_pairs(args: argparse.Namespace, protocol: Protocol) -> tuple[list[Pair], ArrayTask | None]:
-    """The pairs to train, in order, and the array task a task id made of them (None for --model, --task-ids)."""
+def resolve_pairs(args: argparse.Namespace, protocol: Protocol, repeats: int) -> tuple[list[Pair], ArrayTask | None]:
+    """The pairs to train, in order, and the array task a task id made of them (None for --model, --task-ids);
+    `repeats`, the run's, caps a pack of --pairs-per-task."""
     if args.task_ids is not None:
         others = (args.task_id, args.pairs_per_task, args.model, args.fold, args.repeat)
         if any(other is not None for other in others):
@@ -104,7 +106,7 @@ def resolve_pairs(args: argparse.Namespace, protocol: Protocol) -> tuple[list[Pa
     if args.pairs_per_task is not None:
         if args.model is not None or args.fold is not None or args.repeat is not None:
             raise UsageError("--pairs-per-task makes a task id's pack: give a task id, not --model/--fold/--repeat")
-        index, per_task, repeats = given_task_id(args), args.pairs_per_task, repeats_from_args(args, protocol)
+        index, per_task = given_task_id(args), args.pairs_per_task
         task_ids = packed_task_ids(index, per_task, repeats, protocol.n_folds)
         if not task_ids:
             raise UsageError(
@@ -150,14 +152,26 @@ def resolve_pair(args: argparse.Namespace, protocol: Protocol) -> Pair:
     return _checked_pair(given_task_id(args), args, protocol)
 
 
+def check_in_run(args: argparse.Namespace, config: RunConfig, pair: Pair, run: str) -> None:
+    """Without --repeats, a pair beyond the run's repeats is refused, saying how to grow the run; a run of several
+    configs and no manifest bounds nothing (the task id says its repeat)."""
+    n = config.repeats
+    if args.repeats is None and config.found.source is not manifest.Source.MIXED and pair.repeat >= n:
+        raise UsageError(
+            f"{pair} is beyond run {run}'s {n} repeat{'s' * (n > 1)}: give --repeats {pair.repeat + 1} to grow the run"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
-    protocol = protocol_from_args(args)
     layout = RunLayout(args.results, args.run)
-    pairs, array_task = resolve_pairs(args, protocol)
-    inputs, options = inputs_from_args(args), Options(args.force, args.keep_checkpoint)
+    config = run_config(args, layout)
+    pairs, array_task = resolve_pairs(args, config.protocol, config.repeats)
+    for pair in pairs:
+        check_in_run(args, config, pair, layout.run)
+    inputs, options = inputs_from_args(args), Options(args.force, args.keep_checkpoint, config.repeats)
     if len(pairs) == 1:
-        print(run_pair(layout, protocol, pairs[0], inputs, options, array_task=array_task), flush=True)
+        print(run_pair(layout, config.protocol, pairs[0], inputs, options, array_task=array_task), flush=True)
         return 0
-    pack = run_pairs(layout, protocol, pairs, inputs, options, array_task)
+    pack = run_pairs(layout, config.protocol, pairs, inputs, options, array_task)
     print(pack.summary(), flush=True)
     return pack.exit_code

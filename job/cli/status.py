@@ -10,8 +10,16 @@ from rich.table import Table
 from rich.text import Text
 
 from job.cli import plain_arrays
-from job.cli.options import add_protocol_args, add_repeats_arg, add_results_args, protocol_from_args, repeats_from_args
+from job.cli.options import (
+    RUN_CONFIG_HELP,
+    SHOWN_REPEATS_HELP,
+    add_protocol_args,
+    add_repeats_arg,
+    add_results_args,
+    run_config,
+)
 from job.console import console as rich_console
+from job.protocol import Protocol
 from job.results.layout import RunLayout
 from job.results.status import PairState, PairStatus, status
 
@@ -41,11 +49,9 @@ def add_parser(subparsers: Any) -> None:
         "requeued, failed/cancelled/preempted (Slurm state, exit code, log and its last error line), interrupted "
         "(a checkpoint, nothing running) or missing. Reads the result files, leases, "
         "checkpoints and RESULTS/RUN/submissions.jsonl, and asks squeue/sacct when Slurm is installed. "
-        f"{plain_arrays.HELP} Give the same protocol overrides as the run, so 'done' means done with that config.",
+        f"{plain_arrays.HELP} {RUN_CONFIG_HELP}",
     )
-    add_results_args(p)
-    add_protocol_args(p)
-    add_repeats_arg(p)
+    add_run_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per pair (with its repeat)")
     p.add_argument(
         "--check",
@@ -54,6 +60,26 @@ def add_parser(subparsers: Any) -> None:
         "running (ask again later); 1 none coming and some not done (failed, missing, interrupted, blocked...)",
     )
     p.set_defaults(handler=run)
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """What status and pairs share: the run, protocol overrides to check against its own, --repeats as a view."""
+    add_results_args(parser)
+    add_protocol_args(parser)
+    add_repeats_arg(parser, SHOWN_REPEATS_HELP)
+
+
+def run_statuses(args: argparse.Namespace) -> tuple[Protocol, int, list[PairStatus]]:
+    """The run's protocol, the repeats shown, and where each of their pairs stands (status and pairs show these)."""
+    layout = RunLayout(args.results, args.run)
+    config = run_config(args, layout)
+    found = status(layout, config.protocol, repeats=config.repeats, plain_arrays=plain_arrays.live_tasks)
+    return config.protocol, config.repeats, found
+
+
+def heading(protocol: Protocol) -> str:
+    """The config a table is of, its overrides in words: the id alone tells a person nothing."""
+    return f"(config {protocol.config_id}: {protocol.describe()})"
 
 
 # EX_TEMPFAIL, as a pair whose lease another process holds: try again later.
@@ -70,18 +96,14 @@ def check_code(statuses: list[PairStatus]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    protocol = protocol_from_args(args)
-    repeats = repeats_from_args(args, protocol)
-    layout = RunLayout(args.results, args.run)
-    statuses = status(layout, protocol, repeats=repeats, plain_arrays=plain_arrays.live_tasks)
+    protocol, repeats, statuses = run_statuses(args)
     code = check_code(statuses) if args.check else 0
     if args.json:
         print(json.dumps([s.to_json() for s in statuses], indent=1))
         return code
 
     console = rich_console(highlight=False)
-    console.print(Text(f"{args.results}/{args.run}  (config {protocol.config_id})"), soft_wrap=True)
+    console.print(Text(f"{args.results}/{args.run}  {heading(protocol)}"), soft_wrap=True)
     table = Table()
     # The repeat column only for a repeated run: the table of a plain one stays as it was.
     for column in ("task", *(["repeat"] * (repeats > 1)), "model", "fold", "state", "detail"):

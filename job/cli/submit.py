@@ -9,6 +9,8 @@ from typing import Any
 from job.cli import plain_arrays
 from job.cli.options import (
     FORWARDED,
+    PROTOCOL_OPTIONS,
+    REPEATS_HELP,
     TASK_IDS,
     Number,
     add_data_args,
@@ -17,13 +19,12 @@ from job.cli.options import (
     add_results_args,
     forward,
     number,
-    protocol_from_args,
-    repeats_from_args,
+    run_config,
 )
 from job.errors import UsageError
 from job.launch import submission
 from job.pair import data, models
-from job.protocol import MAX_TASK_ID, all_pairs
+from job.protocol import MAX_TASK_ID, Protocol, all_pairs
 from job.results.layout import RunLayout
 from job.results.packing import TASK_MINUTES
 from job.results.status import array_spec
@@ -73,14 +74,19 @@ def add_parser(subparsers: Any) -> None:
         metavar="MIN",
         help=f"with --pack auto: what a task should last at least (default {TASK_MINUTES})",
     )
-    # Not passed on to `job run`: a task's id says its repeat.
-    add_repeats_arg(p)
+    # Not passed on to `job run`: a task's id says its repeat, and the run's manifest records R before any task starts.
+    add_repeats_arg(
+        p,
+        f"{REPEATS_HELP}: submit the pairs of repeats 0 to R-1 (default: the run's, from its manifest; 1 for a new "
+        "run); an R larger than the run's grows it",
+    )
     p.add_argument(
         "--final",
         metavar="MODEL",
         help="submit the final model's training (`mnist-cv final --model MODEL`) instead of the pairs",
     )
-    # Passed on to `job run` as given (options.FORWARDED), so the two can never disagree on what they mean.
+    # Passed on to `job run` (options.FORWARDED), so the two can never disagree on what they mean; the protocol
+    # options as the run's protocol, also when only --run was given.
     add_results_args(p)
     add_data_args(p)
     add_protocol_args(p)
@@ -174,9 +180,11 @@ def key_value(text: str) -> tuple[str, str | bool]:
     return key, value if sep else True
 
 
-def run_args(args: argparse.Namespace) -> list[str]:
-    """`job run`'s arguments: the shared options, paths made absolute (the task may start elsewhere)."""
-    return forward(args, FORWARDED)
+def run_args(args: argparse.Namespace, protocol: Protocol) -> list[str]:
+    """`job run`'s arguments: the shared options, paths made absolute (the task may start elsewhere), and the
+    options that give `protocol` (the run's) in place of the protocol options given."""
+    given = [option for option in FORWARDED if option not in PROTOCOL_OPTIONS]
+    return [*forward(args, given), *protocol.as_options()]
 
 
 def request_from_args(args: argparse.Namespace) -> submission.Request:
@@ -193,13 +201,14 @@ def request_from_args(args: argparse.Namespace) -> submission.Request:
     )
     if args.final is not None and args.pack is not None:
         raise UsageError("--pack packs pairs: not with --final")
-    protocol = protocol_from_args(args)
-    repeats = repeats_from_args(args, protocol)
+    layout = RunLayout(args.results, args.run)
+    config = run_config(args, layout)
+    protocol, repeats = config.protocol, config.repeats
     return submission.Request(
         executor=args.executor,
-        layout=RunLayout(args.results, args.run),
+        layout=layout,
         protocol=protocol,
-        job_options=tuple(run_args(args)),
+        job_options=tuple(run_args(args, protocol)),
         resources=resources,
         repeats=repeats,
         task_ids=check_task_ids(args.task_ids, repeats),

@@ -1,5 +1,6 @@
-"""What `mnist-cv submit` does: choose the jobs (the pairs to run, or a final model), freeze the code, submit them as
-one array through submitit, record the array for `status`, and with wait follow it (collect is the command's).
+"""What `mnist-cv submit` does: choose the jobs (the pairs to run, or a final model), record the run's manifest,
+freeze the code, submit them as one array through submitit, record the array for `status`, and with wait follow it
+(collect is the command's).
 
 With `pack`, an array task trains several pairs of one model one after another (`run --task-ids`): a given number,
 or AUTO, as many as make a task last `pack_minutes` by the run's measured pairs (job/results/packing.py). One array
@@ -22,7 +23,7 @@ from job.launch import resources, snapshot
 from job.launch.argv import final_args, pair_args, pairs_args
 from job.launch.follow import follow
 from job.protocol import Protocol
-from job.results import store
+from job.results import manifest, store
 from job.results.layout import RunLayout
 from job.results.packing import TASK_MINUTES, PairCost, pair_cost, pairs_per_task, time_limit_seconds
 from job.results.projection import clock
@@ -126,6 +127,9 @@ def submit(request: Request) -> bool:
     if request.dry_run:
         print_plan(request, what, tasks, params, logs, code)
         return False
+    # Before any task can start: a task given only --run reads the run's protocol and repeats there.
+    if grown := manifest.record(layout, protocol, request.repeats):
+        print(grown, file=sys.stderr)
     if code is not None:
         snapshot.freeze(code, layout.code)
     jobs = submit_array(request.executor, params, logs, tasks)

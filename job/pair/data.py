@@ -51,7 +51,7 @@ _IMAGE_SIDE = 28
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
 _NPZ_KEYS = {"x_train": TRAIN_IMAGES, "y_train": TRAIN_LABELS, "x_test": TEST_IMAGES, "y_test": TEST_LABELS}
-_NO_DATA_HINT = f"set {DATA.name} or pass --data-dir to a folder holding the MNIST files"
+NO_DATA_HINT = f"set {DATA.name} or pass --data-dir to a folder holding the MNIST files"
 _CUSTOM_HINT = "not the original MNIST; pass --custom-data to load a different IDX dataset"
 
 
@@ -91,7 +91,7 @@ def load(
     With ``custom=True`` a dataset that is not the original MNIST is accepted (name "custom") as long
     as its structure is valid; the original MNIST is still named "mnist".
     """
-    local = _local_source(data_dir)
+    local = local_source(data_dir)
     if local is None:
         folder = Path(cache_dir or _default_cache_dir()).expanduser()
         cache = verified.Cache(folder) if folder.is_dir() else None  # nothing to cache before a first download
@@ -103,7 +103,7 @@ def load(
         return _load_folder(local, custom=custom)
     if local.exists():
         return _load_npz(local, custom=custom)
-    raise DataError(f"{local}: no such file or folder - {_NO_DATA_HINT}")
+    raise DataError(f"{local}: no such file or folder - {NO_DATA_HINT}")
 
 
 def test_images(source: str | os.PathLike) -> tuple[str, np.ndarray]:
@@ -124,7 +124,7 @@ def fetch(to: str | os.PathLike, *, mirror: str | None = None) -> Path:
 # ---- where the data comes from
 
 
-def _local_source(data_dir: str | os.PathLike | None) -> Path | None:
+def local_source(data_dir: str | os.PathLike | None) -> Path | None:
     """The argument, else the data folder setting, else the Keras cache if it exists; None means download."""
     chosen = data_dir or settings().data
     if chosen:
@@ -427,12 +427,12 @@ def _http_chunks(url: str) -> Iterator[bytes]:
                 received += len(chunk)
                 if received > MAX_DOWNLOAD_BYTES:
                     raise DataError(
-                        f"{url}: more than {MAX_DOWNLOAD_BYTES:,} bytes, not an MNIST file - {_NO_DATA_HINT}"
+                        f"{url}: more than {MAX_DOWNLOAD_BYTES:,} bytes, not an MNIST file - {NO_DATA_HINT}"
                     )
                 yield chunk
     except urllib.error.HTTPError as exc:
-        raise DataError(f"{url}: download failed (HTTP {exc.code} {exc.reason}) - {_NO_DATA_HINT}") from None
+        raise DataError(f"{url}: download failed (HTTP {exc.code} {exc.reason}) - {NO_DATA_HINT}") from None
     except urllib.error.URLError as exc:
-        raise DataError(f"{url}: download failed ({exc.reason}) - {_NO_DATA_HINT}") from None
+        raise DataError(f"{url}: download failed ({exc.reason}) - {NO_DATA_HINT}") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise DataError(f"{url}: download failed ({exc!r}) - {_NO_DATA_HINT}") from None
+        raise DataError(f"{url}: download failed ({exc!r}) - {NO_DATA_HINT}") from None

@@ -47,14 +47,17 @@ class EpochLogError(JobError):
 
 
 class EpochLogs:
-    def __init__(self, csv: Path, tensorboard: Path) -> None:
-        self.csv, self.tensorboard = Path(csv), Path(tensorboard)
+    def __init__(self, csv: Path, tensorboard: Path, held_out: str) -> None:
+        """`held_out`: what the history's val_* metrics were measured on, as the logs call them: "val" for a pair's
+        held-out fold, "test" for a final model's test images (its logs must not call test-set numbers val_*)."""
+        self.csv, self.tensorboard, self.held_out = Path(csv), Path(tensorboard), held_out
+        self._names = {c: c.replace("val_", f"{held_out}_", 1) if c.startswith("val_") else c for c in COLUMNS}
         self._writer: Any = None
 
     def restart(self, state: TrainState) -> None:
         """Make both logs hold exactly the epochs `state` holds (none for a fresh start)."""
         past = rows(state)
-        lines = [csv_line(list(COLUMNS)), *(csv_line([row[c] for c in COLUMNS]) for row in past)]
+        lines = [csv_line(list(self._names.values())), *(csv_line([row[c] for c in COLUMNS]) for row in past)]
         with self._writing():
             atomic.write_bytes(self.csv, "".join(lines).encode())
             self.close()
@@ -95,8 +98,9 @@ class EpochLogs:
     def _write_events(self, row: dict[str, float]) -> None:
         tf = runtime.import_tensorflow()
         with self._writer.as_default():
-            for tag in COLUMNS[1:]:
-                tf.summary.write(tag, tf.constant(row[tag], tf.float32), step=row["epoch"], metadata=_scalar_metadata())
+            for column in COLUMNS[1:]:
+                value = tf.constant(row[column], tf.float32)
+                tf.summary.write(self._names[column], value, step=row["epoch"], metadata=_scalar_metadata())
 
 
 @cache

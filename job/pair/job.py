@@ -20,7 +20,7 @@ from job.pair.epoch_logs import EpochLogs
 from job.pair.session import Inputs, Session, Setup
 from job.pair.train import Preempted, fit_pair
 from job.protocol import Pair, Protocol, task_for_pair
-from job.results import store
+from job.results import manifest, store
 from job.results.contract import FinalResult, ModelFile, PairResult
 from job.results.layout import JobPaths, RunLayout
 from job.results.lease import Lease, LeaseHeld
@@ -29,10 +29,12 @@ from job.results.submissions import ArrayTask, record_running_task
 
 @dataclass(frozen=True)
 class Options:
-    """How to treat what is already there."""
+    """How to treat what is already there, and the run's repeats to record."""
 
     force: bool = False  # retrain even when a valid result of this config exists
     keep_checkpoint: bool = False  # keep the per-epoch checkpoint after the result is written
+    # Recorded in the run's manifest (job/results/manifest.py) before training; None records none (the bench's runs).
+    repeats: int | None = None
 
 
 class Job(ABC):
@@ -40,6 +42,8 @@ class Job(ABC):
 
     layout: RunLayout
     protocol: Protocol
+    # What its per-epoch logs call the numbers of its held-out images (job/pair/epoch_logs.py).
+    held_out = "val"
 
     @property
     @abstractmethod
@@ -121,6 +125,7 @@ class FinalJob(Job):
     layout: RunLayout
     protocol: Protocol
     model: str
+    held_out = "test"  # a final model is watched on the test images
 
     @property
     def model_name(self) -> str:
@@ -273,8 +278,12 @@ def execute(job: Job, setup: Setup, options: Options = Options(), callbacks: Seq
         checkpoint = Checkpoint(paths.checkpoint)
         if options.force and checkpoint.exists():  # --force trains from epoch 1; what was there is kept aside
             print(f"{job.label}: --force: checkpoint set aside as {checkpoint.set_aside()}", file=sys.stderr)
-        epoch_logs = EpochLogs(paths.csv, paths.tensorboard)
+        epoch_logs = EpochLogs(paths.csv, paths.tensorboard, job.held_out)
         with session.training(setup, job.protocol, job.model_name, job.label, epoch_logs, callbacks) as trained:
+            # Once the data has passed its checks (a refused --batch-size fixes no config for the run), and before
+            # any epoch: a second config in the run is refused here at the latest.
+            if options.repeats is not None and (grown := manifest.record(job.layout, job.protocol, options.repeats)):
+                print(grown, file=sys.stderr, flush=True)
             result = job.train(trained, checkpoint)
         # The in-memory result passes the readers' checks before it is written: the schema, finite numbers, and
         # a history consistent with the score.

@@ -10,19 +10,20 @@ import keras
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
-def epoch_line(label: str, epoch: int, epochs: int, logs: dict[str, float], seconds: float) -> str:
+def epoch_line(label: str, epoch: int, epochs: int, logs: dict[str, float], seconds: float, held_out: str) -> str:
+    """`held_out`: what the val_* numbers are called (job/pair/epoch_logs.py's EpochLogs.held_out)."""
     return (
         f"{label} epoch {epoch}/{epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
-        f"val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}  {seconds:.1f}s"
+        f"{held_out}_loss {logs['val_loss']:.4f}  {held_out}_acc {logs['val_accuracy']:.4f}  {seconds:.1f}s"
     )
 
 
 class EpochProgress(keras.callbacks.Callback):
     """Reports each epoch; on a terminal also a live bar of the steps within it."""
 
-    def __init__(self, label: str, epochs: int) -> None:
+    def __init__(self, label: str, epochs: int, held_out: str) -> None:
         super().__init__()
-        self.label, self.epochs = label, epochs
+        self.label, self.epochs, self.held_out = label, epochs, held_out
         self.live = sys.stdout.isatty()
         self._bar: Any = None
         self._started = 0.0
@@ -47,7 +48,8 @@ class EpochProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.model.stop_training:
             return  # a stop signal cut the epoch short: its numbers are not an epoch's
-        line = epoch_line(self.label, epoch + 1, self.epochs, logs or {}, time.perf_counter() - self._started)
+        seconds = time.perf_counter() - self._started
+        line = epoch_line(self.label, epoch + 1, self.epochs, logs or {}, seconds, self.held_out)
         if self._bar is not None:
             self._bar.console.print(line)
         else:

@@ -138,7 +138,7 @@ def training(
     dataset, runtime_info = setup.prepare(protocol, model_name, label)
     from job.pair.progress import EpochProgress  # deferred: keras, imported after runtime.configure
 
-    progress = EpochProgress(label, protocol.epochs)
+    progress = EpochProgress(label, protocol.epochs, epoch_logs.held_out)
     threads = runtime_info["threads"]["intra_op"]
     print(
         f"{label}: config {protocol.config_id}, data {dataset.name} from {dataset.source}, "

@@ -49,7 +49,8 @@ class CompiledSteps:
         # A variable, not a constant: TensorFlow's graph optimizer rewrites x / 255 as x * (1 / 255), which differs
         # in the last bit for most pixel values, and the numbers would then depend on where the division runs.
         self._max_pixel = tf.Variable(255.0, trainable=False)
-        self._calls_of = {"train": self._compile(model.train_step), "test": self._compile(model.test_step)}
+        self._traced: dict[str, dict[int, Any]] = {"train": {}, "test": {}}  # per kind, its call of each width
+        self._calls_of = {kind: self._compile(kind) for kind in self._traced}
         self._built = False
 
     def _batch(self, index: Any) -> tuple[Any, Any]:
@@ -57,12 +58,14 @@ class CompiledSteps:
         pixels = tf.cast(tf.gather(self._images, index), tf.float32) / self._max_pixel
         return pixels[..., tf.newaxis], tf.gather(self._labels, index)
 
-    def _compile(self, step: Callable[[Any], Any]) -> Callable[[np.ndarray], dict[str, float]]:
-        """A call running `step` on each row of a (steps, batch) index matrix; the metrics after the last step."""
+    def _compile(self, kind: str) -> Callable[[np.ndarray], dict[str, float]]:
+        """A call running the model's `kind` step on each row of a (steps, batch) index matrix; the metrics after
+        the last step."""
         tf, model = self._tf, self.model
+        step = model.train_step if kind == "train" else model.test_step
         # Keras compiles its step on its own too (with XLA when asked); called in the loop, it is inlined.
         one_step = tf.function(step, reduce_retracing=True, jit_compile=bool(model.jit_compile))
-        traced: dict[int, Any] = {}
+        traced = self._traced[kind]
 
         def run(batches: np.ndarray) -> dict[str, float]:
             width = batches.shape[1]
@@ -79,6 +82,19 @@ class CompiledSteps:
             return _floats(traced[width](tf.constant(batches, tf.int64)))
 
         return run
+
+    def resident_on(self) -> set[str]:
+        """The devices holding the images and the labels."""
+        return {self._images.device, self._labels.device}
+
+    def op_types(self, kind: str) -> set[str]:
+        """Every op type in the compiled `kind` ("train" or "test") calls traced so far, nested functions included."""
+        found: set[str] = set()
+        for call in self._traced[kind].values():
+            graph = call.get_concrete_function().graph.as_graph_def()
+            found.update(node.op for node in graph.node)
+            found.update(node.op for function in graph.library.function for node in function.node_def)
+        return found
 
     def _build(self, index: np.ndarray) -> None:
         """Create the optimizer's and the metrics' variables outside the compiled calls, as fit does first."""

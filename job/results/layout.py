@@ -1,6 +1,7 @@
 """The one place that knows the paths under RESULTS/RUN/, and the inverse: which pair a path names.
 
 RESULTS/RUN/
+  run.json               the run's manifest: its protocol (config id) and repeats, from its first writer
   MODEL/fold-K.json      a pair's result          MODEL/fold-K.ckpt/    its checkpoint while training
   MODEL/repeat-R/fold-K.json (.ckpt/, .lease)     the same of repeat R >= 1 (repeat 0 lives in MODEL/ itself)
   final/MODEL.json       a final model's result   final/MODEL.keras     the model it names
@@ -25,6 +26,7 @@ from job.protocol import Pair
 FINAL = "final"
 LOGS = "logs"
 CODE = "code"
+MANIFEST = "run.json"
 SUBMISSIONS = "submissions.jsonl"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -100,6 +102,11 @@ class RunLayout:
     @property
     def folder(self) -> Path:
         return self.results_dir / self.run
+
+    @property
+    def manifest(self) -> Path:
+        """The run's protocol and repeats (job/results/manifest.py)."""
+        return self.folder / MANIFEST
 
     # --- pairs
     def pair_folder(self, pair: Pair) -> Path:

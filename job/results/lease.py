@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
-from job import slurm
+from job import atomic, slurm
 from job.errors import JobError
 from job.files import read_bounded
 from job.slurm import TaskState
@@ -213,23 +213,7 @@ class Lease:
 
 def _create(path: Path, holder: Holder) -> bool:
     """Atomically create the lease with its full content; False when the name is taken."""
-    tmp = path.with_name(f".{path.name}.{holder.token}")
-    with open(tmp, "w") as f:
-        json.dump(asdict(holder), f)
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as error:
-        # On NFS a lost reply can report failure for a link that happened: the temp file then has two names.
-        if os.stat(tmp).st_nlink == 2:
-            return True
-        raise JobError(f"cannot create the lease {path}: {error.strerror or error}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    return atomic.create(path, json.dumps(asdict(holder)).encode())
 
 
 def _remove_stale(path: Path, stale: Holder) -> bool:

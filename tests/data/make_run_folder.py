@@ -23,7 +23,9 @@ What it holds (task ids as in `run --task-id`; repeat 1 is ids 10-19):
                                              7002 tasks 14-18 (indices 0-4); task 19 was never submitted. Their log
                                              pattern is relative to the results folder: read status from there.
 
-Each training's TensorBoard run (.tb/, under 1 kB) is kept beside its CSV. The interrupted pair is an mlp because a
+It holds no run.json: the folder stands for a run folder of a version before run manifests, whose config and
+repeats the commands derive from its results (tests/test_manifest.py). Each training's TensorBoard run (.tb/,
+under 1 kB) is kept beside its CSV. The interrupted pair is an mlp because a
 cnn checkpoint is 40 MB (its 10 million weights). Hosts, times and accuracies are whatever the runs record.
 """
 
@@ -136,6 +138,7 @@ def main() -> None:
             layout, array_job_id=array_job, tasks=tasks, config_id=CONFIG.config_id, log=LOG, job_name=JOB_NAME
         )
 
+    layout.manifest.unlink()  # recorded by the first run: see the docstring
     for folder in sorted(layout.folder.rglob("*"), reverse=True):  # deepest first: the failed run's empty folder
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()

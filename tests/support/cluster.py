@@ -239,6 +239,6 @@ def array_env(data: StrPath, results: StrPath, **extra: str) -> dict[str, str]:
 
 def submit_array(folder: StrPath, env: Mapping[str, str], job_args: Sequence[str], *sbatch_options: str) -> str:
     """sbatch the unchanged slurm/array.sh from `folder`, where its logs land; the job id."""
-    # -c 1 --mem=3G instead of the script's -c 4 --mem=16G, which this 2-CPU node rejects
+    # -c 1 --mem=3G: two tasks at a time on this 2-CPU node, whatever the script asks
     options = ["--cpus-per-task=1", "--mem=3G", f"--chdir={folder}", *sbatch_options]
     return submit([*options, str(ARRAY_SCRIPT), *job_args], cwd=folder, env=env)
