@@ -25,6 +25,7 @@ from support.cluster import array_env, sacct, sacct_runs, squeue_line, submit_ar
 
 from job import slurm
 from job.cli import build_parser, plain_arrays, run
+from job.launch import resources as launch_resources
 from job.protocol import Pair, Protocol, all_pairs, packed_task_ids
 from job.results import store
 from job.results.contract import PairResult
@@ -313,8 +314,9 @@ def test_submit_pack_runs_fewer_tasks_and_auto_packs_by_the_measured_pairs(mnist
     assert "--pack auto: no cnn pair of this run and config records what it took yet: 1 pair a task" in plan.stdout
     cnn = [line for line in plan.stdout.splitlines() if line.startswith("  cnn/fold-")]
     assert len(cnn) == 5 and f"would submit {5 + math.ceil(2 / size)} " in plan.stdout
-    # One limit for the array: its longest task's, the measured mlp pack's by the sizing rule or a cnn pair's 60 min.
-    limit = max(math.ceil(time_limit_seconds(cost.task_seconds(size)) / 60), 60)
+    # One limit for the array: its longest task's, the measured mlp pack's by the sizing rule or a cnn pair's (the
+    # script's --time).
+    limit = max(math.ceil(time_limit_seconds(cost.task_seconds(size)) / 60), launch_resources.pairs().time_min)
     assert f"timeout_min={limit}," in plan.stdout
 
 
