@@ -181,8 +181,9 @@ def test_mixed_precision_with_skipped_steps_finishes_with_a_result(
 # --- a diverged training stops at that epoch with one line, its checkpoint kept --------------
 
 DIVERGE = ("--epochs", "2", "--limit", "200")
-# Writes a real checkpoint after epoch 1 of DIVERGE's config whose weights were set to non-finite numbers.
-_POISONED_CHECKPOINT = """
+# Writes, for each FOLDER MODEL HOW of its arguments, a real checkpoint after epoch 1 of DIVERGE's config whose weights
+# were set to non-finite numbers.
+_POISONED_CHECKPOINTS = """
 import sys
 import numpy as np
 from job.pair import models, runtime
@@ -191,40 +192,47 @@ from job.pair.checkpoint import Checkpoint, TrainState
 from job.pair.train import checkpoint_owner
 from job.protocol import Pair, Protocol
 
-folder, name, how = sys.argv[1:]
 protocol = Protocol(epochs=2, limit=200)
 train_ix, held_out_ix = folds.split(200, 0, protocol)
 runtime.configure(deterministic=True, precision="float32", allow_cpu=True)
-model = models.build(name, steps_per_execution=50)
-model.optimizer.build(model.trainable_variables)
-weights = model.get_weights()
-if how == "nan everywhere":
-    weights = [np.full_like(w, np.nan) for w in weights]
-elif how == "inf in the output bias":
-    weights[-1] = np.full_like(weights[-1], np.inf)
-else:  # nan in the output bias
-    weights[-1] = np.full_like(weights[-1], np.nan)
-model.set_weights(weights)
-history = {"loss": [0.9], "accuracy": [0.7], "val_loss": [0.8], "val_accuracy": [0.75]}
-owner = checkpoint_owner(name, Pair(name, 0).stream(protocol.n_folds), train_ix, held_out_ix)
-state = TrainState(protocol.config_id, 1, history, [1.0], [], "2026-01-01T00:00:00+00:00", owner=owner)
-Checkpoint(folder).save(model, state)
+args = sys.argv[1:]
+for folder, name, how in zip(args[::3], args[1::3], args[2::3]):
+    model = models.build(name, steps_per_execution=50)
+    model.optimizer.build(model.trainable_variables)
+    weights = model.get_weights()
+    if how == "nan everywhere":
+        weights = [np.full_like(w, np.nan) for w in weights]
+    elif how == "inf in the output bias":
+        weights[-1] = np.full_like(weights[-1], np.inf)
+    else:  # nan in the output bias
+        weights[-1] = np.full_like(weights[-1], np.nan)
+    model.set_weights(weights)
+    history = {"loss": [0.9], "accuracy": [0.7], "val_loss": [0.8], "val_accuracy": [0.75]}
+    owner = checkpoint_owner(name, Pair(name, 0).stream(protocol.n_folds), train_ix, held_out_ix)
+    state = TrainState(protocol.config_id, 1, history, [1.0], [], "2026-01-01T00:00:00+00:00", owner=owner)
+    Checkpoint(folder).save(model, state)
 """
+DIVERGED = [("mlp", "nan everywhere"), ("mlp", "inf in the output bias"), ("cnn", "nan in the output bias")]
+
+
+@pytest.fixture(scope="module")
+def poisoned(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    """The checkpoint of each case of DIVERGED, all written by one process; each test copies its own."""
+    folder = tmp_path_factory.mktemp("poisoned")
+    made = {case: folder / f"{index}.ckpt" for index, case in enumerate(DIVERGED)}
+    args = [str(arg) for (model, how), path in made.items() for arg in (path, model, how)]
+    done = subprocess.run([sys.executable, "-c", _POISONED_CHECKPOINTS, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return made
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("model", "how"),
-    [("mlp", "nan everywhere"), ("mlp", "inf in the output bias"), ("cnn", "nan in the output bias")],
-)
+@pytest.mark.parametrize(("model", "how"), DIVERGED)
 def test_a_diverged_training_stops_with_one_line_and_keeps_its_checkpoint(
-    model: str, how: str, mnist_full: Path, tmp_path: Path
+    model: str, how: str, poisoned: dict[tuple[str, str], Path], mnist_full: Path, tmp_path: Path
 ) -> None:
     checkpoint = RunLayout(tmp_path, "default").pair_paths(Pair(model, 0)).checkpoint
-    made = subprocess.run(
-        [sys.executable, "-c", _POISONED_CHECKPOINT, str(checkpoint), model, how], capture_output=True, text=True
-    )
-    assert made.returncode == 0, made.stderr
+    shutil.copytree(poisoned[model, how], checkpoint)
     state_before = json.loads((checkpoint / "state.json").read_text())
 
     done = cli(
