@@ -347,7 +347,9 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(mnist_mini: Pat
 
 
 def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(mnist_mini: Path, tmp_path: Path) -> None:
-    assert cli(*train_args(tmp_path, mnist_mini, "--epochs", STOP_EPOCHS)).returncode == 0
+    # A real result already written (the committed run folder's, of another config: --force replaces it too).
+    (tmp_path / "default" / "mlp").mkdir(parents=True)
+    shutil.copy(COMMITTED / "mlp" / "fold-0.json", tmp_path / "default" / "mlp")
     written = (tmp_path / "default" / "mlp" / "fold-0.json").read_bytes()
     stopped = stop_in_epoch_2(train_args(tmp_path, mnist_mini, "--force"), signal.SIGTERM)
     assert stopped.returncode == 3, stopped.stderr[-2000:]
