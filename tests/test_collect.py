@@ -587,8 +587,16 @@ def _refuse(constant: str) -> None:
     raise AssertionError(f"{constant} in the summary")
 
 
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
-@pytest.mark.parametrize("where", ['"score": {\n  "accuracy": ', '"val_loss": [\n   ', '"fit_seconds": '])
+SCORE, HISTORY, TIMING = '"score": {\n  "accuracy": ', '"val_loss": [\n   ', '"fit_seconds": '
+
+
+# The constants are refused by the parser wherever they stand, and a number too big for a float (1e999) by the
+# parser's float hook: each spelling once, 1e999 in every kind of place, and every place at least once.
+@pytest.mark.parametrize(
+    ("where", "literal"),
+    [(SCORE, "NaN"), (HISTORY, "Infinity"), (TIMING, "-Infinity"), (SCORE, "1e999"), (HISTORY, "1e999"),
+     (TIMING, "1e999")],
+)  # fmt: skip
 def test_a_result_with_a_non_finite_number_is_skipped_in_one_line(
     collect: Callable, results_dir: Path, literal: str, where: str
 ) -> None:

@@ -7,6 +7,7 @@ import http.server
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -363,14 +364,21 @@ BOMB_ZEROS = 1 << 30  # a gzip of ~1 MB that inflates to 1 GiB
 
 
 def gzip_bomb(path: Path, header: bytes, zeros: int = BOMB_ZEROS) -> Path:
-    """A .gz holding `header` then `zeros` zero bytes, compressed as it is written (never 1 GiB in memory)."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    """A .gz holding `header` then `zeros` zero bytes (never 1 GiB in memory). A full flush makes each chunk's deflate
+    blocks independent of what came before, so one chunk is compressed once and its blocks repeated; the gzip
+    container (RFC 1952) is written around the raw deflate stream by hand."""
     chunk = bytes(16 << 20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)  # wbits -15: raw deflate, no container
+    first = packer.compress(header) + packer.flush(zlib.Z_FULL_FLUSH)
+    blocks = packer.compress(chunk) + packer.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(header)
     with open(path, "wb") as out:
-        out.write(packer.compress(header))
+        out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + first)  # magic, deflate, no flags/time, unknown OS
         for _ in range(zeros // len(chunk)):
-            out.write(packer.compress(chunk))
-        out.write(packer.flush())
+            out.write(blocks)
+            crc = zlib.crc32(chunk, crc)
+        out.write(packer.flush())  # the final, empty block
+        out.write(struct.pack("<II", crc, (len(header) + zeros) & 0xFFFFFFFF))
     return path
 
 

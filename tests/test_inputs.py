@@ -1,12 +1,13 @@
 """Inputs that must not crash the CLI: each class tried with several inputs, generated
-where that fits. `predict` runs on a small final MLP trained on real MNIST in a subprocess; this process never
-imports TensorFlow.
+where that fits. `predict` runs in a subprocess on a small final MLP trained on real MNIST (the committed run
+folder's, tests/data/run-folder/); this process never imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zlib
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from support import cli
+from support import ROOT, cli
 
 from job.console import one_line
 from job.errors import JobError, UsageError
@@ -37,26 +38,14 @@ def dataset(mnist_full: Path) -> data.Dataset:
 
 
 @pytest.fixture(scope="module")
-def model_file(mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A final MLP (2,000 images, 1 epoch: about 85% on the test set), saved by the real `final` command."""
-    results = tmp_path_factory.mktemp("results")
-    done = cli(
-        "final",
-        "--model",
-        "mlp",
-        "--limit",
-        "2000",
-        "--epochs",
-        "1",
-        "--run",
-        "t",
-        "--results",
-        str(results),
-        "--data-dir",
-        str(mnist_full),
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A final MLP saved by the real `final` command: the committed run folder's (tests/data/run-folder/), copied."""
+    final = Path(
+        shutil.copytree(
+            ROOT / "tests" / "data" / "run-folder" / "default" / "final", tmp_path_factory.mktemp("t") / "final"
+        )
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return results / "t" / "final" / "mlp.keras"
+    return final / "mlp.keras"
 
 
 def predict_json(

@@ -24,7 +24,9 @@ from job.protocol import Pair
 from job.results import store
 from job.results.layout import RunLayout
 
-QUICK = ["--data-dir", str(MINI), "--custom-data", "--epochs", "1", "--limit", "1000"]
+QUICK = ["--data-dir", str(MINI), "--custom-data", "--epochs", "1", "--limit", "100"]
+# Long enough to stop in: 50 epochs of 800 images, the first one's checkpoint waited for before the signal.
+STOPPABLE = ["--epochs", "50", "--limit", "1000"]
 TRAININGS = {
     "run": ["run", "--model", "mlp", "--fold", "0"],
     "final": ["final", "--model", "mlp"],
@@ -109,7 +111,7 @@ def test_a_training_stopped_by_a_signal_with_its_reader_gone_exits_3_and_keeps_i
     """The stop signal's own message meets the broken pipe: the training still stops at its safe point, with the
     status that says stopped (3), never 0."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "job", *TRAININGS["run"], "--results", str(tmp_path), *QUICK, "--epochs", "50"],
+        [sys.executable, "-m", "job", *TRAININGS["run"], "--results", str(tmp_path), *QUICK, *STOPPABLE],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=ENV,

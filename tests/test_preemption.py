@@ -154,6 +154,8 @@ def test_kill_9_mid_epoch_then_a_rerun_ends_with_the_uninterrupted_numbers(
     assert not checkpoint_dir(tmp_path, 0).exists()
 
 
+# Its rerun to the uninterrupted numbers is test_scancel_leaves_no_result_and_a_resubmission_finishes_the_pair's:
+# scancel sends the same SIGTERM.
 def test_sigterm_exits_3_leaving_the_checkpoint_and_no_result(interrupted: dict[str, Stopped]) -> None:
     out, run = interrupted["sigterm"]
     assert run.returncode == 3, run.stderr
@@ -165,17 +167,6 @@ def test_sigterm_exits_3_leaving_the_checkpoint_and_no_result(interrupted: dict[
     assert leftovers(out) == []
     assert epochs_done(out, 0) == 1
     assert sorted(p.name for p in checkpoint_dir(out, 0).iterdir()) == ["epoch-1.weights.h5", "state.json"]
-
-
-def test_a_rerun_after_sigterm_ends_with_the_uninterrupted_numbers(
-    interrupted: dict[str, Stopped], uninterrupted: dict[int, dict[str, Any]], mnist_mini: Path, tmp_path: Path
-) -> None:
-    shutil.copytree(interrupted["sigterm"].out, tmp_path, dirs_exist_ok=True)
-    rerun = finish(start_pair(0, tmp_path, mnist_mini))
-    assert rerun.returncode == 0, rerun.stderr
-    result = results.read_result(result_path(tmp_path, 0))
-    assert result["resume"] == {"count": 1, "from_epochs": [1]}
-    assert numbers(result) == numbers(uninterrupted[0])
 
 
 def truncate_weights(folder: Path) -> None:

@@ -32,6 +32,7 @@ from job.pair.data import MNIST_FILES, TEST_IMAGES
 pytestmark = pytest.mark.slow
 
 LIMIT, EPOCHS = "2000", "3"
+COMMITTED = Path(__file__).resolve().parent / "data" / "run-folder" / "default"
 NOISE = ("I0000", "W0000", "E0000", "WARNING: All log messages", "To enable the following instructions")
 
 
@@ -234,9 +235,11 @@ def test_out_of_memory_on_the_device_exits_1_with_one_line(mnist_full: Path, tmp
 def test_a_full_disk_exits_1_with_one_line_keeps_the_checkpoint_and_a_rerun_resumes(
     mnist_mini: Path, tmp_path: Path
 ) -> None:
-    """mlp checkpoints are 426 KB: on 1,000 KB the first fits and the second (written beside it) does not."""
+    """mlp checkpoints are 426 KB: on 1,000 KB the first fits and the second (written beside it) does not. Beside
+    them, a result already written (fold 1's, of the committed run folder) must come out untouched."""
     with tmpfs(tmp_path / "disk", "3m") as results:
-        assert cli(*train_args(results, mnist_mini, fold="1")).returncode == 0
+        (results / "default" / "mlp").mkdir(parents=True)
+        shutil.copy(COMMITTED / "mlp" / "fold-1.json", results / "default" / "mlp")
         other = (results / "default" / "mlp" / "fold-1.json").read_bytes()
         subprocess.run(["mount", "-o", "remount,size=1000k", str(results)], check=True)
 
@@ -345,7 +348,9 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(mnist_mini: Pat
 
 
 def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(mnist_mini: Path, tmp_path: Path) -> None:
-    assert cli(*train_args(tmp_path, mnist_mini, "--epochs", STOP_EPOCHS)).returncode == 0
+    # A real result already written (the committed run folder's, of another config: --force replaces it too).
+    (tmp_path / "default" / "mlp").mkdir(parents=True)
+    shutil.copy(COMMITTED / "mlp" / "fold-0.json", tmp_path / "default" / "mlp")
     written = (tmp_path / "default" / "mlp" / "fold-0.json").read_bytes()
     stopped = stop_in_epoch_2(train_args(tmp_path, mnist_mini, "--force"), signal.SIGTERM)
     assert stopped.returncode == 3, stopped.stderr[-2000:]
@@ -354,6 +359,15 @@ def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(mnist_m
 
 
 # ---- a hand-edited checkpoint is set aside like a corrupt one
+
+
+@pytest.fixture(scope="module")
+def kept_checkpoint(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One pair trained with --keep-checkpoint (its results folder, its result), copied by each test that edits it."""
+    results = tmp_path_factory.mktemp("kept-checkpoint")
+    done = cli(*train_args(results, mnist_mini, "--keep-checkpoint"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return results, result_of(results)
 
 
 @pytest.mark.parametrize(
@@ -367,10 +381,10 @@ def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(mnist_m
     ids=["epochs-as-text", "short-history", "epochs-changed", "history-not-a-dict"],
 )
 def test_a_hand_edited_checkpoint_is_set_aside_and_the_pair_starts_over(
-    edit, reason: str, mnist_mini: Path, tmp_path: Path
+    edit, reason: str, kept_checkpoint: tuple[Path, dict], mnist_mini: Path, tmp_path: Path
 ) -> None:
-    assert cli(*train_args(tmp_path, mnist_mini, "--keep-checkpoint")).returncode == 0
-    first = result_of(tmp_path)
+    shutil.copytree(kept_checkpoint[0], tmp_path, dirs_exist_ok=True)
+    first = kept_checkpoint[1]
     state_file = checkpoint_of(tmp_path) / "state.json"
     state_file.write_text(json.dumps(edit(json.loads(state_file.read_text()))))
     (tmp_path / "default" / "mlp" / "fold-0.json").unlink()  # not --force: that sets any checkpoint aside unread

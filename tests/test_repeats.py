@@ -266,7 +266,7 @@ def _with(result: Any) -> Any:
 
 # --- real pairs -------------------------------------------------------------------------------------------------------
 
-QUICK = ("--epochs", "1", "--limit", "1000")
+QUICK = ("--epochs", "1", "--limit", "100")
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +292,7 @@ def test_repeat_0_of_a_repeated_run_is_the_plain_run_and_repeat_1_another(traine
     assert (first["repeat"], first["task_id"], second["repeat"], second["task_id"]) == (0, 0, 1, 10)
     assert second["data"]["val_indices_sha256"] != first["data"]["val_indices_sha256"]
     assert second["history"] != first["history"]
-    _, held_out = folds.split(1000, 0, Protocol(epochs=1, limit=1000), 1)
+    _, held_out = folds.split(100, 0, Protocol(epochs=1, limit=100), 1)
     assert second["data"]["val_indices_sha256"] == folds.indices_sha256(held_out)
     found = sorted(p.relative_to(trained / "rep").as_posix() for p in (trained / "rep").rglob("*.json"))
     assert found == ["mlp/fold-0.json", "mlp/repeat-1/fold-0.json", "run.json"]

@@ -64,7 +64,7 @@ def test_a_done_pair_is_skipped_and_force_retrains_identically(mlp_run: tuple[Pa
 
 def test_the_task_id_comes_from_slurm_when_not_given(mnist_mini: Path, tmp_path: Path) -> None:
     done = cli(
-        "run", "--epochs", "1", "--limit", "1000", "--data-dir", str(mnist_mini), "--custom-data",
+        "run", "--epochs", "1", "--limit", "100", "--data-dir", str(mnist_mini), "--custom-data",
         "--results", str(tmp_path), env={"SLURM_ARRAY_TASK_ID": "7"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -123,7 +123,7 @@ def test_runtime_errors_are_one_line_exit_1(case: str, message: str, mnist_full:
         images = data_dir / "train-images-idx3-ubyte.gz"
         content = bytearray(gzip.decompress(images.read_bytes()))
         content[-1] ^= 0x01  # one pixel of the last image, one grey level off
-        images.write_bytes(gzip.compress(bytes(content)))
+        images.write_bytes(gzip.compress(bytes(content), compresslevel=1))  # the sha256 is of the inflated bytes
     else:
         out.write_text("a file where the results folder should be")
     done = cli("run", "--task-id", "0", *QUICK, "--data-dir", str(data_dir), "--results", str(out))
@@ -150,7 +150,7 @@ def test_a_torn_result_is_redone(mnist_mini: Path, tmp_path: Path) -> None:
     path = RunLayout(tmp_path, "default").pair_paths(Pair("mlp", 0)).result
     path.parent.mkdir(parents=True)
     path.write_text('{"schema_version": 1, "model": "ml')
-    done = cli("run", "--task-id", "0", "--epochs", "1", "--limit", "1000", "--data-dir", str(mnist_mini),
+    done = cli("run", "--task-id", "0", "--epochs", "1", "--limit", "100", "--data-dir", str(mnist_mini),
                "--custom-data", "--results", str(tmp_path))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert results.read_result(path)["model"] == "mlp"
@@ -168,7 +168,7 @@ def test_pairs_lists_done_and_missing(mlp_run: tuple[Path, dict]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "batch_size", "limit"), [("mlp", 1, 2000), ("mlp", 3, 2000), ("cnn", 1, 400)])
+@pytest.mark.parametrize(("model", "batch_size", "limit"), [("mlp", 1, 500), ("mlp", 3, 500), ("cnn", 1, 100)])
 def test_mixed_precision_with_skipped_steps_finishes_with_a_result(
     model: str, batch_size: int, limit: int, mnist_full: Path, tmp_path: Path
 ) -> None:
@@ -184,9 +184,10 @@ def test_mixed_precision_with_skipped_steps_finishes_with_a_result(
 
 # --- a diverged training stops at that epoch with one line, its checkpoint kept --------------
 
-DIVERGE = ("--epochs", "2", "--limit", "1000")
-# Writes a real checkpoint after epoch 1 of DIVERGE's config whose weights were set to non-finite numbers.
-_POISONED_CHECKPOINT = """
+DIVERGE = ("--epochs", "2", "--limit", "200")
+# Writes, for each FOLDER MODEL HOW of its arguments, a real checkpoint after epoch 1 of DIVERGE's config whose weights
+# were set to non-finite numbers.
+_POISONED_CHECKPOINTS = """
 import sys
 import numpy as np
 from job.pair import models, runtime
@@ -195,40 +196,47 @@ from job.pair.checkpoint import Checkpoint, TrainState
 from job.pair.train import checkpoint_owner
 from job.protocol import Pair, Protocol
 
-folder, name, how = sys.argv[1:]
-protocol = Protocol(epochs=2, limit=1000)
-train_ix, held_out_ix = folds.split(1000, 0, protocol)
+protocol = Protocol(epochs=2, limit=200)
+train_ix, held_out_ix = folds.split(200, 0, protocol)
 runtime.configure(deterministic=True, precision="float32", allow_cpu=True)
-model = models.build(name, steps_per_execution=50)
-model.optimizer.build(model.trainable_variables)
-weights = model.get_weights()
-if how == "nan everywhere":
-    weights = [np.full_like(w, np.nan) for w in weights]
-elif how == "inf in the output bias":
-    weights[-1] = np.full_like(weights[-1], np.inf)
-else:  # nan in the output bias
-    weights[-1] = np.full_like(weights[-1], np.nan)
-model.set_weights(weights)
-history = {"loss": [0.9], "accuracy": [0.7], "val_loss": [0.8], "val_accuracy": [0.75]}
-owner = checkpoint_owner(name, Pair(name, 0).stream(protocol.n_folds), train_ix, held_out_ix)
-state = TrainState(protocol.config_id, 1, history, [1.0], [], "2026-01-01T00:00:00+00:00", owner=owner)
-Checkpoint(folder).save(model, state)
+args = sys.argv[1:]
+for folder, name, how in zip(args[::3], args[1::3], args[2::3]):
+    model = models.build(name, steps_per_execution=50)
+    model.optimizer.build(model.trainable_variables)
+    weights = model.get_weights()
+    if how == "nan everywhere":
+        weights = [np.full_like(w, np.nan) for w in weights]
+    elif how == "inf in the output bias":
+        weights[-1] = np.full_like(weights[-1], np.inf)
+    else:  # nan in the output bias
+        weights[-1] = np.full_like(weights[-1], np.nan)
+    model.set_weights(weights)
+    history = {"loss": [0.9], "accuracy": [0.7], "val_loss": [0.8], "val_accuracy": [0.75]}
+    owner = checkpoint_owner(name, Pair(name, 0).stream(protocol.n_folds), train_ix, held_out_ix)
+    state = TrainState(protocol.config_id, 1, history, [1.0], [], "2026-01-01T00:00:00+00:00", owner=owner)
+    Checkpoint(folder).save(model, state)
 """
+DIVERGED = [("mlp", "nan everywhere"), ("mlp", "inf in the output bias"), ("cnn", "nan in the output bias")]
+
+
+@pytest.fixture(scope="module")
+def poisoned(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    """The checkpoint of each case of DIVERGED, all written by one process; each test copies its own."""
+    folder = tmp_path_factory.mktemp("poisoned")
+    made = {case: folder / f"{index}.ckpt" for index, case in enumerate(DIVERGED)}
+    args = [str(arg) for (model, how), path in made.items() for arg in (path, model, how)]
+    done = subprocess.run([sys.executable, "-c", _POISONED_CHECKPOINTS, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return made
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("model", "how"),
-    [("mlp", "nan everywhere"), ("mlp", "inf in the output bias"), ("cnn", "nan in the output bias")],
-)
+@pytest.mark.parametrize(("model", "how"), DIVERGED)
 def test_a_diverged_training_stops_with_one_line_and_keeps_its_checkpoint(
-    model: str, how: str, mnist_full: Path, tmp_path: Path
+    model: str, how: str, poisoned: dict[tuple[str, str], Path], mnist_full: Path, tmp_path: Path
 ) -> None:
     checkpoint = RunLayout(tmp_path, "default").pair_paths(Pair(model, 0)).checkpoint
-    made = subprocess.run(
-        [sys.executable, "-c", _POISONED_CHECKPOINT, str(checkpoint), model, how], capture_output=True, text=True
-    )
-    assert made.returncode == 0, made.stderr
+    shutil.copytree(poisoned[model, how], checkpoint)
     state_before = json.loads((checkpoint / "state.json").read_text())
 
     done = cli(
@@ -246,10 +254,14 @@ def test_a_diverged_training_stops_with_one_line_and_keeps_its_checkpoint(
 # --- run names are names, not paths ----------------------------------------------------------
 
 BAD_RUN_NAMES = ["../escape", "a/b", "/tmp/absolute", "", "..", "tab\there", ".hidden"]
+# Every command checks its run name through the one RunLayout: each kind of bad name with `run`, and with the other
+# commands a path and an empty name (which a command could take for "unset").
+CASES = [(["run", "--task-id", "0"], name) for name in BAD_RUN_NAMES] + [
+    (command, name) for command in (["final", "--model", "mlp"], ["pairs"], ["collect"]) for name in ("../escape", "")
+]
 
 
-@pytest.mark.parametrize("name", BAD_RUN_NAMES)
-@pytest.mark.parametrize("command", [["run", "--task-id", "0"], ["final", "--model", "mlp"], ["pairs"], ["collect"]])
+@pytest.mark.parametrize(("command", "name"), CASES)
 def test_a_run_name_that_is_not_a_plain_name_is_a_usage_error(command: list[str], name: str, tmp_path: Path) -> None:
     results_dir = tmp_path / "results"
     (results_dir / "default").mkdir(parents=True)
@@ -301,7 +313,7 @@ def test_a_misplaced_or_edited_result_is_redone_by_run_and_not_done_for_pairs(
 
 @pytest.mark.slow
 def test_final_shares_runs_skeleton_and_keeps_its_checkpoint_when_asked(mnist_full: Path, tmp_path: Path) -> None:
-    args = ("final", "--model", "mlp", "--epochs", "1", "--limit", "1000", "--data-dir", str(mnist_full))
+    args = ("final", "--model", "mlp", "--epochs", "1", "--limit", "100", "--data-dir", str(mnist_full))
     done = cli(*args, "--results", str(tmp_path), "--keep-checkpoint")
     assert done.returncode == 0, done.stderr
     final = tmp_path / "default" / "final"

@@ -24,11 +24,12 @@ from job.results.status import PairState, PairStatus, status
 
 pytestmark = pytest.mark.slurm
 
-QUICK = ("--epochs", "2", "--limit", "2000", "--custom-data")
-MLP_TASKS = "0-4"  # the five mlp pairs
+QUICK = ("--epochs", "1", "--limit", "500", "--custom-data")
+MLP_TASKS = "0-1"  # two mlp pairs: one at a time on each of the node's two CPUs
+N_PAIRS = 2
 
 
-@pytest.mark.slow  # two arrays of five real pairs, one CPU each on a two-CPU node shared with other jobs
+@pytest.mark.slow  # two arrays of two real pairs, one CPU each on a two-CPU node shared with other jobs
 def test_a_second_array_with_the_suggested_request_completes(mnist_mini: Path, tmp_path: Path) -> None:
     ensure_cluster()
     results = tmp_path / "results"
@@ -40,12 +41,12 @@ def test_a_second_array_with_the_suggested_request_completes(mnist_mini: Path, t
     print(collected.stdout)  # the report as a user sees it (pytest -s)
     sizing = Summary.from_json(json.loads((results / "default" / "summary.json").read_text())).sizing
     mlp = sizing.models["mlp"]
-    assert (mlp.n_measured, mlp.n_unmeasured) == (5, 0), "the results carry no resources"
+    assert (mlp.n_measured, mlp.n_unmeasured) == (N_PAIRS, 0), "the results carry no resources"
     assert mlp.request is not None
     (line,) = [line for line in collected.stdout.splitlines() if line.startswith("mlp: suggested request ")]
     options = line.removeprefix("mlp: suggested request ").split()
     assert " ".join(options) == mlp.request.options
-    assert f"mlp: 5 of 5 pairs measured: slowest {mlp.max_wall_seconds:.1f} s" in collected.stdout
+    assert f"mlp: {N_PAIRS} of {N_PAIRS} pairs measured: slowest {mlp.max_wall_seconds:.1f} s" in collected.stdout
 
     # Exactly the suggested request, the same protocol, a new run name.
     env = array_env(mnist_mini, results, MNIST_CV_RUN="sized")
@@ -56,7 +57,7 @@ def test_a_second_array_with_the_suggested_request_completes(mnist_mini: Path, t
         assert resources.gigabytes(row["ReqMem"]) == resources.gigabytes(mlp.request.mem), task
         assert int(row["AllocCPUS"]) == mlp.request.cpus and "gres/gpu" not in row["AllocTRES"], task
     layout = RunLayout(results, "sized")
-    for fold in range(5):
+    for fold in range(N_PAIRS):
         result = json.loads(layout.pair_paths(Pair("mlp", fold)).result.read_text())
         # Slurm 22.05's sacct has no Restarts field: the task's own record says whether it was requeued.
         assert result["environment"]["slurm"].get("restart_count") in (None, "0"), f"fold {fold} was requeued"

@@ -30,7 +30,7 @@ from job.results.layout import RunLayout
 
 pytestmark = pytest.mark.slurm
 
-QUICK = ("--epochs", "1", "--limit", "1000")
+QUICK = ("--epochs", "1", "--limit", "100")
 TASKS = range(10)
 LOST = (3, 6)  # mlp/fold-3 and cnn/fold-1: the pairs the partial-failure tests lose and redo
 
@@ -80,7 +80,7 @@ def test_the_unchanged_script_runs_the_ten_pairs_one_log_each(ten_pairs: ArrayRu
     for task, pair in enumerate(all_pairs()):
         result = results.read_result(RunLayout(ten_pairs.results, "default").pair_paths(pair).result)
         assert result["task_id"] == task
-        assert (result["config"]["epochs"], result["config"]["limit"]) == (1, 1000)
+        assert (result["config"]["epochs"], result["config"]["limit"]) == (1, 100)
         assert f"{pair}: held-out accuracy" in log_of(ten_pairs, task)
         # The first line names the task as its log file and squeue do (123_4), its raw id beside it.
         assert log_of(ten_pairs, task).startswith(f"job {ten_pairs.job}_{task} (job ")

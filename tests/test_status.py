@@ -223,31 +223,6 @@ def test_a_reader_that_leaves_early_is_not_a_failure(command: list[str], tmp_pat
     assert cli_without_reader(*command, "--results", str(tmp_path)) == (0, "")
 
 
-@pytest.mark.slurm
-def test_submitting_the_same_ten_pairs_twice_in_a_row_runs_each_pair_once(mnist_mini: Path, tmp_path: Path) -> None:
-    """The second `submit` sees the first array's pairs queued or running (its submission record) and submits
-    nothing; sacct then shows ten tasks, each pair's once, and every pair has its result."""
-    from support.cluster import wait_for_jobs
-
-    ensure_cluster()
-    command = [
-        "submit", "--executor", "slurm", "--allow-dirty", "--epochs", "1", "--limit", "1000", "--custom-data",
-        "--data-dir", str(mnist_mini), "--results", str(tmp_path), "--cpus-per-task", "1", "--mem-gb", "3",
-        "--gpus-per-task", "0",
-    ]  # fmt: skip
-    first = cli(*command, cwd=ROOT)
-    assert first.returncode == 0, first.stdout + first.stderr
-    second = cli(*command, cwd=ROOT)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "submitted 10 pairs" in first.stdout
-    assert second.stdout.startswith("nothing to submit"), second.stdout
-    array = first.stdout.split("  mlp/fold-0  job ")[1].split("_")[0]
-    states = wait_for_jobs(array, timeout=600)
-    assert sorted(states) == sorted(f"{array}_{i}" for i in range(10)) and set(states.values()) == {"COMPLETED"}
-    finished = status(RunLayout(tmp_path, "default"), Protocol().with_overrides(epochs=1, limit=1000))
-    assert [s.state for s in finished] == [PairState.DONE] * 10
-
-
 def test_a_plain_array_sh_array_counts_for_the_run_and_config_its_workdir_and_arguments_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

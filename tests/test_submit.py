@@ -34,9 +34,10 @@ from job.pair.train import Preempted
 from job.protocol import Pair, Protocol, all_pairs
 from job.results import store as results
 from job.results.layout import RunLayout
+from job.results.status import PairState, status
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-QUICK = ("--epochs", "1", "--limit", "1000", "--custom-data")
+QUICK = ("--epochs", "1", "--limit", "100", "--custom-data")
 SMALL_TASK = ("--cpus-per-task", "1", "--mem-gb", "3")  # two pairs at a time on the 2-CPU node
 ENV = {"MNIST_CV_ALLOW_CPU": "1"}
 DIRTY_OK = ("--allow-dirty",)  # the tasks run a snapshot of this checkout, which may hold uncommitted changes
@@ -283,7 +284,7 @@ def test_the_final_model_is_submitted_the_same_way(mnist_mini: Path, tmp_path: P
     assert "[1/1] mlp/final: test accuracy" in done.stdout
     layout = RunLayout(out, "default")
     result = results.check_final(layout.final_paths("mlp").result, layout)
-    assert result.config.epochs == 1 and result.data.n_train == 1000
+    assert result.config.epochs == 1 and result.data.n_train == 100
 
 
 def test_the_debug_executor_runs_in_this_process_and_reports_a_failed_pair(tmp_path: Path) -> None:
@@ -313,9 +314,12 @@ def job_ids(stdout: str) -> list[str]:
 
 
 @pytest.mark.slurm
-def test_pairs_blocked_by_a_path_in_the_way_are_refused_before_anything_is_submitted(
+def test_pairs_blocked_by_a_path_are_refused_before_anything_is_submitted_then_each_pair_runs_once(
     cluster: dict[str, str], mnist_mini: Path, tmp_path: Path
 ) -> None:
+    """Refused while a path is in the way; once it is gone the ten pairs run and collect follows. The same `submit`
+    again while they are queued or running sees them (the first's submission record) and submits nothing: sacct
+    shows ten tasks, each pair's once."""
     out = tmp_path / "results"
     blocker = out / "default" / "cnn"  # a file where the cnn results go: the five cnn pairs could only fail
     blocker.parent.mkdir(parents=True)
@@ -333,10 +337,30 @@ def test_pairs_blocked_by_a_path_in_the_way_are_refused_before_anything_is_submi
     assert f"{blocker} is in the way: it should be a folder" in refusal
 
     blocker.unlink()
-    second = cli(*command, cwd=tmp_path, env=ENV)
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "job", *command], cwd=tmp_path, env={**os.environ, **ENV}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        printed = []
+        for line in waiting.stdout:  # type: ignore[union-attr]
+            printed.append(line)
+            if len(job_ids("".join(printed))) == 10:
+                break
+        again = cli(*[arg for arg in command if arg != "--wait"], cwd=tmp_path, env=ENV)
+        stdout, stderr = waiting.communicate(timeout=600)
+    finally:
+        waiting.kill()
+    second = subprocess.CompletedProcess(waiting.args, waiting.returncode, "".join(printed) + stdout, stderr)
     assert second.returncode == 0, second.stdout + second.stderr
     submitted = re.findall(r"^  (\S+)  job ", second.stdout, flags=re.MULTILINE)
     assert "submitted 10 pairs" in second.stdout and submitted == [str(pair) for pair in all_pairs()]
+    assert again.returncode == 0 and again.stdout.startswith("nothing to submit"), again.stdout + again.stderr
+    array = job_ids(second.stdout)[0].split("_")[0]
+    states = wait_for_jobs(array, timeout=120)
+    assert sorted(states) == sorted(f"{array}_{i}" for i in range(10)) and set(states.values()) == {"COMPLETED"}
+    finished = status(RunLayout(out, "default"), Protocol().with_overrides(epochs=1, limit=100))
+    assert [s.state for s in finished] == [PairState.DONE] * 10
     assert (out / "default" / "summary.json").is_file(), "collect did not run"
     assert "wrote summary.json" in second.stdout
     for pair in all_pairs():
@@ -352,8 +376,9 @@ def test_a_preempted_pair_is_requeued_and_ends_as_if_uninterrupted(
     cluster: dict[str, str], mnist_mini: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "results"
-    # A cnn epoch on 1,600 images lasts a few seconds on one core: time to preempt it between epochs.
-    command = ["submit", "--executor", "slurm", *DIRTY_OK, "--task-ids", "5", "--epochs", "4", "--limit", "2000",
+    # A cnn epoch on 800 images takes about 6 CPU-seconds (34-62 s on a loaded machine): once epoch 1 is
+    # checkpointed, two more leave time to preempt it before the training ends.
+    command = ["submit", "--executor", "slurm", *DIRTY_OK, "--task-ids", "5", "--epochs", "3", "--limit", "1000",
                "--custom-data", "--data-dir", str(mnist_mini), "--results", str(out), *SMALL_TASK,
                "--gpus-per-task", "0"]  # fmt: skip
     reference = cli(*command, "--run", "reference", cwd=tmp_path, env=ENV)
