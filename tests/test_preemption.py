@@ -249,7 +249,8 @@ def queued(job: str, task: int) -> Callable[[], bool]:
 
 
 def slurm_ok(*command: str) -> None:
-    out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    # Two minutes: slurmctld answers slowly on a node busy with training (30 s was seen to run out).
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"{' '.join(command)}: {out.stderr}"
 
 
