@@ -156,6 +156,9 @@ def test_a_fresh_start_empties_the_logs_of_an_earlier_training(
     """--force retrains from scratch: the logs restart with it, they do not continue the old history."""
     layout = resumed["layout"]
     shutil.copytree(layout.folder, tmp_path / "default")
+    # Its logs and checkpoint stay; its result and the run's manifest go, so that a cheaper config may train there.
+    (tmp_path / "default" / "run.json").unlink(missing_ok=True)
+    RunLayout(tmp_path, "default").pair_paths(PAIR).result.unlink()
     args = [*CONFIG[:4], "--epochs", "1", "--limit", "100", "--custom-data", "--force"]
     done = cli("run", *args, "--data-dir", str(mnist_mini), "--results", str(tmp_path))
     assert done.returncode == 0, done.stderr

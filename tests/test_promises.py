@@ -235,12 +235,12 @@ def test_out_of_memory_on_the_device_exits_1_with_one_line(mnist_full: Path, tmp
 def test_a_full_disk_exits_1_with_one_line_keeps_the_checkpoint_and_a_rerun_resumes(
     mnist_mini: Path, tmp_path: Path
 ) -> None:
-    """mlp checkpoints are 426 KB: on 1,000 KB the first fits and the second (written beside it) does not. Beside
-    them, a result already written (fold 1's, of the committed run folder) must come out untouched."""
+    """mlp checkpoints are 426 KB: on 1,000 KB the first fits and the second (written beside it) does not. On the
+    same disk, a result already written (another run's, of the committed run folder) must come out untouched."""
     with tmpfs(tmp_path / "disk", "3m") as results:
-        (results / "default" / "mlp").mkdir(parents=True)
-        shutil.copy(COMMITTED / "mlp" / "fold-1.json", results / "default" / "mlp")
-        other = (results / "default" / "mlp" / "fold-1.json").read_bytes()
+        (results / "other" / "mlp").mkdir(parents=True)
+        shutil.copy(COMMITTED / "mlp" / "fold-1.json", results / "other" / "mlp")
+        other = (results / "other" / "mlp" / "fold-1.json").read_bytes()
         subprocess.run(["mount", "-o", "remount,size=1000k", str(results)], check=True)
 
         full = cli(*train_args(results, mnist_mini))
@@ -249,7 +249,7 @@ def test_a_full_disk_exits_1_with_one_line_keeps_the_checkpoint_and_a_rerun_resu
         state = json.loads((checkpoint_of(results) / "state.json").read_text())
         assert state["epochs_done"] == 1
         assert sorted(p.name for p in checkpoint_of(results).iterdir()) == ["epoch-1.weights.h5", "state.json"]
-        assert (results / "default" / "mlp" / "fold-1.json").read_bytes() == other
+        assert (results / "other" / "mlp" / "fold-1.json").read_bytes() == other
 
         subprocess.run(["mount", "-o", "remount,size=3m", str(results)], check=True)
         rerun = cli(*train_args(results, mnist_mini))
@@ -348,9 +348,7 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(mnist_mini: Pat
 
 
 def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(mnist_mini: Path, tmp_path: Path) -> None:
-    # A real result already written (the committed run folder's, of another config: --force replaces it too).
-    (tmp_path / "default" / "mlp").mkdir(parents=True)
-    shutil.copy(COMMITTED / "mlp" / "fold-0.json", tmp_path / "default" / "mlp")
+    assert cli(*train_args(tmp_path, mnist_mini, "--epochs", STOP_EPOCHS)).returncode == 0
     written = (tmp_path / "default" / "mlp" / "fold-0.json").read_bytes()
     stopped = stop_in_epoch_2(train_args(tmp_path, mnist_mini, "--force"), signal.SIGTERM)
     assert stopped.returncode == 3, stopped.stderr[-2000:]
