@@ -13,6 +13,8 @@ import pytest
 from support import ROOT, cli
 from support.cluster import submit, wait_for_jobs, with_gpus
 
+from job.pair import runtime
+
 STEPS = ("--steps", "5")
 NAMES = ["python", "packages", "slurm", "image", "build", "gpu", "threads", "data", "steps"]
 
@@ -86,3 +88,29 @@ def test_in_a_slurm_task_with_a_gpu_allocated_that_tensorflow_cannot_see_the_gpu
     # The rest of the node still checks out: it trains, on the CPU, deterministically.
     assert found["steps"][0] == "ok" and "identical weights" in found["steps"][1]
     assert f"{len(NAMES)} checks: failed: gpu" in out
+
+
+@pytest.mark.parametrize("name", ["../mlp", "mlp[bold]", "nosuch"])
+def test_a_model_name_that_is_no_model_is_one_line_exit_2(name: str) -> None:
+    done = cli("doctor", "--model", name)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "shown"),
+    [
+        ({"SLURM_JOB_GPUS": "0"}, {"SLURM_JOB_GPUS": "0"}),  # GPU index 0 is a GPU, not none
+        ({"SLURM_GPUS_ON_NODE": "0", "SLURM_STEP_GPUS": ""}, {}),
+        ({"SLURM_GPUS_ON_NODE": "2", "SLURM_STEP_GPUS": "0,1"}, {"SLURM_GPUS_ON_NODE": "2", "SLURM_STEP_GPUS": "0,1"}),
+    ],
+)
+def test_what_slurm_allocated_is_read_once_for_doctor_and_for_a_training(
+    env: dict[str, str], shown: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (runtime.GPU_COUNT_VARIABLE, *runtime.GPU_LIST_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert runtime.allocated_gpus() == shown
+    assert runtime.gpu_requested() == bool(shown)

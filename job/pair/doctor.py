@@ -27,8 +27,7 @@ from job.pair.steps import CompiledSteps
 from job.protocol import Protocol
 from job.settings import settings
 
-# The Slurm variables that say a GPU was allocated, and the one that says which devices a process may see.
-GPU_VARIABLES = ("SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_PER_TASK", "SLURM_GPUS")
+# The variable that says which devices a process may see (runtime.allocated_gpus says what Slurm gave).
 VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 # Ops that call back into Python: inside a compiled step each would be a round trip to the host.
 HOST_CALLS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
@@ -115,8 +114,7 @@ def _visible() -> str:
 
 
 def _allocated_gpus() -> str:
-    given = [name for name in GPU_VARIABLES if os.environ.get(name, "") not in ("", "0")]
-    return ", ".join(f"{name}={os.environ[name]}" for name in given)
+    return ", ".join(f"{name}={value}" for name, value in runtime.allocated_gpus().items())
 
 
 def _container() -> Check:
@@ -191,21 +189,22 @@ def _steps(request: Request, dataset: Dataset, info: dict[str, Any]) -> Check:
     images = request.steps * request.batch_size
     if images > len(dataset.x_train):
         return Check("steps", Verdict.SKIP, f"{request.steps} steps need {images} training images")
-    first, _ = _train(request, dataset)
-    second, timed = _train(request, dataset)
-    same = len(first) == len(second) and all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
-    device = info["device_used"]
-    speed = f"{timed.seconds_per_step * 1000:.2f} ms per step"
-    placed = f"images, labels and weights on {', '.join(sorted(timed.devices))}"
+    first, second = _train(request, dataset), _train(request, dataset, timed=True)
+    same = len(first.weights) == len(second.weights) and all(
+        np.array_equal(a, b) for a, b in zip(first.weights, second.weights, strict=True)
+    )
+    device, per_step = info["device_used"], second.seconds_per_step
+    speed = "not timed" if per_step is None else f"{per_step * 1000:.2f} ms per step"
+    placed = f"images, labels and weights on {', '.join(sorted(second.devices))}"
     calls = (
-        f"host call-outs in the step: {', '.join(sorted(timed.host_calls))}"
-        if timed.host_calls
-        else ("no host call-outs in the step")
+        f"host call-outs in the step: {', '.join(sorted(second.host_calls))}"
+        if second.host_calls
+        else "no host call-outs in the step"
     )
     detail = f"{request.steps} steps of {request.model} (batch {request.batch_size}) on {device}"
     if not same:
         return Check("steps", Verdict.FAIL, f"{detail}: two runs from one seed differ; {speed}; {placed}")
-    verdict = Verdict.WARN if timed.host_calls or not _on_device(timed.devices, device) else Verdict.OK
+    verdict = Verdict.WARN if second.host_calls or not _on_device(second.devices, device) else Verdict.OK
     return Check("steps", verdict, f"{detail}, twice from one seed: identical weights; {speed}; {placed}; {calls}")
 
 
@@ -216,14 +215,15 @@ def _on_device(devices: set[str], used: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Timed:
-    seconds_per_step: float
+class Trained:
+    weights: list[np.ndarray]  # after `request.steps` steps from the seed
+    seconds_per_step: float | None  # of a second pass over the same batches, traced already; None: not timed
     devices: set[str]  # where the images, the labels and the weights are held
     host_calls: set[str]  # op types in the compiled step that call back into Python
 
 
-def _train(request: Request, dataset: Dataset) -> tuple[list[np.ndarray], Timed]:
-    """A fresh seeded model trained over `request.steps` batches: its weights, and a second pass timed."""
+def _train(request: Request, dataset: Dataset, timed: bool = False) -> Trained:
+    """A fresh seeded model trained over `request.steps` batches; with `timed`, a second pass timed."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -234,11 +234,13 @@ def _train(request: Request, dataset: Dataset) -> tuple[list[np.ndarray], Timed]
     callbacks = keras.callbacks.CallbackList([], model=model)
     steps.train(index, request.batch_size, callbacks)
     weights = [np.array(w) for w in model.get_weights()]
-    start = time.perf_counter()
-    steps.train(index, request.batch_size, callbacks)  # traced already: the time of the steps alone
-    seconds = (time.perf_counter() - start) / request.steps
+    seconds = None
+    if timed:
+        start = time.perf_counter()
+        steps.train(index, request.batch_size, callbacks)  # traced already: the time of the steps alone
+        seconds = (time.perf_counter() - start) / request.steps
     devices = {*steps.resident_on(), *(str(v.value.device) for v in model.trainable_variables)}
-    return weights, Timed(seconds, {_short(d) for d in devices}, steps.op_types("train") & HOST_CALLS)
+    return Trained(weights, seconds, {_short(d) for d in devices}, steps.op_types("train") & HOST_CALLS)
 
 
 def _short(device: str) -> str:

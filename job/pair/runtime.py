@@ -27,11 +27,22 @@ def allocated_cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
+# The variables by which Slurm says it gave a task GPUs: a count, and the lists of GPU indices ("0" is GPU 0).
+GPU_COUNT_VARIABLE = "SLURM_GPUS_ON_NODE"
+GPU_LIST_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
+
+
+def allocated_gpus() -> dict[str, str]:
+    """The variables that say the scheduler gave this task a GPU, with their values; empty when it gave none."""
+    found = {name: os.environ[name] for name in GPU_LIST_VARIABLES if os.environ.get(name)}
+    if os.environ.get(GPU_COUNT_VARIABLE, "0") not in ("", "0"):
+        found = {GPU_COUNT_VARIABLE: os.environ[GPU_COUNT_VARIABLE], **found}
+    return found
+
+
 def gpu_requested() -> bool:
     """True when the scheduler gave this task a GPU (so running on the CPU would be a silent 50x slow-down)."""
-    if os.environ.get("SLURM_GPUS_ON_NODE", "0") not in ("", "0"):
-        return True
-    return bool(os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_STEP_GPUS"))
+    return bool(allocated_gpus())
 
 
 # Packages that `import tensorflow` loads (through Keras) only because they are installed, for integrations the job
