@@ -48,7 +48,9 @@ SAFE = {
     ("job.pair.predict", "load_model", "keras.models.load_model"): "after open_regular and the archive's sizes",
     ("job.pair.predict", "_read_image", "Image.open"): "after the input reader's open_regular; its pixels are capped",
     ("job.pair.checkpoint", "load", "model.load_weights"): "after the bounded hash, capped at the model's size",
-    ("job.pair.checkpoint", "_save_weights", "h5py.File"): "closes a file this process was writing",
+    ("job.pair.checkpoint", "save_weights", "h5py.File"): "closes a file this process was writing",
+    ("job.results.predictions", "_arrays", "zipfile.ZipFile"): "bytes read by read_bounded, sized by the result",
+    ("job.results.predictions", "_arrays", "np.load"): "the same bytes, its members checked stored, not compressed",
 }
 
 

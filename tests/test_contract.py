@@ -56,8 +56,9 @@ def _compare(cls: Any, node: dict[str, Any], root: dict[str, Any], where: str) -
     node = _resolve(node, root)
     fields = {f.name for f in dataclasses.fields(cls)}
     problems = []
-    # Fields new in version 2 are required by the schema's "then" (version 1 files lack them).
-    required = set(node.get("required", [])) | set(node.get("then", {}).get("required", []))
+    # Fields new in a later version are required by the "then" of that version's condition (older files lack them).
+    conditions = [node, *node.get("allOf", [])]
+    required = set(node.get("required", [])).union(*(c.get("then", {}).get("required", []) for c in conditions))
     if required != fields:
         problems.append(f"{where}: required {sorted(required)} != fields {sorted(fields)}")
     if set(node.get("properties", {})) != fields:
@@ -104,19 +105,37 @@ def test_a_real_result_round_trips_through_its_dataclass(real_run: Path) -> None
     path = layout.pair_paths(Pair("mlp", 0)).result
     raw = json.loads(path.read_text())
     typed = store.check_pair(path, layout)
-    assert raw["schema_version"] == 2 and typed.to_json() == raw
+    assert raw["schema_version"] == 3 and typed.to_json() == raw
     assert typed.config == PROTOCOL and typed.score.accuracy == typed.history.val_accuracy[-1]
+    assert typed.predictions is not None and typed.predictions.n_images == typed.data.n_val
+    assert typed.weights_sha256 is not None and typed.model_file is None  # weights kept only with --keep-model
+
+
+V3_FIELDS = ("weights_sha256", "predictions", "model_file")
 
 
 @pytest.mark.slow  # uses the trained pairs of the fixture
 def test_a_version_1_result_still_reads_as_repeat_0_with_no_resources(real_run: Path) -> None:
     layout = RunLayout(real_run, "default")
     raw = json.loads(layout.pair_paths(Pair("mlp", 0)).result.read_text())
-    v1 = {key: value for key, value in raw.items() if key not in ("repeat", "resources")} | {"schema_version": 1}
-    typed = PairResult.from_json(v1)
+    v1 = {key: value for key, value in raw.items() if key not in ("repeat", "resources", *V3_FIELDS)}
+    typed = PairResult.from_json(v1 | {"schema_version": 1})
     assert (typed.repeat, typed.resources, typed.score) == (0, None, PairResult.from_json(raw).score)
     with pytest.raises(ResultError, match="repeat"):
         PairResult.from_json({**v1, "schema_version": 2})  # version 2 must say which repeat it is
+
+
+@pytest.mark.slow  # uses the trained pairs of the fixture
+def test_a_version_2_result_reads_with_no_predictions_and_version_3_must_have_them(real_run: Path) -> None:
+    layout = RunLayout(real_run, "default")
+    raw = json.loads(layout.pair_paths(Pair("mlp", 0)).result.read_text())
+    v2 = {key: value for key, value in raw.items() if key not in V3_FIELDS} | {"schema_version": 2}
+    typed = PairResult.from_json(v2)
+    assert (typed.weights_sha256, typed.predictions, typed.model_file) == (None, None, None)
+    with pytest.raises(ResultError, match="weights_sha256"):
+        PairResult.from_json({**v2, "schema_version": 3})
+    with pytest.raises(ResultError, match="a schema_version 2 file holding predictions"):
+        PairResult.from_json({**v2, "predictions": raw["predictions"]})
 
 
 def _set(keys: str, value: Any) -> Callable[[dict[str, Any]], None]:

@@ -42,6 +42,6 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     layout, model = RunLayout(args.results, args.run), models.check_name(args.model)
     config = run_config(args, layout)  # the run's repeats: a final model grows none
-    options = Options(args.force, args.keep_checkpoint, config.repeats)
+    options = Options(args.force, args.keep_checkpoint, repeats=config.repeats)
     print(run_final(layout, config.protocol, model, inputs_from_args(args), options), flush=True)
     return 0

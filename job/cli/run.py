@@ -91,6 +91,11 @@ def add_parser(subparsers: Any) -> None:
     add_protocol_args(p)
     p.add_argument("--force", action="store_true", help="retrain even if the result exists")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the per-epoch checkpoint after success")
+    p.add_argument(
+        "--keep-model",
+        action="store_true",
+        help="keep each pair's trained weights beside its result (MODEL/fold-K.weights.h5: the fold ensemble's models)",
+    )
     add_device_args(p)
     p.set_defaults(handler=run)
 
@@ -168,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     pairs, array_task = resolve_pairs(args, config.protocol, config.repeats)
     for pair in pairs:
         check_in_run(args, config, pair, layout.run)
-    inputs, options = inputs_from_args(args), Options(args.force, args.keep_checkpoint, config.repeats)
+    inputs, options = inputs_from_args(args), Options(args.force, args.keep_checkpoint, args.keep_model, config.repeats)
     if len(pairs) == 1:
         print(run_pair(layout, config.protocol, pairs[0], inputs, options, array_task=array_task), flush=True)
         return 0

@@ -87,7 +87,7 @@ class Checkpoint:
             )
         try:
             with atomic.replacing(weights) as tmp:  # keeps the .weights.h5 suffix Keras insists on
-                _save_weights(model, tmp)
+                save_weights(model, tmp)
             atomic.write_json(
                 self.state_file,
                 {**asdict(state), "weights": weights.name, "sha256": sha256_file(weights, _weights_cap(model))},
@@ -173,7 +173,8 @@ def _weights_cap(model: Any) -> int:
     return 3 * weights + H5_OVERHEAD_BYTES
 
 
-def _save_weights(model: Any, path: Path) -> None:
+def save_weights(model: Any, path: Path) -> None:
+    """model.save_weights, leaving no HDF5 handle behind when the write fails (a full disk)."""
     try:
         model.save_weights(path)
     except OSError:

@@ -25,7 +25,7 @@ from job.pair.models import N_CLASSES
 from job.pair.train import Hooks, fit
 from job.protocol import Protocol
 from job.results.contract import FinalData, Misclassified, Outcome, TestScore
-from job.results.store import MAX_MODEL_BYTES
+from job.results.store import MAX_MODEL_BYTES, MODEL_HOLDS
 
 # The final training's random stream (weights and shuffling); a pair's stream is its fold, 0 to n_folds - 1.
 FINAL_STREAM = 1_000_000
@@ -70,5 +70,5 @@ def save_model(model: Any, path: Path) -> str:
     """Write the model atomically and return its sha256."""
     with atomic.replacing(path) as tmp:  # keeps the .keras suffix Keras insists on
         model.save(tmp)
-        digest = sha256_file(tmp, MAX_MODEL_BYTES, "a model of the registry holds")
+        digest = sha256_file(tmp, MAX_MODEL_BYTES, MODEL_HOLDS)
     return digest

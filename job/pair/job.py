@@ -15,6 +15,7 @@ from job import atomic
 from job.console import one_line
 from job.errors import JobError
 from job.pair import final, session
+from job.pair import trained as trained_files
 from job.pair.checkpoint import Checkpoint
 from job.pair.epoch_logs import EpochLogs
 from job.pair.session import Inputs, Session, Setup
@@ -33,6 +34,7 @@ class Options:
 
     force: bool = False  # retrain even when a valid result of this config exists
     keep_checkpoint: bool = False  # keep the per-epoch checkpoint after the result is written
+    keep_model: bool = False  # keep a pair's trained weights beside its result (the fold ensemble's models)
     # Recorded in the run's manifest (job/results/manifest.py) before training; None records none (the bench's runs).
     repeats: int | None = None
 
@@ -62,8 +64,8 @@ class Job(ABC):
         """The validity check of this kind of result (raises ResultError)."""
 
     @abstractmethod
-    def train(self, session: Session, checkpoint: Checkpoint) -> Any:
-        """Train and return the typed result (a final model also writes its model file here)."""
+    def train(self, session: Session, checkpoint: Checkpoint, options: Options) -> Any:
+        """Train and return the typed result, after writing the files it names (a model file, predictions)."""
 
     @abstractmethod
     def report(self, result: Any) -> str:
@@ -95,18 +97,28 @@ class PairJob(Job):
     def check(self, path: Path) -> PairResult:
         return store.check_pair(path, self.layout)
 
-    def train(self, session: Session, checkpoint: Checkpoint) -> PairResult:
-        outcome, data = fit_pair(self.pair, self.protocol, session.dataset, checkpoint, session.hooks)
+    def train(self, session: Session, checkpoint: Checkpoint, options: Options) -> PairResult:
+        trained = fit_pair(self.pair, self.protocol, session.dataset, checkpoint, session.hooks)
+        paths = self.paths
+        assert paths.predictions is not None and paths.model_file is not None  # a pair's paths always name both
+        # Before the result: a result on disk always names complete files.
+        predictions = trained_files.save_predictions(
+            trained.model, trained.images, trained.labels, trained.held_out_ix, paths.predictions
+        )
+        kept = trained_files.keep_weights(trained.model, paths.model_file) if options.keep_model else None
         return PairResult.build(
             model=self.pair.model,
             fold=self.pair.fold,
             repeat=self.pair.repeat,
             task_id=task_for_pair(self.pair, self.protocol.n_folds),
             protocol=self.protocol,
-            outcome=outcome,
-            data=data,
+            outcome=trained.outcome,
+            data=trained.data,
             environment=session.environment(),
             resources=session.usage.resources(),
+            weights_sha256=trained_files.weights_sha256(trained.model),
+            predictions=predictions,
+            model_file=kept,
         )
 
     def record_task(self) -> None:
@@ -142,7 +154,7 @@ class FinalJob(Job):
     def check(self, path: Path) -> FinalResult:
         return store.check_final(path, self.layout)
 
-    def train(self, session: Session, checkpoint: Checkpoint) -> FinalResult:
+    def train(self, session: Session, checkpoint: Checkpoint, options: Options) -> FinalResult:
         model, outcome, test, data = final.train(self.model, self.protocol, session.dataset, checkpoint, session.hooks)
         model_file = self.paths.model_file
         assert model_file is not None  # a final model's paths always name one
@@ -156,6 +168,7 @@ class FinalJob(Job):
             test=test,
             data=data,
             environment=session.environment(),
+            weights_sha256=trained_files.weights_sha256(model),
             resources=session.usage.resources(),
         )
 
@@ -284,7 +297,7 @@ def execute(job: Job, setup: Setup, options: Options = Options(), callbacks: Seq
             # any epoch: a second config in the run is refused here at the latest.
             if options.repeats is not None and (grown := manifest.record(job.layout, job.protocol, options.repeats)):
                 print(grown, file=sys.stderr, flush=True)
-            result = job.train(trained, checkpoint)
+            result = job.train(trained, checkpoint, options)
         # The in-memory result passes the readers' checks before it is written: the schema, finite numbers, and
         # a history consistent with the score.
         type(result).from_json(result.to_json(), job.label)

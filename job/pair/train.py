@@ -237,18 +237,30 @@ def check_finite(values: dict[str, float], epoch: int, checkpoint: Checkpoint) -
         )
 
 
+@dataclass(frozen=True)
+class TrainedPair:
+    """A pair's trained model and its result's sections, with the images it held out (for its predictions)."""
+
+    model: Any
+    outcome: Outcome
+    data: PairData
+    images: np.ndarray  # the (limited) training images, uint8
+    labels: np.ndarray
+    held_out_ix: np.ndarray
+
+
 def fit_pair(
     pair: Pair, protocol: Protocol, dataset: Dataset, checkpoint: Checkpoint, hooks: Hooks | None = None
-) -> tuple[Outcome, PairData]:
+) -> TrainedPair:
     """Train and score one (model, fold, repeat) pair on its fold of the (limited) training images."""
     images, labels = dataset.x_train[: protocol.limit], dataset.y_train[: protocol.limit]
     train_ix, val_ix = folds.split(len(images), pair.fold, protocol, pair.repeat)
     stream = pair.stream(protocol.n_folds)
-    _, outcome = fit(pair.model, protocol, images, labels, train_ix, val_ix, checkpoint, stream=stream, hooks=hooks)
+    model, outcome = fit(pair.model, protocol, images, labels, train_ix, val_ix, checkpoint, stream=stream, hooks=hooks)
     data = PairData(
         **dataset.provenance(),
         n_train=len(train_ix),
         n_val=len(val_ix),
         val_indices_sha256=folds.indices_sha256(val_ix),
     )
-    return outcome, data
+    return TrainedPair(model, outcome, data, images, labels, val_ix)

@@ -238,14 +238,14 @@ def _ours(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> 
     with tempfile.TemporaryDirectory(prefix="mnist-cv-bench-") as folder:
         checkpoint = Checkpoint(Path(folder) / "checkpoint")
         callbacks = [clock.callback(), marks.callback()]
-        trained, data = fit_pair(Pair(spec.model, spec.fold), protocol, dataset, checkpoint, Hooks(callbacks=callbacks))
+        trained = fit_pair(Pair(spec.model, spec.fold), protocol, dataset, checkpoint, Hooks(callbacks=callbacks))
     extra = {
         "device": info["device_used"],
         "threads": info["threads"]["intra_op"],
         "startup": marks.to_dict(),
         "data_anatomy": startup.data_anatomy(dataset.source),  # after training: not part of its timings
     }
-    return Outcome(trained.score.accuracy, data.n_train, data.n_val, extra)
+    return Outcome(trained.outcome.score.accuracy, trained.data.n_train, trained.data.n_val, extra)
 
 
 def _bare(spec: Spec, dataset: Any, clock: EpochClock, marks: startup.Marks) -> Outcome:

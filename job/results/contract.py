@@ -4,9 +4,10 @@ Each is a frozen dataclass with one builder (`build`), `to_json()` and `from_jso
 against the type's schema (job/results/*.schema.json) before it builds anything, so a typed result is always a
 valid one; tests/test_contract.py checks every schema against its dataclass, field by field.
 
-schema_version 2 is the current version of all three. Version 1 results still read (a summary is only ever read
-back by the collect that wrote it, so a summary is version 2 only): a v1 pair result is repeat 0 of
-its run and, like a v1 final result, says nothing of the resources it used (`resources` None); see `_V1_DEFAULTS`.
+schema_version 3 is the current version of all three. Versions 1 and 2 still read (a summary is only ever read
+back by the collect that wrote it, so a summary is version 3 only): a v1 pair result is repeat 0 of its run and, like a
+v1 final result, says nothing of the resources it used (`resources` None); a v1 or v2 result records no hash of its
+final weights, and a v1 or v2 pair result no held-out predictions (None); see `_OLDER_DEFAULTS`.
 Imports no TensorFlow (collect, pairs and the launchers use it).
 """
 
@@ -26,8 +27,8 @@ from typing import Any, TypeVar
 from job.errors import JobError
 from job.protocol import Protocol
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class ResultError(JobError):
@@ -127,6 +128,16 @@ class ModelFile:
 
 
 @dataclass(frozen=True)
+class HeldOutPredictions:
+    """The file of a pair's predictions on its held-out images, beside its result (job/results/predictions.py)."""
+
+    file: str  # its name, in the result's folder
+    sha256: str
+    n_images: int  # the held-out images, in the order of their indices
+    n_correct: int  # those whose predicted digit is their label: the score's accuracy as a count
+
+
+@dataclass(frozen=True)
 class Misclassified:
     index: int
     label: int
@@ -164,6 +175,9 @@ class PairResult:
     timings: Timings
     resume: Resume
     resources: Resources | None  # None only in version 1 files
+    weights_sha256: str | None  # the trained weights' values (job/pair/weights.py); None before version 3
+    predictions: HeldOutPredictions | None  # None before version 3
+    model_file: ModelFile | None  # the trained weights, kept when asked (run --keep-model); else None
 
     SCHEMA = "result"
 
@@ -178,12 +192,16 @@ class PairResult:
         outcome: Outcome,
         data: PairData,
         environment: Mapping[str, Any],
+        weights_sha256: str,
+        predictions: HeldOutPredictions,
         repeat: int = 0,
         resources: Resources | None = None,
+        model_file: ModelFile | None = None,
     ) -> PairResult:
         return cls(
             SCHEMA_VERSION, model, fold, repeat, task_id, protocol, protocol.config_id, outcome.history,
-            outcome.score, data, environment, outcome.timings, outcome.resume, resources,
+            outcome.score, data, environment, outcome.timings, outcome.resume, resources, weights_sha256, predictions,
+            model_file,
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -211,6 +229,7 @@ class FinalResult:
     timings: Timings
     resume: Resume
     resources: Resources | None  # None only in version 1 files
+    weights_sha256: str | None  # the trained weights' values (job/pair/weights.py); None before version 3
 
     SCHEMA = "final"
 
@@ -225,11 +244,12 @@ class FinalResult:
         test: TestScore,
         data: FinalData,
         environment: Mapping[str, Any],
+        weights_sha256: str,
         resources: Resources | None = None,
     ) -> FinalResult:
         return cls(
             SCHEMA_VERSION, model, protocol, protocol.config_id, model_file, outcome.history, outcome.score, test,
-            data, environment, outcome.timings, outcome.resume, resources,
+            data, environment, outcome.timings, outcome.resume, resources, weights_sha256,
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -438,10 +458,18 @@ def _non_finite(value: Any, at: str = "") -> str | None:
 
 _T = TypeVar("_T")
 
-# What a version 1 file of each schema lacks, as version 2 spells "nothing recorded" or "the default".
-_V1_DEFAULTS: dict[str, dict[str, Any]] = {
-    "result": {"repeat": 0, "resources": None},
-    "final": {"resources": None},
+# What an older file of each schema lacks, by its version, as the current version spells "nothing recorded" or "the
+# default". A field listed for a version is one that version has not: a file of it that holds one is refused.
+_V3_FIELDS: dict[str, dict[str, Any]] = {
+    "result": {"weights_sha256": None, "predictions": None, "model_file": None},
+    "final": {"weights_sha256": None},
+}
+_OLDER_DEFAULTS: dict[int, dict[str, dict[str, Any]]] = {
+    1: {
+        "result": {"repeat": 0, "resources": None, **_V3_FIELDS["result"]},
+        "final": {"resources": None, **_V3_FIELDS["final"]},
+    },
+    2: _V3_FIELDS,
 }
 
 
@@ -449,11 +477,14 @@ def _from_json(cls: type[_T], data: Any, where: str) -> _T:
     check_schema(data, cls.SCHEMA, where)  # type: ignore[attr-defined]
     if data["schema_version"] not in READABLE_VERSIONS:
         raise ResultError(f"{where}: schema_version {data['schema_version']} is newer than this code reads")
-    if data["schema_version"] == 1:
-        defaults = _V1_DEFAULTS.get(cls.SCHEMA, {})  # type: ignore[attr-defined]
+    version = data["schema_version"]
+    if version in _OLDER_DEFAULTS:
+        defaults = _OLDER_DEFAULTS[version].get(cls.SCHEMA, {})  # type: ignore[attr-defined]
         later = sorted(defaults.keys() & data.keys())
-        if later:  # fields version 1 did not have: such a file was written by no version of this code
-            raise ResultError(f"{where}: a schema_version 1 file holding {', '.join(later)}, which version 1 has not")
+        if later:  # fields the version did not have: such a file was written by no version of this code
+            raise ResultError(
+                f"{where}: a schema_version {version} file holding {', '.join(later)}, which version {version} has not"
+            )
         data = {**defaults, **data}
     try:
         return _build(cls, data)

@@ -75,10 +75,11 @@ class JobPaths:
     lease: Path  # who trains it now
     csv: Path  # the per-epoch log, one row per epoch done
     tensorboard: Path  # its TensorBoard run: `tensorboard --logdir RESULTS/RUN` shows every training side by side
-    model_file: Path | None = None  # the trained model (a final model's only)
+    model_file: Path | None = None  # the trained model: a final model's, or a pair's weights when kept
+    predictions: Path | None = None  # the predictions on the held-out images (a pair's only)
 
     @classmethod
-    def beside(cls, result: Path, model_file: Path | None = None) -> JobPaths:
+    def beside(cls, result: Path, model_file: Path | None = None, predictions: Path | None = None) -> JobPaths:
         """The paths beside a result: the same name with another suffix."""
         return cls(
             result=result,
@@ -87,6 +88,7 @@ class JobPaths:
             csv=result.with_suffix(".csv"),
             tensorboard=result.with_suffix(".tb"),
             model_file=model_file,
+            predictions=predictions,
         )
 
 
@@ -115,8 +117,12 @@ class RunLayout:
         return folder / f"repeat-{pair.repeat}" if pair.repeat else folder
 
     def pair_paths(self, pair: Pair) -> JobPaths:
-        """MODEL/[repeat-R/]fold-K.json, and its .ckpt/, .lease, .csv and .tb/ beside it."""
-        return JobPaths.beside(self.pair_folder(pair) / f"fold-{pair.fold}.json")
+        """MODEL/[repeat-R/]fold-K.json, and its .ckpt/, .lease, .csv, .tb/, .predictions.npz and (when kept) the
+        trained weights, .weights.h5, beside it."""
+        result = self.pair_folder(pair) / f"fold-{pair.fold}.json"
+        return JobPaths.beside(
+            result, model_file=result.with_suffix(".weights.h5"), predictions=result.with_suffix(".predictions.npz")
+        )
 
     def pair_results(self) -> list[Path]:
         """Every file that looks like a pair's result, whatever it holds."""

@@ -24,6 +24,7 @@ from job.mnist import MNIST_COUNTS, MNIST_SHA256, TEST_IMAGES, TRAIN_IMAGES
 from job.protocol import Pair, task_for_pair
 from job.results.contract import FinalData, FinalResult, PairData, PairResult, ResultError, check_schema
 from job.results.layout import JobPaths, RunLayout
+from job.results.predictions import max_bytes
 from job.times import parse_utc
 
 # Evaluation after the last epoch and that epoch's validation are the same Keras evaluate() on the same weights
@@ -36,6 +37,7 @@ LOSS_RELATIVE_TOLERANCE = 1e-5
 MAX_RESULT_BYTES = 16 << 20
 # The registry's largest model, the cnn, saves to about 40 MB with its optimizer's state.
 MAX_MODEL_BYTES = 1 << 30
+MODEL_HOLDS = "a model of the registry holds"
 # Keras's accuracy is a float32 mean of 0/1 matches: correct/images to 2**-24 relative, far below one image.
 COUNT_TOLERANCE = 1e-6
 
@@ -49,7 +51,8 @@ def in_the_way(layout: RunLayout, paths: JobPaths) -> str | None:
     folder = paths.result.parent
     below_run = [folder, *folder.parents][: len(folder.relative_to(layout.folder).parts)]
     expected = [(f, True) for f in below_run] + [(paths.checkpoint, True), (paths.tensorboard, True)]
-    expected += [(p, False) for p in (paths.result, paths.lease, paths.csv, paths.model_file) if p is not None]
+    files = (paths.result, paths.lease, paths.csv, paths.model_file, paths.predictions)
+    expected += [(p, False) for p in files if p is not None]
     for path, is_folder in expected:
         if not os.path.lexists(path):
             continue
@@ -140,6 +143,12 @@ def check_pair(path: Path, layout: RunLayout) -> PairResult:
     if config.limit is not None and result.data.n_train + result.data.n_val != config.limit:
         raise ResultError(f"{path}: {result.data.n_train + result.data.n_val} images, its config says {config.limit}")
     check_claims(result, str(path))
+    paths = layout.pair_paths(pair)
+    if (predictions := result.predictions) is not None:
+        bound, holds = max_bytes(predictions.n_images), f"the predictions of {predictions.n_images} images hold"
+        _check_file(path, predictions.file, predictions.sha256, paths.predictions, bound, holds)
+    if result.model_file is not None:
+        _check_file(path, result.model_file.name, result.model_file.sha256, paths.model_file, MAX_MODEL_BYTES)
     return result
 
 
@@ -160,15 +169,22 @@ def check_final(path: Path, layout: RunLayout) -> FinalResult:
     if any(m.index >= test.n_images for m in test.misclassified):
         raise ResultError(f"{path}: a misclassified index beyond its {test.n_images} test images")
     model_file = layout.final_paths(result.model).model_file
-    if result.model_file.name != model_file.name:
-        raise ResultError(f"{path}: names the model file {result.model_file.name!r}, not {model_file.name}")
-    try:
-        found = sha256_file(model_file, MAX_MODEL_BYTES, "a model of the registry holds")
-    except FileError as error:
-        raise ResultError(f"{error}; {path.name} names it") from None
-    if found != result.model_file.sha256:
-        raise ResultError(f"{model_file}: not the model {path.name} names")
+    _check_file(path, result.model_file.name, result.model_file.sha256, model_file, MAX_MODEL_BYTES)
     return result
+
+
+def _check_file(
+    result: Path, name: str, sha256: str, expected: Path | None, max_bytes: int, holds: str = MODEL_HOLDS
+) -> None:
+    """A file a result names (its model, its predictions) is the one its layout puts beside it, with its hash."""
+    if expected is None or name != expected.name:
+        raise ResultError(f"{result}: names the file {name!r}, not {expected.name if expected else 'none'}")
+    try:
+        found = sha256_file(expected, max_bytes, holds)
+    except FileError as error:
+        raise ResultError(f"{error}; {result.name} names it") from None
+    if found != sha256:
+        raise ResultError(f"{expected}: not the file {result.name} names (sha256 differs)")
 
 
 def check_claims(result: PairResult | FinalResult, where: str) -> None:
@@ -203,6 +219,13 @@ def check_claims(result: PairResult | FinalResult, where: str) -> None:
     _check_timings(result, where)
     _check_resume(result, where)
     _check_data(result, where)
+    if isinstance(result, PairResult) and (predictions := result.predictions) is not None:
+        if predictions.n_images != n_held_out or predictions.n_correct > n_held_out:
+            raise ResultError(f"{where}: predictions of {predictions.n_images} images, of {n_held_out} held out")
+        if abs(predictions.n_correct / n_held_out - score.accuracy) > ACCURACY_TOLERANCE:
+            raise ResultError(
+                f"{where}: its predictions have {predictions.n_correct} of {n_held_out} right, not its score's accuracy"
+            )
 
 
 def _check_count(accuracy: float, images: int, what: str) -> None:
