@@ -95,6 +95,11 @@ def _symlinked_checkpoint(results: Path, outside: Path) -> Path:
     return paths(results, 0).checkpoint
 
 
+def _symlinked_tensorboard(results: Path, outside: Path) -> Path:
+    paths(results, 0).tensorboard.symlink_to(outside, target_is_directory=True)  # a restart would empty it
+    return paths(results, 0).tensorboard
+
+
 def _file_as_tensorboard(results: Path, outside: Path) -> Path:
     paths(results, 0).tensorboard.write_text("not a folder")
     return paths(results, 0).tensorboard
@@ -116,7 +121,8 @@ def _symlinked_model_folder(results: Path, outside: Path) -> Path:
     ("block", "says"),
     [
         (_symlinked_checkpoint, "fold-0.ckpt is a symlink"),
-        (_file_as_tensorboard, "fold-0.tb is in the way: it should be a folder"),
+        (_symlinked_tensorboard, "mlp/fold-0 is a symlink"),
+        (_file_as_tensorboard, "mlp/fold-0 is in the way: it should be a folder"),
         (_folder_as_result, "fold-0.json is in the way: it should be a regular file"),
         (_symlinked_model_folder, "default/mlp is a symlink"),
     ],

@@ -1,9 +1,10 @@
-"""Per-epoch logs with real processes: a pair killed with kill -9 after epoch 3 and resumed has a CSV and a
-TensorBoard run holding exactly its 5 epochs, in order, each once, equal to its result's history; and the resumed
-result's resources are summed over both processes.
+"""Per-epoch logs with real processes: a pair killed with kill -9 after epoch 3 and resumed has a CSV and
+TensorBoard logs holding exactly its 5 epochs, in order, each once, equal to its result's history, and the
+HParams view shows its config; and the resumed result's resources are summed over both processes.
 
-The logs are read back as a user's tools read them: the CSV with the csv module, the event files record by record
-(TensorBoard reads the same records, and shows a scalar for each value tagged with its scalars plugin).
+The logs are read back as a user's tools read them: the CSV with the csv module, the TensorBoard logs with
+TensorBoard's own event multiplexer and hparams plugin (tests/support/tensorboard_logs.py), from the run folder, as
+`tensorboard --logdir RESULTS/RUN` reads them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from support import cli
+from support.tensorboard_logs import assert_runs_hold_the_history, config_hparams, read
 
 from job.protocol import Pair
 from job.results import store
@@ -33,7 +35,11 @@ PAIR = Pair("cnn", 0)
 # A cnn epoch of 800 images takes about 6 CPU-seconds here (a second at the very least): time to see epoch 3's
 # checkpoint, polled every 20 ms, before epoch 4 ends.
 CONFIG = ("--model", PAIR.model, "--fold", str(PAIR.fold), "--epochs", str(EPOCHS), "--limit", "1000", "--custom-data")
-TAGS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
+# TensorBoard's runs as Keras's TensorBoard callback names them, each tag with the result's curve it holds.
+RUNS = {
+    "cnn/fold-0/train": {"epoch_loss": "loss", "epoch_accuracy": "accuracy", "epoch_seconds": "epoch_seconds"},
+    "cnn/fold-0/validation": {"epoch_loss": "val_loss", "epoch_accuracy": "val_accuracy"},
+}
 
 
 def start(results: Path, data: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -57,24 +63,6 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def events(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """(step, value) of every scalar in the event files of `folder`, by tag, in the order written."""
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-    from tensorflow.core.util import event_pb2
-
-    found: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(folder.iterdir()):
-        for record in tf.data.TFRecordDataset(str(path)):
-            event = event_pb2.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                # What TensorBoard's scalar dashboard reads: the scalars plugin's name and the scalar data class.
-                assert value.metadata.plugin_data.plugin_name == "scalars", value.tag
-                assert value.metadata.data_class == summary_pb2.DATA_CLASS_SCALAR, value.tag
-                found.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
-    return found
-
-
 @pytest.fixture(scope="module")
 def resumed(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The pair killed with SIGKILL once epoch 3 is checkpointed, its logs damaged as a kill can leave them, resumed."""
@@ -93,15 +81,16 @@ def resumed(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     assert not layout.pair_paths(PAIR).result.exists()
 
     # What a kill can leave besides: a torn last line, and the event files of a process before.
-    csv_path, tensorboard = layout.pair_paths(PAIR).csv, layout.pair_paths(PAIR).tensorboard
+    csv_path, train_run = layout.pair_paths(PAIR).csv, layout.pair_paths(PAIR).tensorboard / "train"
     with open(csv_path, "a") as f:
         f.write("4,0.1,0.9")
-    (event_file,) = tensorboard.iterdir()
-    shutil.copy(event_file, tensorboard / "events.out.tfevents.1.earlier.1.v2")
+    (event_file,) = train_run.iterdir()
+    shutil.copy(event_file, train_run / "events.out.tfevents.1.earlier.1.v2")
 
     second = start(results, mnist_mini, log)
     assert second.wait(timeout=600) == 0, log.read_text()
-    return {"layout": layout, "killed": killed, "result": store.read_result(layout.pair_paths(PAIR).result), "log": log}
+    result = store.read_result(layout.pair_paths(PAIR).result)
+    return {"layout": layout, "killed": killed, "result": result, "log": log, "tensorboard": read(layout.folder)}
 
 
 def test_the_killed_pair_resumed_after_epoch_3(resumed: dict[str, Any]) -> None:
@@ -117,16 +106,27 @@ def test_its_csv_holds_each_epoch_once_in_order_as_the_result_says(resumed: dict
     assert [float(row["epoch_seconds"]) for row in rows] == result["timings"]["epoch_seconds"]
 
 
-def test_its_tensorboard_run_holds_each_epoch_once_in_order_as_the_result_says(resumed: dict[str, Any]) -> None:
+def test_its_tensorboard_runs_hold_each_epoch_once_in_order_as_the_result_says(resumed: dict[str, Any]) -> None:
+    """Keras's layout: one run for training and one for the held-out fold, the same tags, step = the epoch's index."""
     folder = resumed["layout"].pair_paths(PAIR).tensorboard
-    assert len(list(folder.iterdir())) == 1, "the stale event files are gone"
-    scalars = events(folder)
-    result = resumed["result"]
-    curves = {**result["history"], "epoch_seconds": result["timings"]["epoch_seconds"]}
-    assert sorted(scalars) == sorted(TAGS)
-    for tag, points in scalars.items():
-        assert [step for step, _ in points] == list(range(1, EPOCHS + 1)), tag
-        assert [value for _, value in points] == pytest.approx(curves[tag], rel=1e-6), tag  # stored as float32
+    # One event file a folder: the stale one is gone (TensorBoard's loader may drop repeated steps, not show them).
+    files = sorted(str(p.relative_to(folder).parent) for p in folder.rglob("*") if p.is_file())
+    assert files == [".", "train", "validation"]
+    # The result's history, which the CSV holds to the last bit (above), all EPOCHS of it.
+    assert len(resumed["result"]["history"]["loss"]) == EPOCHS
+    assert_runs_hold_the_history(resumed["tensorboard"]["scalars"], RUNS, resumed["result"])
+
+
+def test_the_hparams_view_shows_the_pairs_config_and_its_held_out_score(resumed: dict[str, Any]) -> None:
+    result, view = resumed["result"], resumed["tensorboard"]
+    assert list(view["sessions"]) == ["cnn/fold-0"]  # the folder holding the pair's two runs
+    session = view["sessions"]["cnn/fold-0"]
+    assert session["hparams"] == {"model": "cnn", "fold": 0, "repeat": 0, **config_hparams(result)}
+    assert session["metrics"]["validation/epoch_accuracy"] == pytest.approx(result["score"]["accuracy"], rel=1e-6)
+    assert session["metrics"]["validation/epoch_loss"] == pytest.approx(result["score"]["loss"], rel=1e-6)
+    metrics = {(m["name"]["group"], m["name"]["tag"]) for m in view["experiment"]["metricInfos"]}
+    assert {("validation", "epoch_accuracy"), ("validation", "epoch_loss")} <= metrics
+    assert {info["name"] for info in view["experiment"]["hparamInfos"]} == set(session["hparams"])
 
 
 def test_the_logs_are_not_results_and_stay_after_the_result(resumed: dict[str, Any]) -> None:
@@ -164,4 +164,6 @@ def test_a_fresh_start_empties_the_logs_of_an_earlier_training(
     assert done.returncode == 0, done.stderr
     fresh = RunLayout(tmp_path, "default")
     assert [row["epoch"] for row in csv_rows(fresh.pair_paths(PAIR).csv)] == ["1"]
-    assert [step for step, _ in events(fresh.pair_paths(PAIR).tensorboard)["loss"]] == [1]
+    scalars = read(fresh.folder)["scalars"]
+    assert [step for step, _ in scalars["cnn/fold-0/train"]["epoch_loss"]] == [0]
+    assert [step for step, _ in scalars["cnn/fold-0/validation"]["epoch_loss"]] == [0]

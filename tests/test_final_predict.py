@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 from support import cli
+from support.tensorboard_logs import assert_runs_hold_the_history, config_hparams, read
 
 from job.cli import main
 from job.pair import data, predict
@@ -120,7 +121,7 @@ def test_final_stops_on_a_signal_and_resumes_from_its_checkpoint(trained: Traine
     assert trained.result["resume"] == {"count": 1, "from_epochs": [trained.epochs_before_stop]}
     assert trained.skipped.returncode == 0 and "already done" in trained.skipped.stdout
     # the checkpoint is gone and no temp file is left beside the model, its result and its per-epoch logs
-    assert sorted(p.name for p in trained.model_file.parent.iterdir()) == ["mlp.csv", "mlp.json", "mlp.keras", "mlp.tb"]
+    assert sorted(p.name for p in trained.model_file.parent.iterdir()) == ["mlp", "mlp.csv", "mlp.json", "mlp.keras"]
     # Its curves are on the test images and say so: test_*, never val_*, in the CSV and the progress lines.
     header, *rows = (trained.model_file.parent / "mlp.csv").read_text().splitlines()
     assert header == "epoch,loss,accuracy,test_loss,test_accuracy,epoch_seconds" and len(rows) == EPOCHS
@@ -128,6 +129,22 @@ def test_final_stops_on_a_signal_and_resumes_from_its_checkpoint(trained: Traine
     assert f"epoch {EPOCHS}/{EPOCHS}" in trained.resumed.stdout and "test_acc " in trained.resumed.stdout
     assert "val_" not in trained.resumed.stdout
     assert trained.result["resources"]["wall_seconds"] >= trained.result["timings"]["fit_seconds"]
+
+
+def test_its_tensorboard_logs_are_a_train_and_a_test_run_each_epoch_once_and_its_config(trained: Trained) -> None:
+    """As Keras's TensorBoard callback lays them out, its held-out run named for the test images it was measured on;
+    the stopped and resumed training's epochs each once, at step = the epoch's index."""
+    view, result = read(trained.results / "t"), trained.result
+    runs = {
+        "final/mlp/train": {"epoch_loss": "loss", "epoch_accuracy": "accuracy", "epoch_seconds": "epoch_seconds"},
+        "final/mlp/test": {"epoch_loss": "val_loss", "epoch_accuracy": "val_accuracy"},
+    }
+    assert_runs_hold_the_history(view["scalars"], runs, result)
+    assert len(result["history"]["loss"]) == EPOCHS
+    assert view["sessions"]["final/mlp"]["hparams"] == {"model": "mlp", **config_hparams(result)}
+    assert view["sessions"]["final/mlp"]["metrics"]["test/epoch_accuracy"] == pytest.approx(
+        result["score"]["accuracy"], rel=1e-6
+    )
 
 
 def test_final_result_is_what_the_saved_model_does_on_the_test_set(

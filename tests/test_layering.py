@@ -34,7 +34,18 @@ MAY_IMPORT = {
 }
 # Libraries worth deferring: each costs more than 0.1 s to import (or loads TensorFlow). numpy, rich and the
 # standard library are imported at the top.
-HEAVY = {"tensorflow", "keras", "matplotlib", "mlflow", "sqlalchemy", "submitit", "scipy", "h5py", "jsonschema"}
+HEAVY = {
+    "tensorflow",
+    "keras",
+    "tensorboard",
+    "matplotlib",
+    "mlflow",
+    "sqlalchemy",
+    "submitit",
+    "scipy",
+    "h5py",
+    "jsonschema",
+}
 
 
 def module_name(path: Path) -> str:
@@ -198,4 +209,4 @@ def test_an_import_inside_a_function_defers_a_heavy_library(module: str) -> None
 def test_nothing_below_pair_and_nothing_of_analysis_loads_tensorflow_at_import() -> None:
     for module in MODULES:
         if floor(module) in {"base", "results", "analysis", "launch"}:
-            assert not {"tensorflow", "keras"} & top_level_closure(module), module
+            assert not {"tensorflow", "keras", "tensorboard"} & top_level_closure(module), module

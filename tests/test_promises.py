@@ -258,15 +258,15 @@ def test_a_full_disk_exits_1_with_one_line_keeps_the_checkpoint_and_a_rerun_resu
         assert result_of(results)["resume"] == {"count": 1, "from_epochs": [1]}
 
 
-@pytest.mark.parametrize("inodes", [11, 12], ids=["weights-write-fails", "state-write-fails"])
+@pytest.mark.parametrize("inodes", [15, 16], ids=["weights-write-fails", "state-write-fails"])
 def test_a_checkpoint_write_that_fails_anyway_is_one_line_and_keeps_the_last_checkpoint(
     inodes: int, mnist_mini: Path, tmp_path: Path
 ) -> None:
     """Room in bytes but not in files (tmpfs nr_inodes): the free-space check passes and the write itself fails.
 
-    11 inodes: the folders, the run's run.json, the pair's lease, its per-epoch CSV, TensorBoard folder and event
-    file, epoch 1's weights and state.json; epoch 2's temp weights file finds none. 12: it gets the last one, and
-    state.json's temp file finds none.
+    15 inodes: the folders, the run's run.json, the pair's lease, its per-epoch CSV, TensorBoard folder with its
+    train and validation folders and their three event files, epoch 1's weights and state.json; epoch 2's temp
+    weights file finds none. 16: it gets the last one, and state.json's temp file finds none.
     """
     with tmpfs(tmp_path / "disk", "3m", f"nr_inodes={inodes}") as results:
         failed = cli(*train_args(results, mnist_mini))
@@ -282,12 +282,12 @@ def test_a_checkpoint_write_that_fails_anyway_is_one_line_and_keeps_the_last_che
 def test_a_per_epoch_log_that_cannot_be_written_is_one_line_and_a_rerun_trains(
     mnist_mini: Path, tmp_path: Path
 ) -> None:
-    """7 inodes: the folders, the run's run.json, the pair's lease, its CSV and TensorBoard folder; the event file
-    finds none."""
+    """7 inodes: the folders, the run's run.json, the pair's lease, its CSV and TensorBoard folder; the first event
+    file (the hparams session's) finds none."""
     with tmpfs(tmp_path / "disk", "3m", "nr_inodes=7") as results:
         failed = cli(*train_args(results, mnist_mini))
-        assert_one_line(failed, 1, "run", "cannot write the per-epoch logs fold-0.csv and fold-0.tb")
-        subprocess.run(["mount", "-o", "remount,nr_inodes=13", str(results)], check=True)
+        assert_one_line(failed, 1, "run", "cannot write the per-epoch logs fold-0.csv and fold-0/")
+        subprocess.run(["mount", "-o", "remount,nr_inodes=17", str(results)], check=True)
         assert cli(*train_args(results, mnist_mini)).returncode == 0
 
 

@@ -17,7 +17,7 @@ from job.errors import JobError
 from job.pair import final, session
 from job.pair import trained as trained_files
 from job.pair.checkpoint import Checkpoint
-from job.pair.epoch_logs import EpochLogs
+from job.pair.epoch_logs import EpochLogs, HParams, hparams_of
 from job.pair.session import Inputs, Session, Setup
 from job.pair.train import Preempted, fit_pair
 from job.protocol import Pair, Protocol, task_for_pair
@@ -59,6 +59,11 @@ class Job(ABC):
     @abstractmethod
     def paths(self) -> JobPaths: ...
 
+    @property
+    def hparams(self) -> HParams:
+        """Its config as TensorBoard's HParams view shows it (job/pair/epoch_logs.py)."""
+        return hparams_of(self.protocol, self.model_name)
+
     @abstractmethod
     def check(self, path: Path) -> Any:
         """The validity check of this kind of result (raises ResultError)."""
@@ -93,6 +98,10 @@ class PairJob(Job):
     @property
     def paths(self) -> JobPaths:
         return self.layout.pair_paths(self.pair)
+
+    @property
+    def hparams(self) -> HParams:
+        return hparams_of(self.protocol, self.pair.model, self.pair)
 
     def check(self, path: Path) -> PairResult:
         return store.check_pair(path, self.layout)
@@ -291,7 +300,7 @@ def execute(job: Job, setup: Setup, options: Options = Options(), callbacks: Seq
         checkpoint = Checkpoint(paths.checkpoint)
         if options.force and checkpoint.exists():  # --force trains from epoch 1; what was there is kept aside
             print(f"{job.label}: --force: checkpoint set aside as {checkpoint.set_aside()}", file=sys.stderr)
-        epoch_logs = EpochLogs(paths.csv, paths.tensorboard, job.held_out)
+        epoch_logs = EpochLogs(paths.csv, paths.tensorboard, job.held_out, job.hparams)
         with session.training(setup, job.protocol, job.model_name, job.label, epoch_logs, callbacks) as trained:
             # Once the data has passed its checks (a refused --batch-size fixes no config for the run), and before
             # any epoch: a second config in the run is refused here at the latest.

@@ -7,7 +7,8 @@ RESULTS/RUN/
   final/MODEL.json       a final model's result   final/MODEL.keras     the model it names
   final/MODEL.ckpt/      its checkpoint           logs/                 the Slurm tasks' logs
   MODEL/fold-K.lease     who trains the pair now  submissions.jsonl     the arrays submitted for this run
-  MODEL/fold-K.csv       its per-epoch log        MODEL/fold-K.tb/      its TensorBoard run (final/MODEL.csv, .tb/)
+  MODEL/fold-K.csv       its per-epoch log        MODEL/fold-K/         its TensorBoard logs: train/, validation/
+  final/MODEL.csv        a final model's          final/MODEL/          its TensorBoard logs: train/, test/
   code/COMMIT/           the code snapshot the submitted tasks run
   summary.json, summary.md, and the figures collect draws (FIGURE-NAME.FORMAT)
   mlflow.db, mlartifacts/  what `collect --mlflow` logs, unless MLFLOW_TRACKING_URI names another store
@@ -74,19 +75,21 @@ class JobPaths:
     checkpoint: Path  # the folder of the per-epoch checkpoint, while training
     lease: Path  # who trains it now
     csv: Path  # the per-epoch log, one row per epoch done
-    tensorboard: Path  # its TensorBoard run: `tensorboard --logdir RESULTS/RUN` shows every training side by side
+    # Its TensorBoard logs, as keras.callbacks.TensorBoard lays out a log_dir (train/ and a held-out run below it):
+    # named like the result without a suffix, so `tensorboard --logdir RESULTS/RUN` lists mlp/fold-0/train.
+    tensorboard: Path
     model_file: Path | None = None  # the trained model: a final model's, or a pair's weights when kept
     predictions: Path | None = None  # the predictions on the held-out images (a pair's only)
 
     @classmethod
     def beside(cls, result: Path, model_file: Path | None = None, predictions: Path | None = None) -> JobPaths:
-        """The paths beside a result: the same name with another suffix."""
+        """The paths beside a result: the same name with another suffix, or none (its TensorBoard folder)."""
         return cls(
             result=result,
             checkpoint=result.with_suffix(".ckpt"),
             lease=result.with_suffix(".lease"),
             csv=result.with_suffix(".csv"),
-            tensorboard=result.with_suffix(".tb"),
+            tensorboard=result.with_suffix(""),
             model_file=model_file,
             predictions=predictions,
         )
@@ -117,8 +120,8 @@ class RunLayout:
         return folder / f"repeat-{pair.repeat}" if pair.repeat else folder
 
     def pair_paths(self, pair: Pair) -> JobPaths:
-        """MODEL/[repeat-R/]fold-K.json, and its .ckpt/, .lease, .csv, .tb/, .predictions.npz and (when kept) the
-        trained weights, .weights.h5, beside it."""
+        """MODEL/[repeat-R/]fold-K.json, and its .ckpt/, .lease, .csv, TensorBoard folder fold-K/, .predictions.npz
+        and (when kept) the trained weights, .weights.h5, beside it."""
         result = self.pair_folder(pair) / f"fold-{pair.fold}.json"
         return JobPaths.beside(
             result, model_file=result.with_suffix(".weights.h5"), predictions=result.with_suffix(".predictions.npz")
@@ -156,7 +159,7 @@ class RunLayout:
         return self.folder / FINAL
 
     def final_paths(self, model: str) -> JobPaths:
-        """final/MODEL.json, its .ckpt/, .lease, .csv, .tb/ and the model file, MODEL.keras."""
+        """final/MODEL.json, its .ckpt/, .lease, .csv, TensorBoard folder MODEL/ and the model file, MODEL.keras."""
         result = self.final_folder / f"{check_name(model, 'model name')}.json"
         return JobPaths.beside(result, model_file=result.with_suffix(".keras"))
 

@@ -8,8 +8,9 @@ final`) on the shipped subset tests/data/mnist-mini/, with --epochs 2 --limit 10
 given relative to the checkout's root, so the results record the same data source and arguments on every machine.
 What it holds (task ids as in `run --task-id`; repeat 1 is ids 10-19):
 
-  default/mlp/fold-K.json, cnn/fold-K.json   repeat 0 complete: tasks 0-9, each with its per-epoch .csv and .tb/
-  default/final/mlp.json, .keras, .csv, .tb/ a final MLP of the same config (scored on the subset's 1,000 test
+  default/mlp/fold-K.json, cnn/fold-K.json   repeat 0 complete: tasks 0-9, each with its per-epoch .csv and
+                                             TensorBoard folder
+  default/final/mlp.json, .keras, .csv, mlp/ a final MLP of the same config (scored on the subset's 1,000 test
                                              images), with the model file its result names
   default/mlp/repeat-1/fold-0.json, fold-1   repeat 1 partial: tasks 10 and 11 done
   default/mlp/repeat-1/fold-2.ckpt/          task 12 interrupted: its checkpoint after epoch 2 (trained with
@@ -24,9 +25,10 @@ What it holds (task ids as in `run --task-id`; repeat 1 is ids 10-19):
                                              pattern is relative to the results folder: read status from there.
 
 It holds no run.json: the folder stands for a run folder of a version before run manifests, whose config and
-repeats the commands derive from its results (tests/test_manifest.py). Each training's TensorBoard run (.tb/,
-under 1 kB) is kept beside its CSV. The interrupted pair is an mlp because a
-cnn checkpoint is 40 MB (its 10 million weights). Hosts, times and accuracies are whatever the runs record.
+repeats the commands derive from its results (tests/test_manifest.py). Each training's TensorBoard logs (under
+1 kB) are kept beside its CSV: the committed folder's are the single runs of the layout before train/ and
+validation/ (fold-K.tb/), which no test reads. The interrupted pair is an mlp because a cnn checkpoint is 40 MB (its
+10 million weights). Hosts, times and accuracies are whatever the runs record.
 """
 
 from __future__ import annotations
