@@ -116,24 +116,28 @@ def collecting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background]
     started.stop()
 
 
-# The export twice into the copy's own SQLite store, then its MLflow runs as MLflow's client reads them back.
+# The copy collected (its summary published), then exported twice into its own SQLite store, then its pair runs as
+# MLflow's client reads them back.
 MLFLOW_EXPORT = """
 import json, sys
+from pathlib import Path
 import mlflow
+from job.analysis.collect import Request, collect
 from job.analysis.mlflow_export import RESULT_TAG, export
 from job.results.layout import RunLayout
 
 layout = RunLayout(sys.argv[1], "default")
-exports = [export(layout), export(layout)]
+published = collect(Request(Path(sys.argv[1]), "default", allow_partial=True, json=True))
+exports = [export(layout, published), export(layout, published)]
 client = mlflow.MlflowClient(tracking_uri=exports[0].tracking_uri)
 experiment = client.get_experiment_by_name("mnist-cv/default")
 runs = client.search_runs([experiment.experiment_id], run_view_type=mlflow.entities.ViewType.ALL)
 print(json.dumps({
-    "exports": [(e.logged, e.already, e.tracking_uri) for e in exports],
+    "exports": [(e.logged, e.already, e.model_runs, e.tracking_uri) for e in exports],
     "runs": [
         (r.info.run_name, r.info.status, r.data.tags[RESULT_TAG], r.data.params["repeat"],
          r.data.metrics["score_accuracy"])
-        for r in runs
+        for r in runs if RESULT_TAG in r.data.tags
     ],
 }))
 """
@@ -375,7 +379,8 @@ def test_mlflow_export_logs_each_valid_result_once(exporting: Background) -> Non
     layout = RunLayout(exporting.results, RUN)
     valid = store.scan(layout).records
     uri = f"sqlite:///{layout.mlflow_db.absolute()}"
-    assert found["exports"] == [[12, 0, uri], [0, 12, uri]] and len(valid) == 12  # the second finds them all there
+    # The second finds them all there, and the model runs (mlp, cnn) holding the summary already.
+    assert found["exports"] == [[12, 0, 2, uri], [0, 12, 0, uri]] and len(valid) == 12
     assert sorted(found["runs"]) == sorted(
         [
             layout.relative(r.path).removesuffix(".json"),  # mlp/repeat-1/fold-0, cnn/fold-4...

@@ -259,6 +259,26 @@ def test_model_stats_average_complete_repeats_only() -> None:
     assert (more.n, more.mean, more.repeats_used) == (stats.n, stats.mean, stats.repeats_used)
 
 
+def test_the_95_percent_intervals_are_over_the_complete_repeats_folds_and_their_means() -> None:
+    from scipy import stats as scipy_stats
+
+    records = [types.SimpleNamespace(path=r.path, result=_with(r.result)) for r in fake_run(3)["mlp"][:-2]]
+    folds, means = summary.model_stats(records, repeats=3).ci95
+    assert (folds.over, folds.n, means.over, means.n) == ("folds", 10, "repeat means", 2)
+    accuracies = [0.9 + 0.01 * r + 0.001 * f for r in (0, 1) for f in range(5)]  # repeat 2 is partial: left out
+    spread = statistics.stdev(accuracies) / math.sqrt(10)
+    low, high = scipy_stats.t.interval(0.95, 9, loc=statistics.fmean(accuracies), scale=spread)
+    assert (folds.low, folds.high) == (pytest.approx(low, rel=1e-12), pytest.approx(high, rel=1e-12))
+    # Two repeat means, 0.902 and 0.912: mean 0.907 ± t(0.975, 1 df) = 12.706 (a t table) x 0.005.
+    assert (means.low, means.high) == (
+        pytest.approx(0.907 - 0.06353, abs=1e-5),
+        pytest.approx(0.907 + 0.06353, abs=1e-5),
+    )
+    one = summary.model_stats(records[:5], repeats=1).ci95  # one complete repeat: its folds only
+    assert [(i.over, i.n) for i in one] == [("folds", 5)]
+    assert summary.model_stats(records[:3], repeats=1).ci95 == ()  # no complete repeat: no interval
+
+
 def _with(result: Any) -> Any:
     """A fake result with what model_stats reads besides compare's."""
     return types.SimpleNamespace(**vars(result), config=Protocol(), timings=types.SimpleNamespace(fit_seconds=1.0))

@@ -53,7 +53,8 @@ class Request:
 Figure = tuple[Path, Callable[[], Any]]
 
 
-def collect(request: Request) -> int:
+def collect(request: Request) -> Summary:
+    """The run's summary, once published (JobError when it is not: pairs missing without allow_partial)."""
     layout = RunLayout(request.results_dir, request.run)
     if not layout.folder.is_dir():
         raise JobError(f"no run folder {layout.folder}")
@@ -112,7 +113,7 @@ def collect(request: Request) -> int:
     if not request.json:
         written = ", ".join([layout.summary_json.name, layout.summary_md.name, *found.figures])
         console.print(f"wrote {written} in {layout.folder}", markup=False, highlight=False, soft_wrap=True)
-    return 0
+    return found
 
 
 def _repeats_found(records: list[store.Record], unusable: dict[Pair, str]) -> int:

@@ -15,11 +15,15 @@ from rich.text import Text
 from job.analysis import sizing
 from job.results.contract import Comparison, MissingPair, ModelStats, Summary
 
-HEADERS = ("model", "n", "mean ± std %", "min %", "max %", "fit s (mean)", "missing / failed")
+HEADERS = ("model", "n", "mean ± std %", "95% CI %", "min %", "max %", "fit s (mean)", "missing / failed")
 FINAL_HEADERS = ("model", "CV mean ± std %", "final test %", "test loss", "misclassified", "trained on", "config")
 FINAL_TITLE = "Final models: scored on the test images, beside the cross-validation estimate"
 SIZING_TITLE = "Right-sizing: what the pairs used, and a Slurm request that fits"
 NONE = "-"
+CI_DEFINITION = (
+    "95% CI: Student t interval of the mean over the folds of the complete repeats (df n-1), and over the repeat "
+    "means when two or more are complete; it takes them as independent, which overlapping training sets are not"
+)
 
 
 def _percent(fraction: float | None) -> str:
@@ -28,6 +32,13 @@ def _percent(fraction: float | None) -> str:
 
 def _estimate(stats: ModelStats) -> str:
     return NONE if stats.n == 0 else f"{_percent(stats.mean)} ± {_percent(stats.std)}"
+
+
+def _intervals(stats: ModelStats) -> str:
+    """The 95% intervals of the mean, low-high; named by what they are over when there are two."""
+    named = len(stats.ci95) > 1
+    cells = [f"{_percent(i.low)}-{_percent(i.high)}{f' {i.over}' if named else ''}" for i in stats.ci95]
+    return "; ".join(cells) or NONE
 
 
 def rows(summary: Summary) -> list[tuple[str, ...]]:
@@ -40,6 +51,7 @@ def rows(summary: Summary) -> list[tuple[str, ...]]:
                 model,
                 f"{stats.n}",
                 _estimate(stats),
+                _intervals(stats),
                 _percent(stats.min),
                 _percent(stats.max),
                 NONE if stats.mean_fit_seconds is None else f"{stats.mean_fit_seconds:.1f}",
@@ -138,7 +150,7 @@ def repeat_lines(summary: Summary) -> list[str]:
 def footer(summary: Summary) -> list[str]:
     """The lines under the table: what std means, the tutorial's lines, the repeats, the comparisons, and what is
     missing."""
-    lines = [f"std: {summary.std_definition}", *tutorial_lines(summary)]
+    lines = [f"std: {summary.std_definition}", CI_DEFINITION, *tutorial_lines(summary)]
     if summary.repeats > 1:
         lines.append(
             f"repeats: {summary.repeats}, each its own shuffle of the images (KFold random_state split seed + r)"

@@ -25,6 +25,7 @@ from job.results.contract import (
     FinalResult,
     FinalStats,
     FoldScore,
+    MeanInterval,
     MissingPair,
     ModelStats,
     PairResult,
@@ -126,6 +127,7 @@ def model_stats(
     accuracy = np.array([r.result.score.accuracy for r in headline], dtype=float)
     n = len(headline)
     complete_means = [s.mean for s in per_repeat if s.complete and s.mean is not None]
+    intervals = [("folds", accuracy if complete_means else ()), ("repeat means", complete_means)]
     return ModelStats(
         n=n,
         mean=float(accuracy.mean()) if n else None,
@@ -149,7 +151,22 @@ def model_stats(
         repeats=tuple(per_repeat),
         repeats_used=tuple(used),
         std_of_repeat_means=float(np.std(complete_means, ddof=0)) if len(complete_means) > 1 else None,
+        ci95=tuple(_interval(over, values) for over, values in intervals if len(values) > 1),
     )
+
+
+def _interval(over: str, values: Sequence[float]) -> MeanInterval:
+    """The 95% Student-t interval of the mean of `values`: mean ± t(0.975, n-1) s / sqrt(n), s with ddof=1.
+
+    It takes the values as independent. Folds are not (their training sets overlap, the reason the comparison uses
+    the corrected test), nor are repeats of one dataset: the interval is narrower than the uncertainty it stands for.
+    """
+    from scipy import stats  # deferred: scipy (its t quantiles)
+
+    n = len(values)
+    mean = float(np.mean(values))
+    half = float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+    return MeanInterval(over=over, n=n, low=mean - half, high=mean + half)
 
 
 def _repeat_stats(repeat: int, records: Sequence[Record], n_folds: int) -> RepeatStats:

@@ -61,7 +61,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--mlflow",
         action="store_true",
-        help="then log every valid pair result into MLflow, once each: $MLFLOW_TRACKING_URI, else RUN/mlflow.db "
+        help="then log the run into MLflow: a run per model holding the summary's numbers and files, its pair "
+        "results nested under it, each once: $MLFLOW_TRACKING_URI, else RUN/mlflow.db "
         "(needs MLflow: pip install 'mlflow>=3.7', or in the checkout pip install -e '.[mlflow]')",
     )
     p.set_defaults(handler=run)
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         args.repeats or (recorded.repeats if recorded else None),
         test_images=data.test_images,
     )
-    status = collect(request)
+    published = collect(request)
     if args.mlflow:
-        print(export(RunLayout(args.results, args.run)).line(), file=sys.stderr if args.json else sys.stdout)
-    return status
+        exported = export(RunLayout(args.results, args.run), published)
+        print(exported.line(), file=sys.stderr if args.json else sys.stdout)
+    return 0

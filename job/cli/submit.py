@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     from job.analysis import collect  # deferred: matplotlib
 
     layout = request.layout
-    return collect.collect(
+    collect.collect(
         collect.Request(
             layout.results_dir,
             layout.run,
@@ -247,3 +247,4 @@ def run(args: argparse.Namespace) -> int:
             test_images=data.test_images,
         )
     )
+    return 0

@@ -319,6 +319,16 @@ class RepeatStats:
 
 
 @dataclass(frozen=True)
+class MeanInterval:
+    """A 95% Student-t interval of a model's mean accuracy, over `n` values: "folds" or "repeat means"."""
+
+    over: str
+    n: int
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
 class ModelStats:
     n: int  # the results the numbers below are of: those of the complete repeats (`repeats_used`)
     mean: float | None
@@ -332,6 +342,7 @@ class ModelStats:
     repeats: tuple[RepeatStats, ...]
     repeats_used: tuple[int, ...]  # the complete repeats; with none, every repeat with a result (a partial run)
     std_of_repeat_means: float | None  # over the complete repeats' means; None below two
+    ci95: tuple[MeanInterval, ...]  # over the complete repeats' folds, then their means (two or more); none: ()
 
 
 @dataclass(frozen=True)
