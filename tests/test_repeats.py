@@ -259,14 +259,17 @@ def test_model_stats_average_complete_repeats_only() -> None:
     assert (more.n, more.mean, more.repeats_used) == (stats.n, stats.mean, stats.repeats_used)
 
 
-def test_the_95_percent_intervals_are_over_the_complete_repeats_folds_and_their_means() -> None:
+def test_the_95_percent_intervals_are_corrected_over_the_complete_repeats_folds_and_plain_over_their_means() -> None:
     from scipy import stats as scipy_stats
 
     records = [types.SimpleNamespace(path=r.path, result=_with(r.result)) for r in fake_run(3)["mlp"][:-2]]
     folds, means = summary.model_stats(records, repeats=3).ci95
     assert (folds.over, folds.n, means.over, means.n) == ("folds", 10, "repeat means", 2)
     accuracies = [0.9 + 0.01 * r + 0.001 * f for r in (0, 1) for f in range(5)]  # repeat 2 is partial: left out
-    spread = statistics.stdev(accuracies) / math.sqrt(10)
+    # Nadeau-Bengio's corrected variance: the held-out share n_test/n_train widens the naive s^2/n.
+    ratio = statistics.fmean(r.result.data.n_val / r.result.data.n_train for r in records[:10])
+    assert ratio == pytest.approx(0.25, rel=0.01)
+    spread = statistics.stdev(accuracies) * math.sqrt(1 / 10 + ratio)
     low, high = scipy_stats.t.interval(0.95, 9, loc=statistics.fmean(accuracies), scale=spread)
     assert (folds.low, folds.high) == (pytest.approx(low, rel=1e-12), pytest.approx(high, rel=1e-12))
     # Two repeat means, 0.902 and 0.912: mean 0.907 ± t(0.975, 1 df) = 12.706 (a t table) x 0.005.

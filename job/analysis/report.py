@@ -21,8 +21,8 @@ FINAL_TITLE = "Final models: scored on the test images, beside the cross-validat
 SIZING_TITLE = "Right-sizing: what the pairs used, and a Slurm request that fits"
 NONE = "-"
 CI_DEFINITION = (
-    "95% CI: Student t interval of the mean over the folds of the complete repeats (df n-1), and over the repeat "
-    "means when two or more are complete; it takes them as independent, which overlapping training sets are not"
+    "95% CI: t interval of the mean over the folds of the complete repeats (df n-1) with Nadeau-Bengio's corrected "
+    "variance (1/n + n_test/n_train) s^2, and over the repeat means (uncorrected) when two or more are complete"
 )
 
 

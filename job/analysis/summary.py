@@ -127,7 +127,9 @@ def model_stats(
     accuracy = np.array([r.result.score.accuracy for r in headline], dtype=float)
     n = len(headline)
     complete_means = [s.mean for s in per_repeat if s.complete and s.mean is not None]
-    intervals = [("folds", accuracy if complete_means else ()), ("repeat means", complete_means)]
+    # The held-out share of the training images, for the corrected variance of the folds' mean (see _interval).
+    ratio = float(np.mean([r.result.data.n_val / r.result.data.n_train for r in headline])) if n else 0.0
+    intervals = [("folds", accuracy if complete_means else (), ratio), ("repeat means", complete_means, 0.0)]
     return ModelStats(
         n=n,
         mean=float(accuracy.mean()) if n else None,
@@ -151,21 +153,24 @@ def model_stats(
         repeats=tuple(per_repeat),
         repeats_used=tuple(used),
         std_of_repeat_means=float(np.std(complete_means, ddof=0)) if len(complete_means) > 1 else None,
-        ci95=tuple(_interval(over, values) for over, values in intervals if len(values) > 1),
+        ci95=tuple(_interval(over, values, share) for over, values, share in intervals if len(values) > 1),
     )
 
 
-def _interval(over: str, values: Sequence[float]) -> MeanInterval:
-    """The 95% Student-t interval of the mean of `values`: mean ± t(0.975, n-1) s / sqrt(n), s with ddof=1.
+def _interval(over: str, values: Sequence[float], test_train_ratio: float) -> MeanInterval:
+    """The 95% t interval of the mean of `values`: mean ± t(0.975, n-1) sqrt((1/n + test_train_ratio) s^2), s with
+    ddof=1.
 
-    It takes the values as independent. Folds are not (their training sets overlap, the reason the comparison uses
-    the corrected test), nor are repeats of one dataset: the interval is narrower than the uncertainty it stands for.
+    Folds are not independent (their training sets overlap): Nadeau and Bengio's corrected variance, the one the
+    comparison's corrected test uses, widens the naive s^2/n by the held-out share n_test/n_train (0.25 for 5-fold);
+    over the folds of several repeats it is the corrected repeated k-fold interval. The means of repeats of one
+    dataset are taken as they come (ratio 0): that interval is narrower than the uncertainty it stands for.
     """
     from scipy import stats  # deferred: scipy (its t quantiles)
 
     n = len(values)
     mean = float(np.mean(values))
-    half = float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+    half = float(stats.t.ppf(0.975, n - 1) * math.sqrt((1 / n + test_train_ratio) * np.var(values, ddof=1)))
     return MeanInterval(over=over, n=n, low=mean - half, high=mean + half)
 
 

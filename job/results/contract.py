@@ -320,7 +320,8 @@ class RepeatStats:
 
 @dataclass(frozen=True)
 class MeanInterval:
-    """A 95% Student-t interval of a model's mean accuracy, over `n` values: "folds" or "repeat means"."""
+    """A 95% t interval of a model's mean accuracy, over `n` values: "folds" (Nadeau-Bengio corrected variance) or
+    "repeat means"."""
 
     over: str
     n: int
