@@ -5,8 +5,8 @@ The rerun is a child `python -m job run` (the one training path, job/pair) with 
 its working folder: the running code when it is the recorded commit, clean; else the run's code snapshot of that
 commit (RESULTS/RUN/code/, job/launch/snapshot.py); else `git archive` of the commit into the scratch folder. With
 none of them, the running code reruns it and the verdict says the code was unavailable. The child is pinned to as
-many CPUs as the result's training was allocated, when this process has that many: the thread count is part of
-what makes numbers equal.
+many CPUs as the result's training had intra-op threads, when this process has that many: the thread count is part
+of what makes numbers equal.
 
 With a preemption, the child is killed (SIGKILL, `run --kill-at-step`) after the step a seed chooses, and run again:
 it must resume from its checkpoint to the same bits. Imports no TensorFlow.
@@ -199,13 +199,15 @@ def _start(argv: list[str], code: Code, recorded: PairResult) -> subprocess.Comp
 
 
 def _cpus(recorded: PairResult) -> set[int] | None:
-    """As many of our CPUs as the result's training was allocated, when we have that many; None: all of ours."""
+    """As many of our CPUs as the result's training had intra-op threads, when we have that many (its thread pool
+    is sized to the CPUs it may run on); None: all of ours. A pair trained after another model in one process
+    (`run --task-ids`) ran on that model's threads, which may be fewer than its own cap."""
     threads = recorded.environment.get("threads")
-    allocated = threads.get("allocated") if isinstance(threads, Mapping) else None
+    intra_op = threads.get("intra_op") if isinstance(threads, Mapping) else None
     ours = sorted(os.sched_getaffinity(0))
-    if not isinstance(allocated, int) or not 0 < allocated <= len(ours):
+    if not isinstance(intra_op, int) or not 0 < intra_op <= len(ours):
         return None
-    return set(ours[:allocated])
+    return set(ours[:intra_op])
 
 
 def _failure(what: str, done: subprocess.CompletedProcess[str]) -> str:
