@@ -26,7 +26,7 @@ from job.cli.options import (
 )
 from job.console import console as rich_console
 from job.errors import UsageError
-from job.launch import submission
+from job.launch import rerun, submission
 from job.launch import verify as verifying
 from job.pair import data
 from job.protocol import Pair, Protocol, task_for_pair
@@ -149,6 +149,8 @@ def _submit(
         raise UsageError(
             f"--slurm verifies the pairs of task ids: not {', '.join(str(p) for p, i in ids.items() if i is None)}"
         )
+    for result in verifying.results_of(layout, pairs).values():
+        rerun.freeze_for_tasks(result.environment.get("git"), layout)
     options = forward(args, (*RESULTS_OPTIONS, DATA_DIR, *DEVICE_OPTIONS))
     options += ["--preempt", "--preempt-seed", str(seed)] if seed is not None else []
     request = submission.Request(
@@ -176,10 +178,10 @@ def _submit(
 
 def _table(verdicts: list[tuple[Pair, verification.Verification]]) -> None:
     table = Table(title="verify: each rerun against its result, bit for bit")
-    for column in ("pair", "verdict", "detail", "code", "host"):
+    for column in ("pair", "verdict", "detail", "commit", "host"):
         table.add_column(column, overflow="fold")
     for pair, record in verdicts:
         style = STYLES[record.verdict]
-        code = f"{str(record.code.get('commit'))[:12]} ({record.code.get('source')})"
+        code = str(record.code.get("commit"))[:12] + " (dirty)" * bool(record.code.get("dirty"))
         table.add_row(str(pair), Text(record.verdict.value, style=style), Text(record.detail), Text(code), record.host)
     rich_console(highlight=False).print(table)

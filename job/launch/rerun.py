@@ -83,6 +83,19 @@ def code_for(recorded: Mapping[str, Any] | None, layout: RunLayout, scratch: Pat
     return Code(folder, commit, False, f"git archive of {commit[:12]}")
 
 
+def freeze_for_tasks(recorded: Mapping[str, Any] | None, layout: RunLayout) -> None:
+    """Before verifications are submitted: the run's snapshot of a result's clean commit, made from this checkout when
+    it is not there (a task runs in a snapshot, where git knows no history); one git cannot make is left to the task
+    to report."""
+    if not recorded or not recorded.get("commit") or recorded.get("dirty"):
+        return
+    commit = str(recorded["commit"])
+    if any(snapshot.recorded(f) == (commit, False) for f in _folders(layout.code)):
+        return
+    with contextlib.suppress(JobError):
+        snapshot.freeze(snapshot.Code(commit, False, commit, ()), layout.code, snapshot.SOURCE)
+
+
 def _unavailable(here: Code, why: str) -> Code:
     return Code(here.folder, here.commit, here.dirty, f"{here.source} (the result's is unavailable)", why)
 
