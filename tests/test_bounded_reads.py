@@ -19,6 +19,8 @@ import pytest
 from support import cli
 
 from job.files import FileError, read_bounded, read_tail, sha256_file
+from job.results import verification
+from job.results.contract import ResultError
 
 JOB = Path(__file__).resolve().parent.parent / "job"
 MINI = Path(__file__).resolve().parent / "data" / "mnist-mini"
@@ -111,6 +113,17 @@ def test_a_file_larger_than_its_cap_is_refused_without_reading_it(tmp_path: Path
     assert read_tail(huge, 16) == b"\0" * 16
 
 
+def test_a_verification_record_is_read_bounded(fifo: Path, tmp_path: Path) -> None:
+    zero = tmp_path / "zero"
+    zero.symlink_to("/dev/zero")
+    huge = tmp_path / "huge.verify.json"
+    with open(huge, "wb") as f:
+        f.truncate(1 << 40)
+    for path, message in ((fifo, "a FIFO"), (zero, "a character device"), (huge, "more than a verification record")):
+        with pytest.raises(ResultError, match=message):
+            verification.read(path)
+
+
 def _run_copy(tmp_path: Path) -> Path:
     results = tmp_path / "results"
     shutil.copytree(RUN_FOLDER, results)
@@ -118,7 +131,14 @@ def _run_copy(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "where", ["run.json", "submissions.jsonl", "mlp/repeat-1/fold-2.ckpt/state.json", "logs/7002_2_0_log.err"]
+    "where",
+    [
+        "run.json",
+        "submissions.jsonl",
+        "mlp/repeat-1/fold-2.ckpt/state.json",
+        "logs/7002_2_0_log.err",
+        "mlp/fold-0.verify.json",
+    ],
 )
 def test_status_and_pairs_finish_with_a_fifo_or_dev_zero_where_they_read(tmp_path: Path, where: str) -> None:
     results = _run_copy(tmp_path)

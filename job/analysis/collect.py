@@ -28,7 +28,7 @@ from job.console import console as rich_console
 from job.errors import JobError
 from job.mnist import TEST_IMAGES
 from job.protocol import Pair
-from job.results import store
+from job.results import store, verification
 from job.results.contract import Skipped, Summary
 from job.results.layout import RunLayout
 from job.results.status import array_spec
@@ -97,10 +97,12 @@ def collect(request: Request) -> Summary:
     text = _checked_json(found)
 
     console = rich_console()
+    verified = verification.summary_line(layout, [Pair(r.result.model, r.result.fold, r.result.repeat) for r in chosen])
     if request.json:
         print(text)
     else:
         report.print_report(found, console)
+        console.print(verified, markup=False, highlight=False, soft_wrap=True)
     if not publish:
         missing = found.missing
         names = ", ".join(str(Pair(m.model, m.fold, m.repeat)) for m in missing)
@@ -109,7 +111,7 @@ def collect(request: Request) -> Summary:
             f"{array_spec([m.task_id for m in missing if m.task_id is not None])}): run them, or pass --allow-partial"
         )
     store.ensure_writable(layout.folder)
-    _publish(layout, figures, stale, request.fmt, found, text)
+    _publish(layout, figures, stale, request.fmt, found, text, verified)
     if not request.json:
         written = ", ".join([layout.summary_json.name, layout.summary_md.name, *found.figures])
         console.print(f"wrote {written} in {layout.folder}", markup=False, highlight=False, soft_wrap=True)
@@ -215,10 +217,14 @@ def _test_images(final: FinalRecord, data_dir: Path | None, load: Callable[[Path
     return images
 
 
-def _publish(layout: RunLayout, figures: list[Figure], stale: list[Path], fmt: str, found: Summary, text: str) -> None:
-    """Write the outputs as one unit (see the module's docstring)."""
+def _publish(
+    layout: RunLayout, figures: list[Figure], stale: list[Path], fmt: str, found: Summary, text: str, verified: str
+) -> None:
+    """Write the outputs as one unit (see the module's docstring); `verified`: which pairs `verify` reran, a line
+    of summary.md's own (a verification is no part of the summary: it changes with no result)."""
     # Both texts in hand before anything is removed; a name's byte that is not UTF-8 is written escaped.
-    markdown, summary_json = output.utf8(report.markdown(found)), output.utf8(text + "\n")
+    markdown = output.utf8(f"{report.markdown(found)}\n{verified}\n")
+    summary_json = output.utf8(text + "\n")
     with ExitStack() as renames:  # each figure's temp file is renamed over its target when the stack closes
         for path, draw in _staged(figures, renames):
             draw().savefig(path, format=fmt)

@@ -20,13 +20,16 @@ from job.cli.options import (
     add_repeats_arg,
     add_results_args,
     inputs_from_args,
+    number,
     run_config,
 )
 from job.errors import UsageError
-from job.pair import models
+from job.pair import models, preempt
 from job.pair.job import Options, run_pair, run_pairs
 from job.protocol import (
     DEFAULT_MODELS,
+    MAX_EPOCHS,
+    MAX_IMAGES,
     Pair,
     Protocol,
     check_fold,
@@ -96,8 +99,18 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="keep each pair's trained weights beside its result (MODEL/fold-K.weights.h5: the fold ensemble's models)",
     )
+    p.add_argument(
+        "--kill-at-step",
+        type=KILL_AT_STEP,
+        metavar="N",
+        help="a preemption at a chosen step: SIGKILL this process after the compiled call that runs training step N "
+        "(from 1, over all epochs); a rerun resumes from the last epoch-end checkpoint (what verify --preempt does)",
+    )
     add_device_args(p)
     p.set_defaults(handler=run)
+
+
+KILL_AT_STEP = number(1, MAX_EPOCHS * MAX_IMAGES)
 
 
 def resolve_pairs(args: argparse.Namespace, protocol: Protocol, repeats: int) -> tuple[list[Pair], ArrayTask | None]:
@@ -175,8 +188,13 @@ def run(args: argparse.Namespace) -> int:
         check_in_run(args, config, pair, layout.run)
     inputs, options = inputs_from_args(args), Options(args.force, args.keep_checkpoint, args.keep_model, config.repeats)
     if len(pairs) == 1:
-        print(run_pair(layout, config.protocol, pairs[0], inputs, options, array_task=array_task), flush=True)
+        callbacks = [] if args.kill_at_step is None else [preempt.kill_at_step(args.kill_at_step)]
+        print(run_pair(layout, config.protocol, pairs[0], inputs, options, callbacks, array_task), flush=True)
         return 0
+    if args.kill_at_step is not None:
+        raise UsageError(
+            "--kill-at-step kills the process of one pair: not with several (--task-ids, --pairs-per-task)"
+        )
     pack = run_pairs(layout, config.protocol, pairs, inputs, options, array_task)
     print(pack.summary(), flush=True)
     return pack.exit_code

@@ -39,6 +39,9 @@ STATE_STYLES = {
     "in the way": "red",
 }
 
+# A done pair's verdict of `verify` (job/results/verification.py).
+VERIFIED_STYLES = {"identical": "green", "different": "red", "not comparable": "yellow"}
+
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -105,9 +108,12 @@ def run(args: argparse.Namespace) -> int:
     console = rich_console(highlight=False)
     console.print(Text(f"{args.results}/{args.run}  {heading(protocol)}"), soft_wrap=True)
     table = Table()
-    # The repeat column only for a repeated run: the table of a plain one stays as it was.
-    for column in ("task", *(["repeat"] * (repeats > 1)), "model", "fold", "state", "detail"):
+    # The repeat column only for a repeated run, the verified one once `verify` judged a pair: the table of a plain
+    # run stays as it was.
+    verified = any(s.verified for s in statuses)
+    for column in ("task", *(["repeat"] * (repeats > 1)), "model", "fold", "state", *(["verified"] * verified)):
         table.add_column(column, overflow="fold")
+    table.add_column("detail", overflow="fold")
     for s in statuses:
         table.add_row(
             str(s.task_id),
@@ -115,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             Text(s.pair.model),
             str(s.pair.fold),
             Text(s.state.value, style=STATE_STYLES[s.state.value]),
+            *[Text(s.verified or "-", style=VERIFIED_STYLES.get(s.verified or "", "dim"))] * verified,
             Text(s.detail),
         )
     console.print(table)

@@ -53,6 +53,11 @@ def pairs_args(task_ids: str, run_args: Sequence[str]) -> tuple[str, ...]:
     return ("run", "--task-ids", task_ids, *run_args)
 
 
+def verify_args(task_id: int, verify_options: Sequence[str]) -> tuple[str, ...]:
+    """The verification of one pair in one task."""
+    return ("verify", "--task-ids", str(task_id), *verify_options)
+
+
 def final_args(model: str, run_args: Sequence[str]) -> tuple[str, ...]:
     return ("final", "--model", model, *run_args)
 

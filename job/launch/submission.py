@@ -20,9 +20,9 @@ from typing import Any
 
 from job.errors import JobError
 from job.launch import resources, snapshot
-from job.launch.argv import final_args, pair_args, pairs_args
+from job.launch.argv import final_args, pair_args, pairs_args, verify_args
 from job.launch.follow import follow
-from job.protocol import Protocol
+from job.protocol import Protocol, pair_for_task
 from job.results import manifest, store
 from job.results.layout import RunLayout
 from job.results.packing import TASK_MINUTES, PairCost, pair_cost, pairs_per_task, time_limit_seconds
@@ -32,6 +32,7 @@ from job.results.submissions import record_submission
 
 EXECUTORS = ("slurm", "local", "debug")
 AUTO = "auto"  # `submit --pack auto`
+VERIFY_JOB_NAME = "mnist-cv-verify"  # not slurm/array.sh's: no reader of squeue takes it for a training
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class Request:
     plain_arrays: Callable[[RunLayout, Protocol], Iterable[PlainTask]] = no_plain_arrays
     pack: int | str | None = None  # pairs of one model per array task: a number, or AUTO; None: one
     pack_minutes: int = TASK_MINUTES  # with AUTO: what a task should last at least
+    # Verify the pairs of task_ids (`verify --task-ids N` a task, job_options its options) instead of training them.
+    verify: bool = False
 
 
 def executor_parameters(request: Request) -> dict[str, Any]:
@@ -80,7 +83,7 @@ def executor_parameters(request: Request) -> dict[str, Any]:
     given = request.resources
     gpus = asked.gpus if given.gpus_per_task is None else given.gpus_per_task
     params: dict[str, Any] = {
-        "name": asked.job_name,
+        "name": VERIFY_JOB_NAME if request.verify else asked.job_name,
         "timeout_min": asked.time_min if given.time is None else given.time,
         "cpus_per_task": asked.cpus if given.cpus_per_task is None else given.cpus_per_task,
         "mem_gb": asked.mem_gb if given.mem_gb is None else given.mem_gb,
@@ -124,18 +127,20 @@ def submit(request: Request) -> bool:
     tasks = [launch.JobTask(job.name, job.args, image, sys.executable, workdir, version) for job in chosen]
     n_pairs = sum(len(job.task_ids) for job in chosen)
     what = "final model" if request.final else "pair" if n_pairs == 1 else "pairs" if n_pairs == len(tasks) else "tasks"
+    what = f"verification of {what}" if request.verify else what
     if request.dry_run:
         print_plan(request, what, tasks, params, logs, code)
         return False
     # Before any task can start: a task given only --run reads the run's protocol and repeats there.
-    if grown := manifest.record(layout, protocol, request.repeats):
+    if not request.verify and (grown := manifest.record(layout, protocol, request.repeats)):
         print(grown, file=sys.stderr)
     if code is not None:
         snapshot.freeze(code, layout.code)
     jobs = submit_array(request.executor, params, logs, tasks)
     # submitit submits a single job as a plain job, not an array of one: only array tasks are recorded (a plain
     # job's pair is seen by `status` through its lease once it runs).
-    if request.executor == "slurm" and not request.final and "_" in jobs[0].job_id:
+    # Nor a verification: it trains no pair of the run (its rerun is in a scratch folder), and status must not say so.
+    if request.executor == "slurm" and not request.final and not request.verify and "_" in jobs[0].job_id:
         record(request, params, logs, [job.task_ids for job in chosen], jobs)
     packed = f" ({n_pairs} pairs)" if what == "tasks" else ""
     print(f"submitted {len(jobs)} {what}{packed} of config {protocol.config_id} ({request.executor}):")
@@ -180,6 +185,10 @@ def jobs_to_submit(request: Request) -> list[Chosen]:
     forwarded = request.job_options
     if request.final is not None:  # a model name the command checked; `job final` itself skips a done model
         return [Chosen(f"{request.final}/final", final_args(request.final, forwarded), ())]
+    if request.verify:  # the pairs the command chose, done ones: each verified in a task of its own
+        n_folds = request.protocol.n_folds
+        ids = sorted(request.task_ids or ())
+        return [Chosen(f"verify {pair_for_task(i, n_folds, None)}", verify_args(i, forwarded), (i,)) for i in ids]
     chosen = []
     for pack, expected in packs(request, pairs_to_submit(request)):
         ids = tuple(s.task_id for s in pack)

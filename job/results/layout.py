@@ -9,6 +9,8 @@ RESULTS/RUN/
   MODEL/fold-K.lease     who trains the pair now  submissions.jsonl     the arrays submitted for this run
   MODEL/fold-K.csv       its per-epoch log        MODEL/fold-K/         its TensorBoard logs: train/, validation/
   final/MODEL.csv        a final model's          final/MODEL/          its TensorBoard logs: train/, test/
+  MODEL/fold-K.verify.json  the verdict of `verify`: its rerun, bit for bit against the result
+  .verify/               `verify`'s scratch folders while it reruns pairs, removed after
   code/COMMIT/           the code snapshot the submitted tasks run
   summary.json, summary.md, and the figures collect draws (FIGURE-NAME.FORMAT)
   mlflow.db, mlartifacts/  what `collect --mlflow` logs, unless MLFLOW_TRACKING_URI names another store
@@ -27,6 +29,7 @@ from job.protocol import Pair
 FINAL = "final"
 LOGS = "logs"
 CODE = "code"
+VERIFY_SCRATCH = ".verify"
 MANIFEST = "run.json"
 SUBMISSIONS = "submissions.jsonl"
 SUMMARY_JSON = "summary.json"
@@ -80,9 +83,16 @@ class JobPaths:
     tensorboard: Path
     model_file: Path | None = None  # the trained model: a final model's, or a pair's weights when kept
     predictions: Path | None = None  # the predictions on the held-out images (a pair's only)
+    verification: Path | None = None  # `verify`'s record of its rerun of the result (a pair's only)
 
     @classmethod
-    def beside(cls, result: Path, model_file: Path | None = None, predictions: Path | None = None) -> JobPaths:
+    def beside(
+        cls,
+        result: Path,
+        model_file: Path | None = None,
+        predictions: Path | None = None,
+        verification: Path | None = None,
+    ) -> JobPaths:
         """The paths beside a result: the same name with another suffix, or none (its TensorBoard folder)."""
         return cls(
             result=result,
@@ -92,6 +102,7 @@ class JobPaths:
             tensorboard=result.with_suffix(""),
             model_file=model_file,
             predictions=predictions,
+            verification=verification,
         )
 
 
@@ -120,11 +131,14 @@ class RunLayout:
         return folder / f"repeat-{pair.repeat}" if pair.repeat else folder
 
     def pair_paths(self, pair: Pair) -> JobPaths:
-        """MODEL/[repeat-R/]fold-K.json, and its .ckpt/, .lease, .csv, TensorBoard folder fold-K/, .predictions.npz
-        and (when kept) the trained weights, .weights.h5, beside it."""
+        """MODEL/[repeat-R/]fold-K.json, and its .ckpt/, .lease, .csv, TensorBoard folder fold-K/, .predictions.npz,
+        .verify.json and (when kept) the trained weights, .weights.h5, beside it."""
         result = self.pair_folder(pair) / f"fold-{pair.fold}.json"
         return JobPaths.beside(
-            result, model_file=result.with_suffix(".weights.h5"), predictions=result.with_suffix(".predictions.npz")
+            result,
+            model_file=result.with_suffix(".weights.h5"),
+            predictions=result.with_suffix(".predictions.npz"),
+            verification=result.with_suffix(".verify.json"),
         )
 
     def pair_results(self) -> list[Path]:
@@ -179,6 +193,11 @@ class RunLayout:
     @property
     def submissions(self) -> Path:
         return self.folder / SUBMISSIONS
+
+    @property
+    def verify_scratch(self) -> Path:
+        """Where `verify` reruns pairs, one folder each, removed after: hidden, and deeper than any pair's path."""
+        return self.folder / VERIFY_SCRATCH
 
     @property
     def code(self) -> Path:

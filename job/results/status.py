@@ -22,7 +22,7 @@ from job import slurm
 from job.errors import JobError
 from job.files import read_tail
 from job.protocol import Pair, Protocol, all_pairs
-from job.results import checkpoint_state, store
+from job.results import checkpoint_state, store, verification
 from job.results.layout import RunLayout
 from job.results.lease import Holder, gone_because, read_holder
 from job.results.projection import projection
@@ -86,6 +86,7 @@ class PairStatus:
     last_error: str | None = None
     time_limit_s: int | None = None  # the Slurm task's limit, when squeue tells it
     projected_s: int | None = None  # a running pair's projected total, from its latest epoch's pace
+    verified: str | None = None  # a done pair's verdict of `verify`, while its record is of the result as it is
 
     def to_json(self) -> dict[str, Any]:
         rest = {k: v for k, v in vars(self).items() if k not in ("task_id", "pair", "state", "path", "log")}
@@ -188,8 +189,11 @@ def _status_of(
             return PairStatus(state=PairState.CORRUPT, detail=str(error), **base)
         if result.config_id != protocol.config_id:
             return PairStatus(state=PairState.OTHER_CONFIG, detail=f"config {result.config_id}", **base)
-        accuracy = result.score.accuracy
-        return PairStatus(state=PairState.DONE, detail=f"{accuracy * 100:.3f}%", accuracy=accuracy, **base)
+        accuracy, record = result.score.accuracy, verification.current(layout, pair)
+        verdict = None if record is None else record.verdict.value
+        return PairStatus(
+            state=PairState.DONE, detail=f"{accuracy * 100:.3f}%", accuracy=accuracy, verified=verdict, **base
+        )
     if isinstance(holder, JobError):
         return PairStatus(state=PairState.BAD_LEASE, detail=str(holder), **base)
     epochs = checkpoint_state.epochs_done(paths.checkpoint)

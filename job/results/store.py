@@ -51,7 +51,7 @@ def in_the_way(layout: RunLayout, paths: JobPaths) -> str | None:
     folder = paths.result.parent
     below_run = [folder, *folder.parents][: len(folder.relative_to(layout.folder).parts)]
     expected = [(f, True) for f in below_run] + [(paths.checkpoint, True), (paths.tensorboard, True)]
-    files = (paths.result, paths.lease, paths.csv, paths.model_file, paths.predictions)
+    files = (paths.result, paths.lease, paths.csv, paths.model_file, paths.predictions, paths.verification)
     expected += [(p, False) for p in files if p is not None]
     for path, is_folder in expected:
         if not os.path.lexists(path):
