@@ -560,7 +560,7 @@ def _no_confusion_matrix(folder: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "says"),
     [
-        (_other_model_file, "mlp.keras: not the model mlp.json names"),
+        (_other_model_file, "mlp.keras: not the file mlp.json names (sha256 differs)"),
         (_index_beyond_the_test_set, f"mlp.json: a misclassified index beyond its {N_TEST} test images"),
         (_no_confusion_matrix, "mlp.json: not a valid final (test: 'confusion_matrix' is a required property)"),
     ],
