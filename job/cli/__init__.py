@@ -27,7 +27,19 @@ from job import output, provenance
 from job.console import PROG, one_line
 from job.errors import JobError
 
-COMMANDS = ("run", "pairs", "status", "fetch_data", "collect", "submit", "final", "predict", "bench", "doctor")
+COMMANDS = (
+    "run",
+    "pairs",
+    "status",
+    "fetch_data",
+    "collect",
+    "submit",
+    "final",
+    "ensemble",
+    "predict",
+    "bench",
+    "doctor",
+)
 
 
 class OneLineParser(argparse.ArgumentParser):

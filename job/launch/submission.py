@@ -71,6 +71,7 @@ class Request:
     plain_arrays: Callable[[RunLayout, Protocol], Iterable[PlainTask]] = no_plain_arrays
     pack: int | str | None = None  # pairs of one model per array task: a number, or AUTO; None: one
     pack_minutes: int = TASK_MINUTES  # with AUTO: what a task should last at least
+    keep_model: bool = False  # the pairs keep their trained weights (`run --keep-model`)
 
 
 def executor_parameters(request: Request) -> dict[str, Any]:
@@ -180,15 +181,15 @@ def jobs_to_submit(request: Request) -> list[Chosen]:
     forwarded = request.job_options
     if request.final is not None:  # a model name the command checked; `job final` itself skips a done model
         return [Chosen(f"{request.final}/final", final_args(request.final, forwarded), ())]
-    chosen = []
+    chosen, keep = [], request.keep_model
     for pack, expected in packs(request, pairs_to_submit(request)):
         ids = tuple(s.task_id for s in pack)
         if len(pack) == 1:
-            chosen.append(Chosen(str(pack[0].pair), pair_args(ids[0], forwarded), ids, expected))
+            chosen.append(Chosen(str(pack[0].pair), pair_args(ids[0], forwarded, keep), ids, expected))
         else:
             spec = array_spec(list(ids))
             name = f"{pack[0].pair.model} x{len(pack)} (task ids {spec})"
-            chosen.append(Chosen(name, pairs_args(spec, forwarded), ids, expected))
+            chosen.append(Chosen(name, pairs_args(spec, forwarded, keep), ids, expected))
     return chosen
 
 
