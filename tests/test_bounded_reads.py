@@ -51,6 +51,9 @@ SAFE = {
     ("job.pair.predict", "_read_image", "Image.open"): "after the input reader's open_regular; its pixels are capped",
     ("job.pair.checkpoint", "load", "model.load_weights"): "after the bounded hash, capped at the model's size",
     ("job.pair.checkpoint", "save_weights", "h5py.File"): "closes a file this process was writing",
+    ("job.pair.ensemble", "_probabilities", "model.load_weights"): (
+        "after store.check_pair's bounded hash, capped at the model's size; the loaded weights' digest is checked"
+    ),
     ("job.results.predictions", "_arrays", "zipfile.ZipFile"): "bytes read by read_bounded, sized by the result",
     ("job.results.predictions", "_arrays", "np.load"): "the same bytes, its members checked stored, not compressed",
 }

@@ -23,7 +23,7 @@ from job import atomic
 from job.errors import JobError, UsageError
 from job.protocol import Pair, Protocol
 from job.results import store
-from job.results.contract import FinalResult, PairResult, ResultError, Summary, schema
+from job.results.contract import EnsembleResult, FinalResult, PairResult, ResultError, Summary, schema
 from job.results.layout import RunLayout
 from job.results.status import status
 
@@ -78,7 +78,7 @@ def _compare(cls: Any, node: dict[str, Any], root: dict[str, Any], where: str) -
     return problems
 
 
-@pytest.mark.parametrize("cls", [PairResult, FinalResult, Summary])
+@pytest.mark.parametrize("cls", [PairResult, FinalResult, EnsembleResult, Summary])
 def test_each_schema_names_exactly_the_fields_of_its_dataclass(cls: Any) -> None:
     root = schema(cls.SCHEMA)
     assert _compare(cls, root, root, cls.__name__) == []

@@ -201,6 +201,24 @@ def test_dry_run_prints_the_plan_and_submits_nothing(mnist_full: Path, tmp_path:
     assert jobs_run_in(tmp_path, since) == []
 
 
+def test_submit_keep_model_is_forwarded_to_each_tasks_run(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    common = ("submit", "--dry-run", "--executor", "local", "--allow-dirty", "--keep-model", *QUICK)
+    for which, expected in [
+        (("--task-ids", "0,7"), [["run", "--task-id", "0", "--keep-model"], ["run", "--task-id", "7", "--keep-model"]]),
+        (("--pack", "5"), [["run", "--task-ids", "0-4", "--keep-model"], ["run", "--task-ids", "5-9", "--keep-model"]]),
+    ]:
+        done = cli(*common, *which, "--results", str(out), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        tasks = [shlex.split(line.split(": ", 1)[1]) for line in done.stdout.splitlines()[1:3]]
+        assert [task[task.index("job") + 1 :] for task in tasks] == [
+            [*head, "--results", str(out), "--run", "default", *QUICK] for head in expected
+        ]
+    final = cli("submit", "--dry-run", "--final", "mlp", "--keep-model", "--results", str(out), cwd=tmp_path)
+    assert final.returncode == 2 and "--keep-model keeps the pairs' weights: not with --final" in final.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slurm
 def test_sbatch_test_only_checks_the_batch_scripts_without_submitting(tmp_path: Path) -> None:
     ensure_cluster()

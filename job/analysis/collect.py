@@ -23,7 +23,7 @@ from typing import Any
 from job import atomic, output
 from job.analysis import figures as timing_and_reference
 from job.analysis import plots, report, summary
-from job.analysis.summary import FinalRecord
+from job.analysis.summary import EnsembleRecord, FinalRecord
 from job.console import console as rich_console
 from job.errors import JobError
 from job.mnist import TEST_IMAGES
@@ -60,7 +60,8 @@ def collect(request: Request) -> Summary:
         raise JobError(f"no run folder {layout.folder}")
     scan = store.scan(layout)
     finals, bad_finals = _read_finals(layout)
-    problems = {**scan.problems, **bad_finals}
+    ensembles, bad_ensembles = _read_ensembles(layout)
+    problems = {**scan.problems, **bad_finals, **bad_ensembles}
     for reason in problems.values():
         print(f"skipped {' '.join(reason.split())}", file=sys.stderr)  # one line, whatever the message holds
     if not scan.records:
@@ -79,11 +80,13 @@ def collect(request: Request) -> Summary:
     chosen = [r for r in chosen if r.result.repeat < repeats]
     if not chosen:
         raise JobError(f"no usable result of repeats 0-{repeats - 1} in {layout.folder}")
+    shown, others_ensembles = _ensembles_shown(ensembles, chosen[0].result.config_id, repeats)
+    skipped += [Skipped(summary.file_name(e.path), f"config {e.result.config_id}") for e in others_ensembles]
 
     # A first summary says whether it is complete; the published one also names its figures and notes.
     found = summary.summarise(
         chosen, layout=layout, unusable=unusable, skipped=skipped, finals=finals, final_notes={}, figures=(),
-        repeats=repeats,
+        repeats=repeats, ensembles=shown,
     )  # fmt: skip
     publish = found.complete or request.allow_partial
     figures: list[Figure] = []
@@ -92,7 +95,7 @@ def collect(request: Request) -> Summary:
         figures, stale, notes = _plan_figures(layout, chosen, finals, found, request)
         found = summary.summarise(
             chosen, layout=layout, unusable=unusable, skipped=skipped, finals=finals, final_notes=notes,
-            figures=[path.name for path, _ in figures], repeats=repeats,
+            figures=[path.name for path, _ in figures], repeats=repeats, ensembles=shown,
         )  # fmt: skip
     text = _checked_json(found)
 
@@ -147,6 +150,30 @@ def _read_finals(layout: RunLayout) -> tuple[dict[str, FinalRecord], dict[Path, 
         except JobError as error:
             problems[path] = str(error)
     return finals, problems
+
+
+def _read_ensembles(layout: RunLayout) -> tuple[list[EnsembleRecord], dict[Path, str]]:
+    """The valid fold ensembles in RUN/ensemble/ (a stale one, whose folds were retrained since, is not), and the
+    others with why."""
+    ensembles, problems = [], {}
+    for path in layout.ensemble_results():
+        try:
+            ensembles.append(EnsembleRecord(path, store.check_ensemble(path, layout)))
+        except JobError as error:
+            problems[path] = str(error)
+    return ensembles, problems
+
+
+def _ensembles_shown(
+    ensembles: list[EnsembleRecord], config_id: str, repeats: int
+) -> tuple[dict[str, EnsembleRecord], list[EnsembleRecord]]:
+    """Per model, the ensemble of the lowest repeat of the summary's config (the tutorial's split when there); and
+    the ensembles of other configs."""
+    shown: dict[str, EnsembleRecord] = {}
+    for record in sorted(ensembles, key=lambda e: e.result.repeat):
+        if record.result.config_id == config_id and record.result.repeat < repeats:
+            shown.setdefault(record.result.model, record)
+    return shown, [e for e in ensembles if e.result.config_id != config_id]
 
 
 def _unusable(layout: RunLayout, problems: dict[Path, str], others: dict[Path, str]) -> dict[Pair, str]:

@@ -1,5 +1,6 @@
 """How a summary reads, for the terminal (rich) and for summary.md (markdown): a table with a row per model, and,
-when final models exist, a second table with their test scores beside the cross-validation estimate.
+when final models exist, a second table with their test scores beside the cross-validation estimate; a line per
+fold ensemble, beside its final model.
 
 Both renderings come from the same rows, so the terminal and the file never disagree.
 """
@@ -18,6 +19,7 @@ from job.results.contract import Comparison, MissingPair, ModelStats, Summary
 HEADERS = ("model", "n", "mean ± std %", "95% CI %", "min %", "max %", "fit s (mean)", "missing / failed")
 FINAL_HEADERS = ("model", "CV mean ± std %", "final test %", "test loss", "misclassified", "trained on", "config")
 FINAL_TITLE = "Final models: scored on the test images, beside the cross-validation estimate"
+ENSEMBLE_TITLE = "Fold ensembles: the fold models' averaged probabilities on the test images"
 SIZING_TITLE = "Right-sizing: what the pairs used, and a Slurm request that fits"
 NONE = "-"
 CI_DEFINITION = (
@@ -127,6 +129,24 @@ def final_rows(summary: Summary) -> list[tuple[str, ...]]:
     return table
 
 
+def ensemble_lines(summary: Summary) -> list[str]:
+    """Per model with a fold ensemble: its test accuracy, its folds' alone, and the final model's beside it."""
+    lines = []
+    for model, stats in summary.models.items():
+        ensemble = stats.ensemble
+        if ensemble is None:
+            continue
+        repeat = f" of repeat {ensemble.repeat}" if ensemble.repeat else ""
+        alone = f"{_percent(min(ensemble.fold_accuracies))}-{_percent(max(ensemble.fold_accuracies))}%"
+        final = "no final model" if stats.final is None else f"final model {_percent(stats.final.accuracy)}%"
+        lines.append(
+            f"{model}: fold ensemble {_percent(ensemble.accuracy)}% on the test set ({ensemble.n_folds} folds{repeat}, "
+            f"{ensemble.n_misclassified} of {ensemble.n_test} misclassified, loss {ensemble.loss:.4f}; the folds alone "
+            f"{alone}), {final}"
+        )
+    return lines
+
+
 def repeat_lines(summary: Summary) -> list[str]:
     """Per model, of a repeated run: which repeats the numbers are of, the spread of the repeat means, and each
     repeat's mean, a partial repeat said to be partial (it is in no number above)."""
@@ -202,6 +222,8 @@ def print_report(summary: Summary, console: Console) -> None:
     if finals:
         console.print(_rich_table(FINAL_TITLE, FINAL_HEADERS, finals))
         _print_lines(final_notes(summary), console)
+    if ensembles := ensemble_lines(summary):
+        _print_lines([f"{ENSEMBLE_TITLE}:", *ensembles], console)
     if summary.sizing.models:
         _print_lines([f"{SIZING_TITLE} ({summary.sizing.margin}):", *sizing.lines(summary.sizing)], console)
 
@@ -222,6 +244,8 @@ def markdown(summary: Summary) -> str:
         lines += ["", f"## {FINAL_TITLE}", "", *_markdown_table(FINAL_HEADERS, finals)]
         if notes := final_notes(summary):
             lines += ["", *(f"- {line}" for line in notes)]
+    if ensembles := ensemble_lines(summary):
+        lines += ["", f"## {ENSEMBLE_TITLE}", "", *(f"- {line}" for line in ensembles)]
     if summary.sizing.models:
         lines += ["", f"## {SIZING_TITLE}", "", f"Margin: {summary.sizing.margin}.", ""]
         lines += [f"- {line}" for line in sizing.lines(summary.sizing, quote="`")]

@@ -22,6 +22,8 @@ from job.mnist import MNIST_FILES
 from job.protocol import DEFAULT_MODELS, Pair, all_pairs, task_for_pair
 from job.results.contract import (
     Comparison,
+    EnsembleResult,
+    EnsembleStats,
     FinalResult,
     FinalStats,
     FoldScore,
@@ -43,6 +45,13 @@ class FinalRecord(NamedTuple):
 
     path: Path
     result: FinalResult
+
+
+class EnsembleRecord(NamedTuple):
+    """A valid fold ensemble's result and the file it was read from."""
+
+    path: Path
+    result: EnsembleResult
 
 
 STD_DEFINITION = "numpy population std (ddof=0), as the tutorial"
@@ -109,6 +118,7 @@ def model_stats(
     missing_folds: Sequence[int] = (),
     final: FinalStats | None = None,
     repeats: int | None = None,
+    ensemble: EnsembleStats | None = None,
 ) -> ModelStats:
     """n, mean, std, min, max of held-out accuracy (fractions) and the per-fold scores of one model's records.
 
@@ -150,6 +160,7 @@ def model_stats(
         ),
         missing_folds=tuple(missing_folds),
         final=final,
+        ensemble=ensemble,
         repeats=tuple(per_repeat),
         repeats_used=tuple(used),
         std_of_repeat_means=float(np.std(complete_means, ddof=0)) if len(complete_means) > 1 else None,
@@ -286,6 +297,21 @@ def final_stats(final: FinalRecord, cv_config_id: str, notes: Sequence[str] = ()
     )
 
 
+def ensemble_stats(record: EnsembleRecord) -> EnsembleStats:
+    """A fold ensemble's test-set numbers, and each of its fold models' alone."""
+    result = record.result
+    return EnsembleStats(
+        file=file_name(record.path),
+        repeat=result.repeat,
+        n_folds=len(result.members),
+        accuracy=result.score.accuracy,
+        loss=result.score.loss,
+        n_test=result.test.n_images,
+        n_misclassified=result.test.n_images - result.test.n_correct,
+        fold_accuracies=tuple(member.score.accuracy for member in result.members),
+    )
+
+
 def summarise(
     records: Sequence[Record],
     *,
@@ -296,12 +322,14 @@ def summarise(
     final_notes: Mapping[str, Sequence[str]],
     figures: Sequence[str],
     repeats: int = 1,
+    ensembles: Mapping[str, EnsembleRecord] | None = None,
 ) -> Summary:
     """The summary of the (non-empty) records `select`ed from the run `layout`, over `repeats` repeats.
 
     `unusable` says why a default pair has no usable result (a missing pair without an entry has none at all);
     `skipped` lists the files found but not used, with why; `finals` holds the final models' records by model and
-    `final_notes` what to say of each beyond its config; `figures` the names of the figures drawn beside it.
+    `final_notes` what to say of each beyond its config; `figures` the names of the figures drawn beside it;
+    `ensembles` the fold ensemble to show of each model (of the records' config).
     """
     first = records[0].result
     n_folds = first.config.n_folds
@@ -318,7 +346,8 @@ def summarise(
     for model in [*DEFAULT_MODELS, *sorted((by_model.keys() | finals.keys()) - set(DEFAULT_MODELS))]:
         final = final_stats(finals[model], first.config_id, final_notes.get(model, ())) if model in finals else None
         gaps = sorted({m.fold for m in missing if m.model == model})
-        models[model] = model_stats(by_model.get(model, []), gaps, final, repeats)
+        ensemble = ensemble_stats(ensembles[model]) if ensembles and model in ensembles else None
+        models[model] = model_stats(by_model.get(model, []), gaps, final, repeats, ensemble)
     return Summary.build(
         run=str(layout.folder.absolute()),  # the same wherever collect ran
         config_id=first.config_id,

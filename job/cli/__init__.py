@@ -35,6 +35,7 @@ COMMANDS = (
     "collect",
     "submit",
     "final",
+    "ensemble",
     "predict",
     "bench",
     "doctor",

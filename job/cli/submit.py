@@ -85,6 +85,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="MODEL",
         help="submit the final model's training (`mnist-cv final --model MODEL`) instead of the pairs",
     )
+    p.add_argument(
+        "--keep-model",
+        action="store_true",
+        help="each pair keeps its trained weights beside its result (`run --keep-model`: the fold ensemble's "
+        "models); a pair done without them is done: `run --keep-model --force` retrains it",
+    )
     # Passed on to `job run` (options.FORWARDED), so the two can never disagree on what they mean; the protocol
     # options as the run's protocol, also when only --run was given.
     add_results_args(p)
@@ -201,6 +207,8 @@ def request_from_args(args: argparse.Namespace) -> submission.Request:
     )
     if args.final is not None and args.pack is not None:
         raise UsageError("--pack packs pairs: not with --final")
+    if args.final is not None and args.keep_model:
+        raise UsageError("--keep-model keeps the pairs' weights: not with --final (a final model always keeps its own)")
     layout = RunLayout(args.results, args.run)
     config = run_config(args, layout)
     protocol, repeats = config.protocol, config.repeats
@@ -223,6 +231,7 @@ def request_from_args(args: argparse.Namespace) -> submission.Request:
         plain_arrays=plain_arrays.live_tasks,
         pack=args.pack,
         pack_minutes=args.pack_minutes,
+        keep_model=args.keep_model,
     )
 
 

@@ -44,13 +44,18 @@ class TaskCommand:
         return ["env", *(f"{name}={value}" for name, value in sorted(self.env.items())), *self.argv]
 
 
-def pair_args(task_id: int, run_args: Sequence[str]) -> tuple[str, ...]:
-    return ("run", "--task-id", str(task_id), *run_args)
+def pair_args(task_id: int, run_args: Sequence[str], keep_model: bool = False) -> tuple[str, ...]:
+    """One pair; `keep_model`: keep its trained weights beside its result (the fold ensemble's models)."""
+    return ("run", "--task-id", str(task_id), *_keeping(keep_model), *run_args)
 
 
-def pairs_args(task_ids: str, run_args: Sequence[str]) -> tuple[str, ...]:
+def pairs_args(task_ids: str, run_args: Sequence[str], keep_model: bool = False) -> tuple[str, ...]:
     """Several pairs one after another in one task; `task_ids` in --array syntax."""
-    return ("run", "--task-ids", task_ids, *run_args)
+    return ("run", "--task-ids", task_ids, *_keeping(keep_model), *run_args)
+
+
+def _keeping(keep_model: bool) -> tuple[str, ...]:
+    return ("--keep-model",) if keep_model else ()
 
 
 def verify_args(task_id: int, verify_options: Sequence[str]) -> tuple[str, ...]:

@@ -74,6 +74,7 @@ class Request:
     pack_minutes: int = TASK_MINUTES  # with AUTO: what a task should last at least
     # Verify the pairs of task_ids (`verify --task-ids N` a task, job_options its options) instead of training them.
     verify: bool = False
+    keep_model: bool = False  # the pairs keep their trained weights (`run --keep-model`)
 
 
 def executor_parameters(request: Request) -> dict[str, Any]:
@@ -189,15 +190,15 @@ def jobs_to_submit(request: Request) -> list[Chosen]:
         n_folds = request.protocol.n_folds
         ids = sorted(request.task_ids or ())
         return [Chosen(f"verify {pair_for_task(i, n_folds, None)}", verify_args(i, forwarded), (i,)) for i in ids]
-    chosen = []
+    chosen, keep = [], request.keep_model
     for pack, expected in packs(request, pairs_to_submit(request)):
         ids = tuple(s.task_id for s in pack)
         if len(pack) == 1:
-            chosen.append(Chosen(str(pack[0].pair), pair_args(ids[0], forwarded), ids, expected))
+            chosen.append(Chosen(str(pack[0].pair), pair_args(ids[0], forwarded, keep), ids, expected))
         else:
             spec = array_spec(list(ids))
             name = f"{pack[0].pair.model} x{len(pack)} (task ids {spec})"
-            chosen.append(Chosen(name, pairs_args(spec, forwarded), ids, expected))
+            chosen.append(Chosen(name, pairs_args(spec, forwarded, keep), ids, expected))
     return chosen
 
 

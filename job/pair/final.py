@@ -49,7 +49,11 @@ def train(
 
 def evaluate(model: Any, images: np.ndarray, labels: np.ndarray) -> TestScore:
     """Per-class accuracy, confusion matrix and the misclassified images of uint8 `images`."""
-    probs = predict.probabilities(model, images.astype(np.float32) / 255)
+    return score_probabilities(predict.probabilities(model, images.astype(np.float32) / 255), labels)
+
+
+def score_probabilities(probs: np.ndarray, labels: np.ndarray) -> TestScore:
+    """Per-class accuracy, confusion matrix and the misclassified images of (N, 10) class probabilities."""
     predicted = probs.argmax(axis=1)
     confusion = np.bincount(labels.astype(np.int64) * N_CLASSES + predicted, minlength=N_CLASSES**2)
     confusion = confusion.reshape(N_CLASSES, N_CLASSES)

@@ -1,13 +1,14 @@
-"""The typed result contract: a pair's result, a final model's result and collect's summary.
+"""The typed result contract: a pair's result, a final model's result, a fold ensemble's result and collect's summary.
 
 Each is a frozen dataclass with one builder (`build`), `to_json()` and `from_json()`. from_json validates the JSON
 against the type's schema (job/results/*.schema.json) before it builds anything, so a typed result is always a
 valid one; tests/test_contract.py checks every schema against its dataclass, field by field.
 
-schema_version 3 is the current version of all three. Versions 1 and 2 still read (a summary is only ever read
-back by the collect that wrote it, so a summary is version 3 only): a v1 pair result is repeat 0 of its run and, like a
-v1 final result, says nothing of the resources it used (`resources` None); a v1 or v2 result records no hash of its
-final weights, and a v1 or v2 pair result no held-out predictions (None); see `_OLDER_DEFAULTS`.
+schema_version 3 is the current version of all four. Versions 1 and 2 still read (a summary is only ever read
+back by the collect that wrote it, and fold ensembles came with version 3, so those two are version 3 only): a v1
+pair result is repeat 0 of its run and, like a v1 final result, says nothing of the resources it used (`resources`
+None); a v1 or v2 result records no hash of its final weights, and a v1 or v2 pair result no held-out predictions
+(None); see `_OLDER_DEFAULTS`.
 Imports no TensorFlow (collect, pairs and the launchers use it).
 """
 
@@ -260,6 +261,79 @@ class FinalResult:
         return _from_json(cls, data, where)
 
 
+@dataclass(frozen=True)
+class EnsembleMember:
+    """One fold model of a fold ensemble: the result it was read from, and its own score on the same test images."""
+
+    fold: int
+    file: str  # the fold's result, relative to the run folder: MODEL/fold-K.json, MODEL/repeat-R/fold-K.json
+    sha256: str  # of that result file as read; it names the kept weights' sha256 in turn
+    score: Score  # the fold model alone: accuracy and mean cross-entropy on the test images
+
+
+@dataclass(frozen=True)
+class EnsembleData:
+    """The test images the ensemble was scored on, and the hashes of the data its fold models were trained on."""
+
+    name: str
+    source: str
+    sha256: Mapping[str, str]
+    n_test: int
+
+
+@dataclass(frozen=True)
+class EnsembleTimings:
+    start_utc: str
+    end_utc: str
+    seconds: float  # loading the fold models and predicting the test images, set-up excluded
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The fold models of one model and repeat, their softmax outputs averaged on the test images
+    (RESULTS/RUN/ensemble/MODEL.json; ensemble/repeat-R/MODEL.json of a repeat R >= 1)."""
+
+    schema_version: int
+    model: str
+    repeat: int
+    config: Protocol
+    config_id: str
+    members: tuple[EnsembleMember, ...]  # one per fold, in fold order
+    score: Score  # of the averaged probabilities: accuracy, and their mean cross-entropy
+    test: TestScore
+    data: EnsembleData
+    environment: Mapping[str, Any]
+    timings: EnsembleTimings
+
+    SCHEMA = "ensemble"
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        model: str,
+        repeat: int,
+        protocol: Protocol,
+        members: tuple[EnsembleMember, ...],
+        score: Score,
+        test: TestScore,
+        data: EnsembleData,
+        environment: Mapping[str, Any],
+        timings: EnsembleTimings,
+    ) -> EnsembleResult:
+        return cls(
+            SCHEMA_VERSION, model, repeat, protocol, protocol.config_id, members, score, test, data, environment,
+            timings,
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "ensemble result") -> EnsembleResult:
+        return _from_json(cls, data, where)
+
+
 # --- the summary --------------------------------------------------------------------------------------------------
 
 
@@ -308,6 +382,20 @@ class FinalStats:
 
 
 @dataclass(frozen=True)
+class EnsembleStats:
+    """A model's fold ensemble on the test images, beside its final model's score."""
+
+    file: str
+    repeat: int
+    n_folds: int
+    accuracy: float
+    loss: float
+    n_test: int
+    n_misclassified: int
+    fold_accuracies: tuple[float, ...]  # each fold model alone on the same test images, in fold order
+
+
+@dataclass(frozen=True)
 class RepeatStats:
     """One repeat of one model: complete when every fold of it is there."""
 
@@ -340,6 +428,7 @@ class ModelStats:
     folds: tuple[FoldScore, ...]  # every result found, partial repeats too
     missing_folds: tuple[int, ...]  # the folds missing in at least one repeat (per repeat: `repeats`)
     final: FinalStats | None
+    ensemble: EnsembleStats | None  # its fold ensemble (mnist-cv ensemble), when one of these results exists
     repeats: tuple[RepeatStats, ...]
     repeats_used: tuple[int, ...]  # the complete repeats; with none, every repeat with a result (a partial run)
     std_of_repeat_means: float | None  # over the complete repeats' means; None below two
@@ -441,7 +530,7 @@ class Summary:
 
 @cache
 def schema(name: str) -> dict[str, Any]:
-    """A JSON schema shipped with the package: "result" (a pair), "final" (a final model) or "summary"."""
+    """A JSON schema shipped with the package: "result" (a pair), "final" (a final model), "ensemble" or "summary"."""
     return json.loads(resources.files("job.results").joinpath(f"{name}.schema.json").read_text())
 
 

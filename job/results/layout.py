@@ -6,6 +6,7 @@ RESULTS/RUN/
   MODEL/repeat-R/fold-K.json (.ckpt/, .lease)     the same of repeat R >= 1 (repeat 0 lives in MODEL/ itself)
   final/MODEL.json       a final model's result   final/MODEL.keras     the model it names
   final/MODEL.ckpt/      its checkpoint           logs/                 the Slurm tasks' logs
+  ensemble/MODEL.json    the fold ensemble of repeat 0 (`mnist-cv ensemble`); ensemble/repeat-R/MODEL.json of R
   MODEL/fold-K.lease     who trains the pair now  submissions.jsonl     the arrays submitted for this run
   MODEL/fold-K.csv       its per-epoch log        MODEL/fold-K/         its TensorBoard logs: train/, validation/
   final/MODEL.csv        a final model's          final/MODEL/          its TensorBoard logs: train/, test/
@@ -27,6 +28,7 @@ from job.errors import UsageError
 from job.protocol import Pair
 
 FINAL = "final"
+ENSEMBLE = "ensemble"
 LOGS = "logs"
 CODE = "code"
 VERIFY_SCRATCH = ".verify"
@@ -40,7 +42,7 @@ MLFLOW_LOCK = ".mlflow-export.lock"
 _PAIR_FILE = re.compile(r"fold-(\d+)\.(json|ckpt)")
 _REPEAT_FOLDER = re.compile(r"repeat-([1-9][0-9]*)")  # repeat 0 has none: its files are where they always were
 # Names that would be special or hidden in the run folder; a model or run can never be called this.
-_RESERVED = {".", "..", FINAL, LOGS, CODE, MLFLOW_ARTIFACTS}
+_RESERVED = {".", "..", FINAL, ENSEMBLE, LOGS, CODE, MLFLOW_ARTIFACTS}
 NAME_MAX = 255  # bytes in one path component on ext4, XFS, Lustre, NFS: a longer run is "File name too long" later
 
 
@@ -63,10 +65,10 @@ def check_name(name: str, what: str = "run name") -> str:
 
 
 def short_name(path: Path) -> str:
-    """A file of a run as collect names it without its layout: MODEL/fold-K.json, MODEL/repeat-R/fold-K.json or
-    final/MODEL.json (the folders under the run that say what it is)."""
+    """A file of a run as collect names it without its layout: MODEL/fold-K.json, MODEL/repeat-R/fold-K.json,
+    final/MODEL.json or ensemble/[repeat-R/]MODEL.json (the folders under the run that say what it is)."""
     path = Path(path)
-    depth = 3 if _REPEAT_FOLDER.fullmatch(path.parent.name) and _PAIR_FILE.fullmatch(path.name) else 2
+    depth = 3 if _REPEAT_FOLDER.fullmatch(path.parent.name) else 2
     return "/".join(path.parts[-depth:])
 
 
@@ -184,6 +186,30 @@ class RunLayout:
     def final_model_of(self, path: Path) -> str:
         """The model a final/MODEL.json names."""
         return Path(path).stem
+
+    # --- fold ensembles
+    def ensemble_paths(self, model: str, repeat: int = 0) -> JobPaths:
+        """ensemble/MODEL.json for repeat 0, ensemble/repeat-R/MODEL.json for the others: the fold ensemble's result,
+        which names the fold results it averaged (it writes nothing else)."""
+        folder = self.folder / ENSEMBLE
+        folder = folder / f"repeat-{repeat}" if repeat else folder
+        return JobPaths.beside(folder / f"{check_name(model, 'model name')}.json")
+
+    def ensemble_results(self) -> list[Path]:
+        """The fold ensembles' results present, of every repeat (a write's temp file starts with a dot)."""
+        folder = self.folder / ENSEMBLE
+        found = [*folder.glob("*.json"), *folder.glob("repeat-*/*.json")]
+        return sorted(p for p in found if self.ensemble_of(p) is not None)
+
+    def ensemble_of(self, path: Path) -> tuple[str, int] | None:
+        """The (model, repeat) an ensemble/[repeat-R/]MODEL.json path names; None for any other path."""
+        path = Path(path)
+        folder, repeat = path.parent, 0
+        if (repeat_match := _REPEAT_FOLDER.fullmatch(folder.name)) is not None:
+            folder, repeat = folder.parent, int(repeat_match[1])
+        if folder != self.folder / ENSEMBLE or path.suffix != ".json" or path.name.startswith("."):
+            return None
+        return path.stem, repeat
 
     # --- the launchers' records
     @property

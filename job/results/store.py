@@ -1,11 +1,13 @@
-"""Reading results back: the one check that a file is a valid result for the pair its path names, and the scan of
-a run folder. Writing is atomic (job/results/atomic.py); paths come from job/results/layout.py.
+"""Reading results back: the one check that a file is a valid result for the pair (or final model, or fold
+ensemble) its path names, and the scan of a run folder. Writing is atomic (job/results/atomic.py); paths come from
+job/results/layout.py.
 
 Imports no TensorFlow: collect, pairs, status and the launchers read results through this module alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,7 +24,16 @@ from job.errors import JobError
 from job.files import FileError, read_bounded, sha256_file
 from job.mnist import MNIST_COUNTS, MNIST_SHA256, TEST_IMAGES, TRAIN_IMAGES
 from job.protocol import Pair, task_for_pair
-from job.results.contract import FinalData, FinalResult, PairData, PairResult, ResultError, check_schema
+from job.results.contract import (
+    EnsembleResult,
+    FinalData,
+    FinalResult,
+    PairData,
+    PairResult,
+    ResultError,
+    TestScore,
+    check_schema,
+)
 from job.results.layout import JobPaths, RunLayout
 from job.results.predictions import max_bytes
 from job.times import parse_utc
@@ -88,12 +99,19 @@ def _finite_float(text: str) -> float:
 
 def load_json(path: Path) -> Any:
     """A file's JSON with finite numbers only, or ResultError saying in one line why it cannot be read."""
+    return _parse(path, _read(path))
+
+
+def _read(path: Path) -> bytes:
     if not os.path.lexists(path):
         raise ResultError(f"{path}: missing")
     try:  # a FIFO, /dev/zero or a folder is refused before any read
-        raw = read_bounded(Path(path), MAX_RESULT_BYTES, "a result holds")
+        return read_bounded(Path(path), MAX_RESULT_BYTES, "a result holds")
     except JobError as error:
         raise ResultError(str(error)) from None
+
+
+def _parse(path: Path, raw: bytes) -> Any:
     try:
         return json.loads(raw.decode(), parse_constant=_refuse_constant, parse_float=_finite_float)
     except UnicodeDecodeError as error:
@@ -116,13 +134,19 @@ def check_pair(path: Path, layout: RunLayout) -> PairResult:
 
     Valid: schema-valid JSON with finite numbers; model, fold and repeat those of the path and the fold one of its
     config; config_id the hash of its config; the held-out indices those of that fold of that repeat's split of the
-    (limited) training images; a history as long as its epochs, whose last validation numbers are the score.
+    (limited) training images; a history as long as its epochs, whose last validation numbers are the score; the
+    files it names (predictions, kept weights) beside it with their hashes.
     """
+    return check_pair_read(path, layout)[0]
 
+
+def check_pair_read(path: Path, layout: RunLayout) -> tuple[PairResult, str]:
+    """check_pair, and the sha256 of the very bytes it checked (what a fold ensemble records of the result it used)."""
     pair = layout.pair_of(path)
     if pair is None:
         raise ResultError(f"{path}: not a pair result's path (RUN/MODEL/fold-K.json or RUN/MODEL/repeat-R/fold-K.json)")
-    result = PairResult.from_json(load_json(path), str(path))
+    raw = _read(path)
+    result = PairResult.from_json(_parse(path, raw), str(path))
     config = result.config
     held = Pair(result.model, result.fold, result.repeat)
     if held != pair:
@@ -149,7 +173,7 @@ def check_pair(path: Path, layout: RunLayout) -> PairResult:
         _check_file(path, predictions.file, predictions.sha256, paths.predictions, bound, holds)
     if result.model_file is not None:
         _check_file(path, result.model_file.name, result.model_file.sha256, paths.model_file, MAX_MODEL_BYTES)
-    return result
+    return result, hashlib.sha256(raw).hexdigest()
 
 
 def check_final(path: Path, layout: RunLayout) -> FinalResult:
@@ -160,17 +184,72 @@ def check_final(path: Path, layout: RunLayout) -> FinalResult:
     if result.config_id != result.config.config_id:
         raise ResultError(f"{path}: config_id {result.config_id} is not its config's ({result.config.config_id})")
     check_claims(result, str(path))
-    test = result.test
-    if (
-        test.n_images != result.data.n_test
-        or abs(test.n_correct / max(test.n_images, 1) - result.score.accuracy) > 1e-6
-    ):
-        raise ResultError(f"{path}: {test.n_correct} of {test.n_images} test images right is not its score's accuracy")
-    if any(m.index >= test.n_images for m in test.misclassified):
-        raise ResultError(f"{path}: a misclassified index beyond its {test.n_images} test images")
+    _check_test(result.test, result.score.accuracy, result.data.n_test, str(path))
     model_file = layout.final_paths(result.model).model_file
     _check_file(path, result.model_file.name, result.model_file.sha256, model_file, MAX_MODEL_BYTES)
     return result
+
+
+def _check_test(test: TestScore, accuracy: float, n_test: int, where: str) -> None:
+    """A test score whose counts agree with the accuracy and the test images it claims."""
+    if test.n_images != n_test or abs(test.n_correct / max(test.n_images, 1) - accuracy) > ACCURACY_TOLERANCE:
+        raise ResultError(f"{where}: {test.n_correct} of {test.n_images} test images right is not its score's accuracy")
+    if any(m.index >= test.n_images for m in test.misclassified):
+        raise ResultError(f"{where}: a misclassified index beyond its {test.n_images} test images")
+
+
+def check_ensemble(path: Path, layout: RunLayout) -> EnsembleResult:
+    """The result in `path` if it is a valid fold ensemble of the model and repeat its path names, made of the fold
+    results that are in the run now; ResultError saying why not (a fold retrained since makes it stale)."""
+    named = layout.ensemble_of(path)
+    if named is None:
+        raise ResultError(f"{path}: not a fold ensemble's path (RUN/ensemble/MODEL.json or RUN/ensemble/repeat-R/...)")
+    result = EnsembleResult.from_json(load_json(path), str(path))
+    check_ensemble_claims(result, layout, str(path))
+    if (result.model, result.repeat) != named:
+        raise ResultError(f"{path}: holds the ensemble of {result.model} repeat {result.repeat}, not its path's")
+    return result
+
+
+def check_ensemble_claims(result: EnsembleResult, layout: RunLayout, where: str) -> None:
+    """Everything a fold ensemble says agrees with itself, and its members are the run's fold results as they are
+    now (each file's sha256), else ResultError naming the first claim that cannot hold."""
+    config, test = result.config, result.test
+    if result.config_id != config.config_id:
+        raise ResultError(f"{where}: config_id {result.config_id} is not its config's ({config.config_id})")
+    member_folds = [member.fold for member in result.members]
+    if member_folds != list(range(config.n_folds)):
+        raise ResultError(
+            f"{where}: members of folds {member_folds}, not the {config.n_folds} folds of its config in order"
+        )
+    _check_test(test, result.score.accuracy, result.data.n_test, where)
+    confusion = test.confusion_matrix
+    if sum(map(sum, confusion)) != test.n_images or sum(row[d] for d, row in enumerate(confusion)) != test.n_correct:
+        raise ResultError(f"{where}: a confusion matrix that is not its {test.n_correct} of {test.n_images} right")
+    if len(test.misclassified) != test.n_images - test.n_correct:
+        raise ResultError(f"{where}: {len(test.misclassified)} misclassified images listed, its counts say otherwise")
+    if result.data.name == "mnist" and (
+        result.data.n_test != MNIST_COUNTS[TEST_IMAGES]
+        or any(result.data.sha256.get(name) != digest for name, digest in MNIST_SHA256.items())
+    ):
+        raise ResultError(
+            f"{where}: data named mnist without MNIST's hashes and {MNIST_COUNTS[TEST_IMAGES]} test images"
+        )
+    for member in result.members:
+        _check_count(member.score.accuracy, test.n_images, f"{where}: fold {member.fold}'s test accuracy")
+    start = _parse_utc(result.timings.start_utc, f"{where}: start_utc")
+    if _parse_utc(result.timings.end_utc, f"{where}: end_utc") < start:
+        raise ResultError(f"{where}: end_utc {result.timings.end_utc} is before start_utc {result.timings.start_utc}")
+    for member in result.members:
+        fold_result = layout.pair_paths(Pair(result.model, member.fold, result.repeat)).result
+        if member.file != layout.relative(fold_result):
+            raise ResultError(f"{where}: fold {member.fold} is {member.file!r}, not {layout.relative(fold_result)}")
+        try:
+            found = sha256_file(fold_result, MAX_RESULT_BYTES, "a result holds")
+        except FileError as error:
+            raise ResultError(f"{where}: its fold result is gone or unreadable ({error})") from None
+        if found != member.sha256:
+            raise ResultError(f"{where}: {member.file} changed since the ensemble was made (rerun `mnist-cv ensemble`)")
 
 
 def _check_file(
