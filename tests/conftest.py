@@ -1,5 +1,6 @@
 """Fixtures shared by the test files: the MNIST they train on (tests/support/mnist.py says where it comes from);
-and which tests share a pytest-xdist worker (tests/support/groups.py)."""
+values made once for all the workers (tests/support/shared.py); and which tests share a pytest-xdist worker
+(tests/support/groups.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support import groups, mnist
+from support.shared import Once
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
@@ -32,3 +34,9 @@ def mnist_full() -> Path:
     if isinstance(missing, mnist.FullSetBroken) or os.environ.get(mnist.REQUIRE_FULL) == "1":
         pytest.fail(str(missing), pytrace=False)
     pytest.skip(str(missing))
+
+
+@pytest.fixture(scope="session")
+def once(tmp_path_factory: pytest.TempPathFactory) -> Once:
+    """Makes a value once for the session, whichever worker asks first (tests/support/shared.py)."""
+    return Once(tmp_path_factory)

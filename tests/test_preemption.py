@@ -22,6 +22,7 @@ import h5py
 import pytest
 from support import cluster, last_line, start_pinned
 from support.cluster import array_env, sacct_runs, wait_for_jobs, with_gpus
+from support.shared import Once
 
 from job.protocol import Pair
 from job.results import store as results
@@ -105,15 +106,21 @@ def checkpointed(watch: dict[Path, Callable[[], bool]], timeout: float = 300) ->
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
-    """The reference results of cnn folds 0 and 1 (Slurm tasks 5 and 6)."""
-    out = tmp_path_factory.mktemp("uninterrupted")
-    procs = {fold: start_pair(fold, out, mnist_mini, cpu_index=fold) for fold in (0, 1)}
+def train_references(out: Path, data: Path) -> dict[str, dict[str, Any]]:
+    """cnn folds 0 and 1 trained uninterrupted, one per CPU: fold (as text, a JSON key) -> result."""
+    procs = {fold: start_pair(fold, out, data, cpu_index=fold) for fold in (0, 1)}
     for proc in procs.values():
         done = finish(proc)
         assert done.returncode == 0, done.stderr
-    references = {fold: results.read_result(result_path(out, fold)) for fold in procs}
+    return {str(fold): results.read_result(result_path(out, fold)) for fold in procs}
+
+
+@pytest.fixture
+def uninterrupted(once: Once, mnist_mini: Path) -> dict[int, dict[str, Any]]:
+    """The reference results of cnn folds 0 and 1 (Slurm tasks 5 and 6). Made once for the session by whichever
+    worker asks first: the local tests here need not wait behind the Slurm tests' worker, nor train them again."""
+    made = once("preemption-uninterrupted", lambda out: train_references(out, mnist_mini))
+    references = {int(fold): result for fold, result in made.items()}
     assert all(r["resume"]["count"] == 0 and r["environment"]["threads"]["intra_op"] == 1 for r in references.values())
     return references
 

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from support import cli
@@ -322,14 +323,34 @@ def test_a_checkpoint_write_that_fails_midway_ends_cleanly(tmp_path: Path) -> No
 # ---- exit 3 and 130: stopped
 
 
-def test_a_stop_signal_exits_3_keeps_the_checkpoint_and_a_rerun_resumes(mnist_mini: Path, tmp_path: Path) -> None:
-    stopped = stop_in_epoch_2(train_args(tmp_path, mnist_mini), signal.SIGTERM)
+class StoppedThenResumed(NamedTuple):
+    results: Path
+    stopped: subprocess.CompletedProcess[str]
+    epochs_done: int  # by the checkpoint the stop left
+    written: bool  # whether the stop left a result
+    rerun: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def stopped_then_resumed(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> StoppedThenResumed:
+    """A pair stopped by SIGTERM in epoch 2, then rerun to its end; test_a_failed_rerun_... reruns it once more."""
+    results = tmp_path_factory.mktemp("stopped")
+    stopped = stop_in_epoch_2(train_args(results, mnist_mini), signal.SIGTERM)
+    state = checkpoint_of(results) / "state.json"
+    epochs_done = json.loads(state.read_text())["epochs_done"] if state.exists() else 0
+    written = (results / "default" / "mlp" / "fold-0.json").exists()
+    rerun = cli(*train_args(results, mnist_mini, "--epochs", STOP_EPOCHS))
+    return StoppedThenResumed(results, stopped, epochs_done, written, rerun)
+
+
+def test_a_stop_signal_exits_3_keeps_the_checkpoint_and_a_rerun_resumes(
+    stopped_then_resumed: StoppedThenResumed,
+) -> None:
+    results, stopped, epochs_done, written, rerun = stopped_then_resumed
     assert_one_line_after_the_signal_notice(stopped, 3, "stopped by a signal")
-    assert json.loads((checkpoint_of(tmp_path) / "state.json").read_text())["epochs_done"] >= 1
-    assert not (tmp_path / "default" / "mlp" / "fold-0.json").exists()
-    rerun = cli(*train_args(tmp_path, mnist_mini, "--epochs", STOP_EPOCHS))
+    assert epochs_done >= 1 and not written
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert result_of(tmp_path)["resume"]["count"] == 1
+    assert result_of(results)["resume"]["count"] == 1
 
 
 def assert_one_line_after_the_signal_notice(done: subprocess.CompletedProcess[str], status: int, message: str) -> None:
@@ -347,8 +368,11 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_checkpoint(mnist_mini: Pat
 # ---- nothing already written is damaged
 
 
-def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(mnist_mini: Path, tmp_path: Path) -> None:
-    assert cli(*train_args(tmp_path, mnist_mini, "--epochs", STOP_EPOCHS)).returncode == 0
+def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(
+    stopped_then_resumed: StoppedThenResumed, mnist_mini: Path, tmp_path: Path
+) -> None:
+    assert stopped_then_resumed.rerun.returncode == 0, stopped_then_resumed.rerun.stderr[-2000:]
+    shutil.copytree(stopped_then_resumed.results, tmp_path, dirs_exist_ok=True)  # a result written by a whole run
     written = (tmp_path / "default" / "mlp" / "fold-0.json").read_bytes()
     stopped = stop_in_epoch_2(train_args(tmp_path, mnist_mini, "--force"), signal.SIGTERM)
     assert stopped.returncode == 3, stopped.stderr[-2000:]
@@ -359,40 +383,58 @@ def test_a_failed_rerun_leaves_the_result_already_written_byte_identical(mnist_m
 # ---- a hand-edited checkpoint is set aside like a corrupt one
 
 
+# Each edit is made to its own mlp pair's checkpoint (task id = fold = its index): one process trains the pairs and
+# keeps their checkpoints, one process reruns them all, each pair through the same restore as alone.
+EDITS = {
+    "epochs-as-text": (lambda s: {**s, "epochs_done": str(s["epochs_done"])}, "epochs_done '3' is not a whole number"),
+    "short-history": (
+        lambda s: {**s, "history": {**s["history"], "loss": s["history"]["loss"][:1]}},
+        "loss does not hold 3",
+    ),
+    "epochs-changed": (lambda s: {**s, "epochs_done": 2}, "weights 'epoch-3.weights.h5' is not epoch-2.weights.h5"),
+    "history-not-a-dict": (lambda s: {**s, "history": []}, "history does not hold loss"),
+}
+EDITED_TASKS = f"0-{len(EDITS) - 1}"
+
+
+def packed_args(results: Path, mnist: Path, *more: str) -> list[str]:
+    """train_args's config for the pairs of EDITED_TASKS, trained one after another in one process."""
+    args = train_args(results, mnist, *more)
+    return ["run", "--task-ids", EDITED_TASKS, *args[args.index("--limit") :]]
+
+
 @pytest.fixture(scope="module")
-def kept_checkpoint(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """One pair trained with --keep-checkpoint (its results folder, its result), copied by each test that edits it."""
-    results = tmp_path_factory.mktemp("kept-checkpoint")
-    done = cli(*train_args(results, mnist_mini, "--keep-checkpoint"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return results, result_of(results)
-
-
-@pytest.mark.parametrize(
-    ("edit", "reason"),
-    [
-        (lambda s: {**s, "epochs_done": str(s["epochs_done"])}, "epochs_done '3' is not a whole number"),
-        (lambda s: {**s, "history": {**s["history"], "loss": s["history"]["loss"][:1]}}, "loss does not hold 3"),
-        (lambda s: {**s, "epochs_done": 2}, "weights 'epoch-3.weights.h5' is not epoch-2.weights.h5"),
-        (lambda s: {**s, "history": []}, "history does not hold loss"),
-    ],
-    ids=["epochs-as-text", "short-history", "epochs-changed", "history-not-a-dict"],
-)
-def test_a_hand_edited_checkpoint_is_set_aside_and_the_pair_starts_over(
-    edit, reason: str, kept_checkpoint: tuple[Path, dict], mnist_mini: Path, tmp_path: Path
-) -> None:
-    shutil.copytree(kept_checkpoint[0], tmp_path, dirs_exist_ok=True)
-    first = kept_checkpoint[1]
-    state_file = checkpoint_of(tmp_path) / "state.json"
-    state_file.write_text(json.dumps(edit(json.loads(state_file.read_text()))))
-    (tmp_path / "default" / "mlp" / "fold-0.json").unlink()  # not --force: that sets any checkpoint aside unread
-    rerun = cli(*train_args(tmp_path, mnist_mini))
+def edited_reruns(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], str]:
+    """The pairs of EDITED_TASKS trained with --keep-checkpoint, each checkpoint edited as its EDITS case says and its
+    result removed (not --force: that sets any checkpoint aside unread), then rerun: the results folder, the first
+    results by fold, and the rerun's output (stdout, then stderr)."""
+    results = tmp_path_factory.mktemp("edited-checkpoints")
+    kept = cli(*packed_args(results, mnist_mini, "--keep-checkpoint"))
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    first = [result_of(results, fold) for fold in range(len(EDITS))]
+    for fold, (edit, _) in enumerate(EDITS.values()):
+        state_file = checkpoint_of(results, fold) / "state.json"
+        state_file.write_text(json.dumps(edit(json.loads(state_file.read_text()))))
+        (results / "default" / "mlp" / f"fold-{fold}.json").unlink()
+    rerun = cli(*packed_args(results, mnist_mini))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    notice = [line for line in rerun.stdout.splitlines() + rerun.stderr.splitlines() if "checkpoint unusable" in line]
+    return results, first, rerun.stdout + rerun.stderr
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_a_hand_edited_checkpoint_is_set_aside_and_the_pair_starts_over(
+    case: str, edited_reruns: tuple[Path, list[dict], str]
+) -> None:
+    results, first, output = edited_reruns
+    fold, (_, reason) = list(EDITS).index(case), EDITS[case]
+    state_file = checkpoint_of(results, fold) / "state.json"
+    notices = [line for line in output.splitlines() if "checkpoint unusable" in line]
+    assert len(notices) == len(EDITS), notices  # one for each pair, none twice
+    notice = [line for line in notices if f"{state_file}:" in line]
     assert len(notice) == 1 and f"{state_file}: not as a save writes it ({reason}" in notice[0], notice
-    again = result_of(tmp_path)
+    again = result_of(results, fold)
     assert again["resume"] == {"count": 0, "from_epochs": []}
-    assert again["history"] == first["history"] and again["score"] == first["score"]
+    assert again["history"] == first[fold]["history"] and again["score"] == first[fold]["score"]
 
 
 # ---- anything else: one line that says it is a bug

@@ -1,12 +1,13 @@
 """`sbatch slurm/array.sh`, unchanged, on the real local Slurm cluster: the ten pairs with their allocation recorded,
-collect on them, a failing task, resubmitting only the missing pairs, and the GPU request (accepted on a node with
-GPU GRES, rejected on one without). Overrides go only through sbatch options, the environment and the arguments
-after the script's name.
+collect on them and a second array asking what it suggests (right-sizing), a failing task, resubmitting only the
+missing pairs, and the GPU request (accepted on a node with GPU GRES, rejected on one without). Overrides go only
+through sbatch options, the environment and the arguments after the script's name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import time
@@ -20,18 +21,23 @@ from support.cluster import (
     array_env,
     reconfigure,
     sacct,
+    submit,
     wait_for_jobs,
     with_gpus,
 )
 
-from job.protocol import all_pairs
+from job.launch import resources
+from job.protocol import Pair, all_pairs
 from job.results import store as results
+from job.results.contract import Summary
 from job.results.layout import RunLayout
 
 pytestmark = pytest.mark.slurm
 
 QUICK = ("--epochs", "1", "--limit", "100")
 TASKS = range(10)
+N_FOLDS = 5  # the mlp pairs among the ten, each measured
+SIZED_TASKS = "0-1"  # the mlp pairs the right-sized array trains again: one at a time on each of the two CPUs
 LOST = (3, 6)  # mlp/fold-3 and cnn/fold-1: the pairs the partial-failure tests lose and redo
 
 
@@ -107,11 +113,42 @@ def test_each_result_records_its_slurm_job_task_node_cpus_and_gpu(
         assert "restart_count" not in allocation
 
 
-def test_collect_summarises_the_ten_results(ten_pairs: ArrayRun, tmp_path: Path) -> None:
-    shutil.copytree(ten_pairs.results, tmp_path, dirs_exist_ok=True)  # collect writes beside the results
-    done = cli("collect", "--results", str(tmp_path), "--run", "default")
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "default" / "summary.json").is_file()
+def test_collect_suggests_a_request_and_a_second_array_asking_exactly_that_completes(
+    ten_pairs: ArrayRun, mnist_mini: Path, tmp_path: Path
+) -> None:
+    """collect summarises the ten results and prints the measured peaks and a suggested request per model; the mlp
+    pairs submitted again, with exactly mlp's suggested request, in a new run of the same protocol, complete."""
+    results_dir = tmp_path / "results"
+    shutil.copytree(ten_pairs.results, results_dir)  # collect writes beside the results
+    collected = cli("collect", "--results", str(results_dir), "--run", "default", env={"COLUMNS": "250"})
+    assert collected.returncode == 0, collected.stderr
+    print(collected.stdout)  # the report as a user sees it (pytest -s)
+    sizing = Summary.from_json(json.loads((results_dir / "default" / "summary.json").read_text())).sizing
+    mlp = sizing.models["mlp"]
+    assert (mlp.n_measured, mlp.n_unmeasured) == (N_FOLDS, 0), "the results carry no resources"
+    assert mlp.request is not None
+    (line,) = [line for line in collected.stdout.splitlines() if line.startswith("mlp: suggested request ")]
+    options = line.removeprefix("mlp: suggested request ").split()
+    assert " ".join(options) == mlp.request.options
+    assert f"mlp: {N_FOLDS} of {N_FOLDS} pairs measured: slowest {mlp.max_wall_seconds:.1f} s" in collected.stdout
+
+    env = array_env(mnist_mini, results_dir, MNIST_CV_RUN="sized")  # exactly the request, a new run
+    job = submit([f"--array={SIZED_TASKS}", *options, str(cluster.ARRAY_SCRIPT), *QUICK, "--custom-data"], cwd=tmp_path,
+                 env=env)  # fmt: skip
+    assert set(wait_for_jobs(job, timeout=900).values()) == {"COMPLETED"}
+    for task, row in sacct(job, "Timelimit", "ReqMem", "AllocCPUS", "AllocTRES").items():
+        assert resources.minutes(row["Timelimit"]) == resources.minutes(mlp.request.time), task
+        assert resources.gigabytes(row["ReqMem"]) == resources.gigabytes(mlp.request.mem), task
+        assert int(row["AllocCPUS"]) == mlp.request.cpus and "gres/gpu" not in row["AllocTRES"], task
+    layout = RunLayout(results_dir, "sized")
+    for fold in range(2):
+        result = results.read_result(layout.pair_paths(Pair("mlp", fold)).result)
+        # Slurm 22.05's sacct has no Restarts field: the task's own record says whether it was requeued.
+        assert result["environment"]["slurm"].get("restart_count") in (None, "0"), f"fold {fold} was requeued"
+        assert result["resume"]["count"] == 0, f"fold {fold} resumed: its time limit left no room"
+        used = result["resources"]
+        assert used["peak_rss_bytes"] <= resources.gigabytes(mlp.request.mem) * (1 << 30)
+        assert used["wall_seconds"] <= resources.minutes(mlp.request.time) * 60
 
 
 @pytest.fixture(scope="module")

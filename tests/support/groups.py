@@ -7,6 +7,8 @@ Three kinds of tests may not be split between the two workers:
 - the tests that share a module- or session-scoped fixture of their own module (ten pairs trained once, say):
   split, each worker would train them again;
 - the tests that watch processes machine-wide (TOGETHER).
+A value wanted on both sides of that line (by a Slurm test and a local one) is made through support/shared.py's
+`Once` from a function-scoped fixture instead: it binds no tests together, and is still made once.
 So the tests are joined wherever they share such a fixture; a group holding a `slurm` test is the `slurm` group,
 any other one is named after its module (or TOGETHER's name), and a test that shares nothing is scheduled alone.
 """
