@@ -254,6 +254,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ]  # fmt: skip
     log = folder / "server.log"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # Without its job runner (GenAI scorers' huey consumers, a dozen processes): tracking is all the export uses.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     with log.open("wb") as out:  # its own session: stopping it stops its uvicorn worker too
         server = subprocess.Popen(argv, cwd=folder, env=env, stdout=out, stderr=out, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
