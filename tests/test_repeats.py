@@ -260,8 +260,10 @@ def test_model_stats_average_complete_repeats_only() -> None:
 
 
 def _with(result: Any) -> Any:
-    """A fake result with what model_stats reads besides compare's."""
-    return types.SimpleNamespace(**vars(result), config=Protocol(), timings=types.SimpleNamespace(fit_seconds=1.0))
+    """A fake result with what model_stats reads besides compare's (no predictions: as of an earlier version)."""
+    return types.SimpleNamespace(
+        **vars(result), config=Protocol(), timings=types.SimpleNamespace(fit_seconds=1.0), predictions=None
+    )
 
 
 # --- real pairs -------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from job.analysis import sizing
+from job.analysis import out_of_fold, sizing
 from job.errors import JobError
 from job.mnist import MNIST_FILES
 from job.protocol import DEFAULT_MODELS, Pair, all_pairs, task_for_pair
@@ -34,6 +34,7 @@ from job.results.contract import (
     SummaryData,
 )
 from job.results.layout import RunLayout, short_name
+from job.results.predictions import HeldOut
 from job.results.store import Record
 
 
@@ -108,8 +109,10 @@ def model_stats(
     missing_folds: Sequence[int] = (),
     final: FinalStats | None = None,
     repeats: int | None = None,
+    predictions: Mapping[Path, HeldOut] | None = None,
 ) -> ModelStats:
-    """n, mean, std, min, max of held-out accuracy (fractions) and the per-fold scores of one model's records.
+    """n, mean, std, min, max of held-out accuracy (fractions) and the per-fold scores of one model's records, and
+    the out-of-fold report of their `predictions` (the checked ones, by result path).
 
     Over `repeats` repeats (default: as many as the records reach), the numbers are of the complete repeats, every
     fold there, so that a repeat still running never tilts them; with no complete repeat they are of every record
@@ -149,7 +152,15 @@ def model_stats(
         repeats=tuple(per_repeat),
         repeats_used=tuple(used),
         std_of_repeat_means=float(np.std(complete_means, ddof=0)) if len(complete_means) > 1 else None,
+        cross_validation=out_of_fold.report(headline, predictions or {}) if n else None,
     )
+
+
+def _with_notes(stats: ModelStats, notes: Sequence[str]) -> ModelStats:
+    report = stats.cross_validation
+    if report is None or not notes:
+        return stats
+    return dataclasses.replace(stats, cross_validation=dataclasses.replace(report, notes=(*report.notes, *notes)))
 
 
 def _repeat_stats(repeat: int, records: Sequence[Record], n_folds: int) -> RepeatStats:
@@ -273,13 +284,17 @@ def summarise(
     finals: Mapping[str, FinalRecord],
     final_notes: Mapping[str, Sequence[str]],
     figures: Sequence[str],
+    predictions: Mapping[Path, HeldOut],
+    cv_notes: Mapping[str, Sequence[str]],
     repeats: int = 1,
 ) -> Summary:
     """The summary of the (non-empty) records `select`ed from the run `layout`, over `repeats` repeats.
 
     `unusable` says why a default pair has no usable result (a missing pair without an entry has none at all);
     `skipped` lists the files found but not used, with why; `finals` holds the final models' records by model and
-    `final_notes` what to say of each beyond its config; `figures` the names of the figures drawn beside it.
+    `final_notes` what to say of each beyond its config; `figures` the names of the figures drawn beside it;
+    `predictions` the pairs' checked held-out predictions by result path, and `cv_notes` what to say of a model's
+    out-of-fold report beyond what they lack (a figure not drawn).
     """
     first = records[0].result
     n_folds = first.config.n_folds
@@ -296,7 +311,9 @@ def summarise(
     for model in [*DEFAULT_MODELS, *sorted((by_model.keys() | finals.keys()) - set(DEFAULT_MODELS))]:
         final = final_stats(finals[model], first.config_id, final_notes.get(model, ())) if model in finals else None
         gaps = sorted({m.fold for m in missing if m.model == model})
-        models[model] = model_stats(by_model.get(model, []), gaps, final, repeats)
+        models[model] = _with_notes(
+            model_stats(by_model.get(model, []), gaps, final, repeats, predictions), cv_notes.get(model, ())
+        )
     return Summary.build(
         run=str(layout.folder.absolute()),  # the same wherever collect ran
         config_id=first.config_id,
