@@ -10,13 +10,12 @@ import json
 import math
 import shutil
 import statistics
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, cli_without_reader
+from support import ROOT, cli_without_reader, png_size
 
 from job.analysis import plots, summary
 from job.cli import main
@@ -34,7 +33,6 @@ MINI = ROOT / "tests" / "data" / "mnist-mini"
 EPOCHS = 2  # the folder's protocol: two points per learning curve
 LIMIT = 1000  # 800 training and 200 held-out images per fold
 N_TEST = 1000  # the subset's test images, on which the final model was scored
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def copy_of_the_run(tmp_path: Path, *, final: bool) -> Path:
@@ -109,13 +107,6 @@ def edit(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
 def accuracies(folder: Path, model: str) -> list[float]:
     """The held-out accuracies of a model, straight from its files."""
     return [read(path)["score"]["accuracy"] for path in sorted((folder / model).glob("fold-*.json"))]
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """Width and height from the PNG header: the signature, then the IHDR chunk."""
-    head = path.read_bytes()[:24]
-    assert head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR", f"{path} is not a PNG"
-    return struct.unpack(">II", head[16:24])
 
 
 def records(results_dir: Path, model: str) -> list[store.Record]:

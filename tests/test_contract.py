@@ -340,7 +340,7 @@ def test_a_final_result_naming_another_model_file_is_refused(real_run: Path, nam
         final.pop(key)
     path = layout.final_paths("mlp").result
     atomic.write_json(path, final)
-    with pytest.raises(ResultError, match=f"names the model file {name!r}, not mlp.keras"):
+    with pytest.raises(ResultError, match=f"names the file {name!r}, not mlp.keras"):
         check_final(path, layout)
     with pytest.raises(UsageError):
         layout.final_paths("../mlp")

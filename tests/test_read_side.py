@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, last_line
+from support import ROOT, last_line, png_size
 
 from job.analysis import report
 from job.protocol import Pair, Protocol, all_pairs, task_for_pair
@@ -42,7 +41,6 @@ INTERRUPTED = Pair("mlp", 2, 1)  # task 12: a checkpoint, no result
 LEASED = Pair("mlp", 3, 1)  # task 13: a lease of Slurm task 7001_3 on a host no machine has
 FAILED_LOG = Path(RUN, "logs", "7002_2_0_log.err")  # task 16's, relative to the results folder as recorded
 GONE_HOST = "gone.invalid"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # `python -m job` with TensorFlow and Keras unimportable: the read side must never need them.
 NO_TENSORFLOW = (
     "import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None; "
@@ -155,13 +153,6 @@ def exporting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background]:
 
 def read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """Width and height from the PNG header: the signature, then the IHDR chunk."""
-    head = path.read_bytes()[:24]
-    assert head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR", f"{path} is not a PNG"
-    return struct.unpack(">II", head[16:24])
 
 
 # --- the folder is what make_run_folder.py says -------------------------------------------------------------------

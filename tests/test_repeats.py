@@ -283,8 +283,10 @@ def test_the_95_percent_intervals_are_corrected_over_the_complete_repeats_folds_
 
 
 def _with(result: Any) -> Any:
-    """A fake result with what model_stats reads besides compare's."""
-    return types.SimpleNamespace(**vars(result), config=Protocol(), timings=types.SimpleNamespace(fit_seconds=1.0))
+    """A fake result with what model_stats reads besides compare's (no predictions: as of an earlier version)."""
+    return types.SimpleNamespace(
+        **vars(result), config=Protocol(), timings=types.SimpleNamespace(fit_seconds=1.0), predictions=None
+    )
 
 
 # --- real pairs -------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import cache
@@ -26,12 +26,16 @@ from job.analysis import plots, report, summary
 from job.analysis.summary import EnsembleRecord, FinalRecord
 from job.console import console as rich_console
 from job.errors import JobError
-from job.mnist import TEST_IMAGES
+from job.mnist import TEST_IMAGES, TRAIN_IMAGES
 from job.protocol import Pair
-from job.results import store, verification
-from job.results.contract import Skipped, Summary
+from job.results import predictions, store, verification
+from job.results.contract import FinalData, PairData, Skipped, Summary
 from job.results.layout import RunLayout
+from job.results.predictions import HeldOut
 from job.results.status import array_spec
+
+# A data loader: the SHA-256 of each file of a data source, and its images, each by file name (job.pair.data.images).
+Images = Callable[[Path], tuple[Mapping[str, str], Mapping[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -40,13 +44,13 @@ class Request:
     run: str
     config_id: str | None = None  # the config to summarise when the run holds several
     fmt: str = "png"
-    data_dir: Path | None = None  # where the final models' test images are, for the misclassified grids
+    data_dir: Path | None = None  # where the training and test images are, for the misclassified grids
     allow_partial: bool = False
     json: bool = False  # print the summary as JSON on stdout, and nothing else there
     repeats: int | None = None  # the repeats to expect; None: as many as the files show (the highest repeat + 1)
-    # (sha256, images) of the test images in a data source, for the misclassified grids: the data loader, handed
-    # in by the command (collect reads results only); None draws no grid.
-    test_images: Callable[[Path], tuple[str, Any]] | None = None
+    # The data loader for the misclassified grids, handed in by the command (collect reads results only); None draws
+    # no grid.
+    images: Images | None = None
 
 
 # A figure to draw: its path, and how to draw it (called only when the summary is published).
@@ -82,20 +86,25 @@ def collect(request: Request) -> Summary:
         raise JobError(f"no usable result of repeats 0-{repeats - 1} in {layout.folder}")
     shown, others_ensembles = _ensembles_shown(ensembles, chosen[0].result.config_id, repeats)
     skipped += [Skipped(summary.file_name(e.path), f"config {e.result.config_id}") for e in others_ensembles]
+    held_out, bad_predictions = _read_predictions(chosen)
+    for reason in bad_predictions.values():
+        print(f"skipped {' '.join(reason.split())}", file=sys.stderr)
+    skipped += [Skipped(layout.relative(path), _without_path(reason, path)) for path, reason in bad_predictions.items()]
 
     # A first summary says whether it is complete; the published one also names its figures and notes.
     found = summary.summarise(
         chosen, layout=layout, unusable=unusable, skipped=skipped, finals=finals, final_notes={}, figures=(),
-        repeats=repeats, ensembles=shown,
+        predictions=held_out, cv_notes={}, repeats=repeats, ensembles=shown,
     )  # fmt: skip
     publish = found.complete or request.allow_partial
     figures: list[Figure] = []
     stale: list[Path] = []
     if publish:
-        figures, stale, notes = _plan_figures(layout, chosen, finals, found, request)
+        figures, stale, notes, cv_notes = _plan_figures(layout, chosen, finals, found, request)
         found = summary.summarise(
             chosen, layout=layout, unusable=unusable, skipped=skipped, finals=finals, final_notes=notes,
-            figures=[path.name for path, _ in figures], repeats=repeats, ensembles=shown,
+            figures=[path.name for path, _ in figures], predictions=held_out, cv_notes=cv_notes, repeats=repeats,
+            ensembles=shown,
         )  # fmt: skip
     text = _checked_json(found)
 
@@ -176,6 +185,26 @@ def _ensembles_shown(
     return shown, [e for e in ensembles if e.result.config_id != config_id]
 
 
+def _read_predictions(records: list[store.Record]) -> tuple[dict[Path, HeldOut], dict[Path, str]]:
+    """The checked held-out predictions of the records by result path, and the predictions files that failed their
+    check with why (their results still count; a result of an earlier version has none and is in neither)."""
+    found, problems = {}, {}
+    for record in records:
+        try:
+            held_out = predictions.load(record.path, record.result)
+        except JobError as error:
+            problems[record.path.parent / record.result.predictions.file] = str(error)  # a file it names
+            continue
+        if held_out is not None:
+            found[record.path] = held_out
+    return found, problems
+
+
+def _without_path(reason: str, path: Path) -> str:
+    """A problem's message as the summary lists it: beside its file's name, without the path it starts with."""
+    return reason.removeprefix(str(path)).lstrip(": ")
+
+
 def _unusable(layout: RunLayout, problems: dict[Path, str], others: dict[Path, str]) -> dict[Pair, str]:
     """Why a pair has no usable result: a damaged file, a result of another config (path -> its config id), or
     training in progress."""
@@ -192,8 +221,9 @@ def _plan_figures(
     finals: dict[str, FinalRecord],
     found: Summary,
     request: Request,
-) -> tuple[list[Figure], list[Path], dict[str, list[str]]]:
-    """The figures to draw, the old figures to remove (a grid that cannot be drawn now), and notes per final model."""
+) -> tuple[list[Figure], list[Path], dict[str, list[str]], dict[str, list[str]]]:
+    """The figures to draw, the old figures to remove (one that cannot be drawn now), and notes per final model and
+    per out-of-fold report."""
 
     fmt = request.fmt
     figures: list[Figure] = []
@@ -211,37 +241,73 @@ def _plan_figures(
 
     stale: list[Path] = []
     notes: dict[str, list[str]] = {}
-    load = cache(request.test_images) if request.test_images else None  # one run's finals share their data
+    load = cache(request.images) if request.images else None  # one run's results share their data
     for model, final in finals.items():
         figures.append((layout.confusion(model, fmt), lambda m=model, r=final.result: plots.confusion_matrix(m, r)))
         grid = layout.misclassified(model, fmt)
         try:
-            images = _test_images(final, request.data_dir, load)
+            if not final.result.test.misclassified:
+                raise JobError("every test digit was classified right")
+            images = _images(final.result.data, TEST_IMAGES, request.data_dir, load)
         except JobError as error:
             stale.append(grid)  # an older grid may be of another model or data than this summary's
             notes[model] = [f"no {grid.name}: {' '.join(str(error).split())}"]
             continue
         mistakes = final.result.test.misclassified
         figures.append((grid, lambda m=model, x=mistakes, i=images: plots.misclassified(m, x, i)))
+    cv_figures, cv_stale, cv_notes = _plan_cv_figures(layout, chosen, found, request, load)
+    return figures + cv_figures, stale + cv_stale, notes, cv_notes
+
+
+def _plan_cv_figures(
+    layout: RunLayout, chosen: list[store.Record], found: Summary, request: Request, load: Images | None
+) -> tuple[list[Figure], list[Path], dict[str, list[str]]]:
+    """The figures of each model's out-of-fold report, the old ones of a report not drawn now, and notes."""
+    figures: list[Figure] = []
+    stale: list[Path] = []
+    notes: dict[str, list[str]] = {}
+    for model, stats in found.models.items():
+        paths = layout.cv_figures(model, request.fmt)
+        report = stats.cross_validation
+        pooled = report.pooled if report is not None else None
+        if pooled is None:
+            stale += paths.all()  # an older report's figures would outlive the predictions they were drawn from
+            continue
+        draw = lambda m=model, p=pooled: plots.cv_confusion_matrix(m, p, found.config_id)  # noqa: E731
+        figures.append((paths.confusion, draw))
+        figures.append((paths.reliability, lambda m=model, p=pooled: plots.reliability(m, p.calibration)))
+        try:
+            if not pooled.mistakes:
+                raise JobError("every held-out digit was classified right")
+            first = next(r.result for r in chosen if r.result.model == model)  # the run's results share their data
+            images = _images(first.data, TRAIN_IMAGES, request.data_dir, load)
+        except JobError as error:
+            stale.append(paths.misclassified)
+            notes[model] = [f"no {paths.misclassified.name}: {' '.join(str(error).split())}"]
+            continue
+        figures.append((paths.misclassified, lambda m=model, p=pooled, i=images: plots.fold_mistakes(m, p, i)))
     return figures, stale, notes
 
 
-def _test_images(final: FinalRecord, data_dir: Path | None, load: Callable[[Path], tuple[str, Any]] | None) -> Any:
-    """The test images a final model was scored on, or a JobError saying why they are not at hand."""
-    result = final.result
-    if not result.test.misclassified:
-        raise JobError("every test digit was classified right")
+# The images of each file, and what a result used them for, as the note of a grid not drawn says.
+_IMAGES = {TRAIN_IMAGES: "training images", TEST_IMAGES: "test images"}
+_USED = {TRAIN_IMAGES: "the folds were cut from", TEST_IMAGES: "the model was scored on"}
+
+
+def _images(recorded: PairData | FinalData, name: str, data_dir: Path | None, load: Images | None) -> Any:
+    """The images of the file `name` of the data a result records (its source and hashes), or a JobError saying why
+    they are not at hand."""
     if load is None:
-        raise JobError("no data loader was given to read the test images")
-    source = Path(data_dir or result.data.source)
-    found, images = load(source)
-    recorded = result.data.sha256.get(TEST_IMAGES)
-    if found != recorded:
+        raise JobError("no data loader was given to read the images")
+    source = Path(data_dir or recorded.source)
+    hashes, images = load(source)
+    found, expected = hashes.get(name), recorded.sha256.get(name)
+    if found != expected:
         raise JobError(
-            f"the test images in {source} are not those the model was scored on "
-            f"(sha256 {found[:12]}..., recorded {str(recorded)[:12]}...)"
+            f"the {_IMAGES[name]} in {source} are not those {_USED[name]} "
+            f"(sha256 {str(found)[:12]}..., recorded {str(expected)[:12]}...)"
         )
-    return images
+    return images[name]
 
 
 def _publish(

@@ -1,5 +1,6 @@
-"""The run's figures: learning curves per model, a box plot of the fold accuracies (repeats as coloured points), and
-per final model its confusion matrix and a grid of misclassified test digits.
+"""The run's figures: learning curves per model, a box plot of the fold accuracies (repeats as coloured points); per
+final model its confusion matrix and a grid of misclassified test digits; per out-of-fold report the same two of the
+folds' held-out images, and a reliability diagram.
 
 Figures are built with matplotlib's object API (Figure, no pyplot), which renders through Agg for PNG and
 never needs a display (cluster nodes have none) nor keeps figures alive in pyplot's global registry.
@@ -13,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from job.results.contract import FinalResult, Misclassified, PairResult
+from job.results.contract import Calibration, FinalResult, FoldMistake, Misclassified, OutOfFold, PairResult
 
 DPI = 100
 LEARNING_CURVES_SIZE = (10.0, 4.0)  # inches: 1000 x 400 pixels at DPI
@@ -21,6 +22,7 @@ BOXPLOT_SIZE = (6.0, 4.5)  # inches: 600 x 450 pixels at DPI
 CONFUSION_SIZE = (7.0, 6.0)  # inches: 700 x 600 pixels at DPI
 GRID_SIDE = 6  # the misclassified grid shows up to 6 x 6 digits
 GRID_SIZE = (9.0, 10.0)  # inches: 900 x 1000 pixels at DPI, room for a title over each digit
+RELIABILITY_SIZE = (7.0, 6.0)  # inches: 700 x 600 pixels at DPI
 TRAIN_COLOR = "tab:blue"  # the tutorial's colours: train blue, held-out orange
 HELD_OUT_COLOR = "tab:orange"
 PANELS = (("loss", "Cross-entropy loss"), ("accuracy", "Classification accuracy"))  # the tutorial's titles
@@ -116,7 +118,27 @@ def boxplot(
 def confusion_matrix(model: str, result: FinalResult) -> Figure:
     """A final model's test-set confusion matrix: a heat map with the count in every cell, true digit down."""
     test = result.test
-    matrix = np.array(test.confusion_matrix)  # [true][predicted]
+    return _confusion(
+        test.confusion_matrix,
+        "test images",
+        f"{model} final model: test accuracy {100 * result.score.accuracy:.2f}%\n"
+        f"({test.n_correct} of {test.n_images} test images, config {result.config_id})",
+    )
+
+
+def cv_confusion_matrix(model: str, pooled: OutOfFold, config_id: str) -> Figure:
+    """The cross-validation confusion matrix: every held-out image of the folds, predicted by its fold's model."""
+    return _confusion(
+        pooled.confusion_matrix,
+        "held-out images",
+        f"{model} cross-validation: out-of-fold accuracy {100 * pooled.n_correct / pooled.n_images:.2f}%\n"
+        f"({pooled.n_correct} of {pooled.n_images} held-out images, the folds pooled, config {config_id})",
+    )
+
+
+def _confusion(confusion: Sequence[Sequence[int]], images: str, title: str) -> Figure:
+    """A confusion matrix ([true][predicted]) as a heat map with the count in every cell, true digit down."""
+    matrix = np.array(confusion)
     fig = Figure(figsize=CONFUSION_SIZE, dpi=DPI, layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
@@ -129,11 +151,8 @@ def confusion_matrix(model: str, result: FinalResult) -> Figure:
     ax.set_yticks(digits)
     ax.set_xlabel("predicted digit")
     ax.set_ylabel("true digit")
-    fig.colorbar(image, ax=ax, label="test images")
-    ax.set_title(
-        f"{model} final model: test accuracy {100 * result.score.accuracy:.2f}%\n"
-        f"({test.n_correct} of {test.n_images} test images, config {result.config_id})"
-    )
+    fig.colorbar(image, ax=ax, label=images)
+    ax.set_title(title)
     return fig
 
 
@@ -144,16 +163,59 @@ def misclassified(model: str, mistakes: Sequence[Misclassified], images: np.ndar
     """
     # The most confident mistakes say the most: a badly written digit, a wrong label, or a blind spot of the model.
     shown = sorted(mistakes, key=lambda m: -m.probability)[: GRID_SIDE**2]
+    return _digit_grid(
+        shown,
+        images,
+        f"{model} final model: the {len(shown)} most confident of its {len(mistakes)} misclassified test digits",
+    )
+
+
+def fold_mistakes(model: str, pooled: OutOfFold, images: np.ndarray) -> Figure:
+    """The most confident of the folds' mistakes (those the report keeps, up to GRID_SIDE**2), as the training
+    digits they were made on by the model of the fold that held them out; `images` the uint8 training images."""
+    shown = pooled.mistakes[: GRID_SIDE**2]
+    return _digit_grid(
+        shown,
+        images,
+        f"{model} cross-validation: the {len(shown)} most confident of its {pooled.n_mistakes} out-of-fold mistakes",
+    )
+
+
+def _digit_grid(shown: Sequence[Misclassified | FoldMistake], images: np.ndarray, title: str) -> Figure:
     fig = Figure(figsize=GRID_SIZE, dpi=DPI, layout="constrained")
     axes = fig.subplots(GRID_SIDE, GRID_SIDE)
     for ax in axes.flat:
         ax.set_axis_off()  # cells beyond the last mistake stay blank
     for ax, mistake in zip(axes.flat, shown, strict=False):
         ax.imshow(images[mistake.index], cmap="gray", vmin=0, vmax=255)  # as stored: light digit on dark
-        title = f"true {mistake.label} / pred {mistake.predicted} ({mistake.probability:.2f})"
-        ax.set_title(title, fontsize=9)
-    fig.suptitle(
-        f"{model} final model: the {len(shown)} most confident of its {len(mistakes)} misclassified test digits\n"
-        "(above each digit: its true label / the predicted digit (the model's probability for it))"
+        title_of = f"true {mistake.label} / pred {mistake.predicted} ({mistake.probability:.2f})"
+        ax.set_title(title_of, fontsize=9)
+    fig.suptitle(f"{title}\n(above each digit: its true label / the predicted digit (the model's probability for it))")
+    return fig
+
+
+def reliability(model: str, calibration: Calibration) -> Figure:
+    """The reliability diagram of the max probability: per bin, the accuracy of its images against their mean
+    confidence (a calibrated model's bars meet the diagonal), and below, how many images each bin holds."""
+    fig = Figure(figsize=RELIABILITY_SIZE, dpi=DPI, layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    bins = [b for b in calibration.bins if b.n]
+    lows, widths = [b.low for b in bins], [b.high - b.low for b in bins]
+    top.bar(lows, [b.accuracy for b in bins], width=widths, align="edge", color=HELD_OUT_COLOR, edgecolor="black",
+            label="accuracy of the bin's images")  # fmt: skip
+    top.plot([b.confidence for b in bins], [b.accuracy for b in bins], "o", color="black", markersize=4,
+             label="at the bin's mean confidence")  # fmt: skip
+    top.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(fontsize=8, loc="upper left")
+    top.set_title(
+        f"{model} cross-validation: reliability of the max probability, ECE {calibration.ece:.4f}\n"
+        f"({calibration.binning}, the folds pooled)"
     )
+    bottom.bar(lows, [b.n for b in bins], width=widths, align="edge", color=TRAIN_COLOR, edgecolor="black")
+    bottom.set_yscale("log")  # most images sit in the last bin
+    bottom.set_ylabel("images")
+    bottom.set_xlabel("max probability (the model's confidence in its digit)")
+    bottom.set_xlim(0, 1)
     return fig

@@ -14,13 +14,15 @@ from rich.table import Table
 from rich.text import Text
 
 from job.analysis import sizing
-from job.results.contract import Comparison, MissingPair, ModelStats, Summary
+from job.results.contract import ClassAccuracy, Comparison, MissingPair, ModelStats, OutOfFold, Summary
+from job.results.predictions import N_CLASSES
 
 HEADERS = ("model", "n", "mean ± std %", "95% CI %", "min %", "max %", "fit s (mean)", "missing / failed")
 FINAL_HEADERS = ("model", "CV mean ± std %", "final test %", "test loss", "misclassified", "trained on", "config")
 FINAL_TITLE = "Final models: scored on the test images, beside the cross-validation estimate"
 ENSEMBLE_TITLE = "Fold ensembles: the fold models' averaged probabilities on the test images"
 SIZING_TITLE = "Right-sizing: what the pairs used, and a Slurm request that fits"
+PER_CLASS_TITLE = "Out-of-fold accuracy per digit: the folds' held-out predictions pooled"
 NONE = "-"
 CI_DEFINITION = (
     "95% CI: t interval of the mean over the folds of the complete repeats (df n-1) with Nadeau-Bengio's corrected "
@@ -187,6 +189,51 @@ def footer(summary: Summary) -> list[str]:
     return lines
 
 
+def out_of_fold_lines(summary: Summary) -> list[str]:
+    """Per model, the headline of its out-of-fold report (the folds' held-out predictions pooled), or what it lacks."""
+    lines = []
+    for model, stats in summary.models.items():
+        report = stats.cross_validation
+        if report is None:
+            continue
+        if (pooled := report.pooled) is not None:
+            lines.append(f"{model} out-of-fold: {_pooled_headline(pooled, report.n_results)}")
+        lines += list(report.notes)
+    return lines
+
+
+def _pooled_headline(pooled: OutOfFold, n_folds: int) -> str:
+    accuracy = (
+        f"{_percent(pooled.n_correct / pooled.n_images)}% of {pooled.n_images:,} held-out images ({n_folds} folds)"
+    )
+    confused = "no digit taken for another"
+    if (pair := pooled.most_confused) is not None:
+        a, b = pair.digits
+        confused = f"most confused {a} and {b} ({a} as {b}: {pair.a_as_b}, {b} as {a}: {pair.b_as_a})"
+    worst = ""
+    if pooled.worst_class is not None:
+        digit = pooled.per_class[pooled.worst_class]
+        worst = (
+            f"; worst class {digit.digit}: {_percent(digit.accuracy)}% (over folds {_percent(digit.mean)} ± "
+            f"{_percent(digit.std)}, {_percent(digit.min)}-{_percent(digit.max)})"
+        )
+    calibration = pooled.calibration
+    return f"{accuracy}; {confused}{worst}; ECE {calibration.ece:.4f} ({calibration.binning})"
+
+
+def per_class_rows(summary: Summary) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The headers and a row per digit of the models' out-of-fold accuracy (no row without a pooled report):
+    pooled, then mean ± std and min-max over the folds."""
+    pooled = {m: r.pooled for m, s in summary.models.items() if (r := s.cross_validation) and r.pooled}
+    headers = ("digit", *(f"{model} %: pooled (folds: mean ± std, min-max)" for model in pooled))
+    cells = [(str(d), *(_class_cell(p.per_class[d]) for p in pooled.values())) for d in range(N_CLASSES)]
+    return headers, cells if pooled else []
+
+
+def _class_cell(c: ClassAccuracy) -> str:
+    return f"{_percent(c.accuracy)} ({_percent(c.mean)} ± {_percent(c.std)}, {_percent(c.min)}-{_percent(c.max)})"
+
+
 def final_notes(summary: Summary) -> list[str]:
     """What to know about the final models: another config than CV's, a figure that could not be drawn."""
     return [
@@ -217,7 +264,7 @@ def _markdown_table(headers: tuple[str, ...], cells: list[tuple[str, ...]]) -> l
 
 def print_report(summary: Summary, console: Console) -> None:
     console.print(_rich_table(title(summary), HEADERS, rows(summary)))
-    _print_lines(footer(summary), console)
+    _print_lines([*footer(summary), *out_of_fold_lines(summary)], console)
     finals = final_rows(summary)
     if finals:
         console.print(_rich_table(FINAL_TITLE, FINAL_HEADERS, finals))
@@ -238,7 +285,11 @@ def markdown(summary: Summary) -> str:
     """summary.md: the title, the same tables and footer, and the figures (images beside the file)."""
     lines = [f"# {title(summary)}", "", *_markdown_table(HEADERS, rows(summary))]
     lines += ["", *(f"- {line}" for line in footer(summary))]
+    lines += [f"- {line}" for line in out_of_fold_lines(summary)]
     lines += [f"- skipped {s.file}: {s.reason}" for s in summary.skipped]
+    headers, per_class = per_class_rows(summary)
+    if per_class:
+        lines += ["", f"## {PER_CLASS_TITLE}", "", *_markdown_table(headers, per_class)]
     finals = final_rows(summary)
     if finals:
         lines += ["", f"## {FINAL_TITLE}", "", *_markdown_table(FINAL_HEADERS, finals)]

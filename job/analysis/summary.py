@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from job.analysis import sizing
+from job.analysis import out_of_fold, sizing
 from job.errors import JobError
 from job.mnist import MNIST_FILES
 from job.protocol import DEFAULT_MODELS, Pair, all_pairs, task_for_pair
@@ -37,6 +37,7 @@ from job.results.contract import (
     SummaryData,
 )
 from job.results.layout import RunLayout, short_name
+from job.results.predictions import HeldOut
 from job.results.store import Record
 
 
@@ -119,8 +120,10 @@ def model_stats(
     final: FinalStats | None = None,
     repeats: int | None = None,
     ensemble: EnsembleStats | None = None,
+    predictions: Mapping[Path, HeldOut] | None = None,
 ) -> ModelStats:
-    """n, mean, std, min, max of held-out accuracy (fractions) and the per-fold scores of one model's records.
+    """n, mean, std, min, max of held-out accuracy (fractions) and the per-fold scores of one model's records, and
+    the out-of-fold report of their `predictions` (the checked ones, by result path).
 
     Over `repeats` repeats (default: as many as the records reach), the numbers are of the complete repeats, every
     fold there, so that a repeat still running never tilts them; with no complete repeat they are of every record
@@ -165,6 +168,7 @@ def model_stats(
         repeats_used=tuple(used),
         std_of_repeat_means=float(np.std(complete_means, ddof=0)) if len(complete_means) > 1 else None,
         ci95=tuple(_interval(over, values, share) for over, values, share in intervals if len(values) > 1),
+        cross_validation=out_of_fold.report(headline, predictions or {}) if n else None,
     )
 
 
@@ -183,6 +187,13 @@ def _interval(over: str, values: Sequence[float], test_train_ratio: float) -> Me
     mean = float(np.mean(values))
     half = float(stats.t.ppf(0.975, n - 1) * math.sqrt((1 / n + test_train_ratio) * np.var(values, ddof=1)))
     return MeanInterval(over=over, n=n, low=mean - half, high=mean + half)
+
+
+def _with_notes(stats: ModelStats, notes: Sequence[str]) -> ModelStats:
+    report = stats.cross_validation
+    if report is None or not notes:
+        return stats
+    return dataclasses.replace(stats, cross_validation=dataclasses.replace(report, notes=(*report.notes, *notes)))
 
 
 def _repeat_stats(repeat: int, records: Sequence[Record], n_folds: int) -> RepeatStats:
@@ -321,6 +332,8 @@ def summarise(
     finals: Mapping[str, FinalRecord],
     final_notes: Mapping[str, Sequence[str]],
     figures: Sequence[str],
+    predictions: Mapping[Path, HeldOut],
+    cv_notes: Mapping[str, Sequence[str]],
     repeats: int = 1,
     ensembles: Mapping[str, EnsembleRecord] | None = None,
 ) -> Summary:
@@ -330,6 +343,8 @@ def summarise(
     `skipped` lists the files found but not used, with why; `finals` holds the final models' records by model and
     `final_notes` what to say of each beyond its config; `figures` the names of the figures drawn beside it;
     `ensembles` the fold ensemble to show of each model (of the records' config).
+    `predictions` the pairs' checked held-out predictions by result path, and `cv_notes` what to say of a model's
+    out-of-fold report beyond what they lack (a figure not drawn).
     """
     first = records[0].result
     n_folds = first.config.n_folds
@@ -347,7 +362,9 @@ def summarise(
         final = final_stats(finals[model], first.config_id, final_notes.get(model, ())) if model in finals else None
         gaps = sorted({m.fold for m in missing if m.model == model})
         ensemble = ensemble_stats(ensembles[model]) if ensembles and model in ensembles else None
-        models[model] = model_stats(by_model.get(model, []), gaps, final, repeats, ensemble)
+        models[model] = _with_notes(
+            model_stats(by_model.get(model, []), gaps, final, repeats, ensemble, predictions), cv_notes.get(model, ())
+        )
     return Summary.build(
         run=str(layout.folder.absolute()),  # the same wherever collect ran
         config_id=first.config_id,

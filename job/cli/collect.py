@@ -27,7 +27,9 @@ def add_parser(subparsers: Any) -> None:
         description="Read every pair result in RESULTS/RUN and write summary.json, summary.md, "
         "learning-curves-MODEL.FMT and boxplot.FMT beside them. For each final model in RESULTS/RUN/final/ "
         "its test score is shown beside the cross-validation estimate, and confusion-MODEL.FMT and "
-        "misclassified-MODEL.FMT are drawn. Exits 1 while pairs are missing, unless --allow-partial. "
+        "misclassified-MODEL.FMT are drawn. From the pairs' held-out predictions, each model's out-of-fold report: "
+        "cv-confusion-MODEL.FMT, reliability-MODEL.FMT and cv-misclassified-MODEL.FMT. "
+        "Exits 1 while pairs are missing, unless --allow-partial. "
         "Safe to rerun at any time, also while pairs are still running.",
     )
     add_results_args(p)
@@ -35,8 +37,8 @@ def add_parser(subparsers: Any) -> None:
         "--data-dir",
         type=Path,
         default=settings.settings().data,
-        help="MNIST folder or mnist.npz holding the test images, for the grids of misclassified digits "
-        f"(default: ${settings.DATA.name}, else the source the final result records; never downloads)",
+        help="MNIST folder or mnist.npz holding the training and test images, for the grids of misclassified digits "
+        f"(default: ${settings.DATA.name}, else the source the results record; never downloads)",
     )
     p.add_argument(
         "--allow-partial",
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         args.allow_partial,
         args.json,
         args.repeats or (recorded.repeats if recorded else None),
-        test_images=data.test_images,
+        images=data.images,
     )
     published = collect(request)
     if args.mlflow:

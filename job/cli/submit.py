@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
             request.protocol.config_id,
             data_dir=settings().data,
             repeats=request.repeats,
-            test_images=data.test_images,
+            images=data.images,
         )
     )
     return 0

@@ -106,11 +106,12 @@ def load(
     raise DataError(f"{local}: no such file or folder - {NO_DATA_HINT}")
 
 
-def test_images(source: str | os.PathLike) -> tuple[str, np.ndarray]:
-    """(sha256, images) of the test images in `source`, whatever the data: the hash a final result recorded decides
-    whether they are the ones it was scored on (collect's grid of misclassified digits)."""
+def images(source: str | os.PathLike) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(sha256 by file name, images by file name) of the training and test images in `source`, whatever the data:
+    the hashes a result recorded decide whether they are the ones it was trained or scored on (collect's grids of
+    misclassified digits)."""
     dataset = load(source, custom=True)
-    return dataset.sha256[TEST_IMAGES], dataset.x_test
+    return dataset.sha256, {TRAIN_IMAGES: dataset.x_train, TEST_IMAGES: dataset.x_test}
 
 
 def fetch(to: str | os.PathLike, *, mirror: str | None = None) -> Path:

@@ -418,6 +418,83 @@ class MeanInterval:
 
 
 @dataclass(frozen=True)
+class ClassAccuracy:
+    """One digit's held-out accuracy: pooled over the report's images, and its spread over the folds."""
+
+    digit: int
+    n_images: int
+    accuracy: float | None  # pooled: right / images of this digit; None without any
+    mean: float | None  # over the folds holding the digit (population std, as the headline numbers)
+    std: float | None
+    min: float | None
+    max: float | None
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    """The two digits most often taken for each other, both ways counted."""
+
+    digits: tuple[int, ...]  # (a, b), a < b
+    a_as_b: int
+    b_as_a: int
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    low: float  # the bin holds the max probabilities in (low, high]
+    high: float
+    n: int
+    confidence: float | None  # the mean max probability of its images; None when empty
+    accuracy: float | None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    binning: str  # how the bins are made, in words
+    ece: float  # expected calibration error: sum over the bins of n/N * |accuracy - confidence|
+    bins: tuple[CalibrationBin, ...]
+
+
+@dataclass(frozen=True)
+class FoldMistake:
+    """A held-out image its fold's model got wrong; index into the (limited) training images."""
+
+    repeat: int
+    fold: int
+    index: int
+    label: int
+    predicted: int
+    probability: float  # the model's probability for its (wrong) digit
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """The folds' held-out predictions pooled: every image of the repeats used, predicted by the model that did not
+    train on it."""
+
+    n_images: int
+    n_correct: int
+    confusion_matrix: tuple[tuple[int, ...], ...]  # [true digit][predicted digit]
+    per_class: tuple[ClassAccuracy, ...]
+    most_confused: ConfusedPair | None  # None without a mistake
+    worst_class: int | None  # the digit of the lowest pooled accuracy
+    calibration: Calibration
+    n_mistakes: int
+    mistakes: tuple[FoldMistake, ...]  # the most confident ones, most confident first
+
+
+@dataclass(frozen=True)
+class CrossValidationReport:
+    """A model's out-of-fold report, over the results its headline numbers are of: drawn only when every one of them
+    has its predictions."""
+
+    n_results: int
+    n_with_predictions: int
+    notes: tuple[str, ...]  # what is missing: the predictions of a result, the images of the grid
+    pooled: OutOfFold | None
+
+
+@dataclass(frozen=True)
 class ModelStats:
     n: int  # the results the numbers below are of: those of the complete repeats (`repeats_used`)
     mean: float | None
@@ -433,6 +510,7 @@ class ModelStats:
     repeats_used: tuple[int, ...]  # the complete repeats; with none, every repeat with a result (a partial run)
     std_of_repeat_means: float | None  # over the complete repeats' means; None below two
     ci95: tuple[MeanInterval, ...]  # over the complete repeats' folds, then their means (two or more); none: ()
+    cross_validation: CrossValidationReport | None  # None without a result
 
 
 @dataclass(frozen=True)

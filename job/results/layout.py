@@ -109,6 +109,18 @@ class JobPaths:
 
 
 @dataclass(frozen=True)
+class CrossValidationFigures:
+    """The figures of a model's out-of-fold report, beside the summary."""
+
+    confusion: Path  # the pooled confusion matrix
+    reliability: Path  # the reliability diagram of the max probability
+    misclassified: Path  # the most confident mistakes, as the training digits they were made on
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.confusion, self.reliability, self.misclassified)
+
+
+@dataclass(frozen=True)
 class RunLayout:
     results_dir: Path
     run: str
@@ -256,6 +268,14 @@ class RunLayout:
 
     def misclassified(self, model: str, fmt: str) -> Path:
         return self.folder / f"misclassified-{model}.{fmt}"
+
+    def cv_figures(self, model: str, fmt: str) -> CrossValidationFigures:
+        """The figures of a model's out-of-fold report."""
+        return CrossValidationFigures(
+            confusion=self.folder / f"cv-confusion-{model}.{fmt}",
+            reliability=self.folder / f"reliability-{model}.{fmt}",
+            misclassified=self.folder / f"cv-misclassified-{model}.{fmt}",
+        )
 
     # --- collect --mlflow's store, when no MLFLOW_TRACKING_URI names another
     @property

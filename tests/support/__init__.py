@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -62,6 +63,16 @@ def script_json(code: str, *args: str, timeout: float = 600, env: dict[str, str]
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(last_line(done.stdout))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from the PNG header: the signature, then the IHDR chunk."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
 
 
 def last_line(text: str) -> str:
