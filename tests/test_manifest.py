@@ -275,7 +275,8 @@ def test_a_run_folder_of_an_earlier_version_needs_only_run_and_readers_write_no_
 @pytest.mark.slow
 def test_a_run_folder_of_several_configs_and_no_manifest_is_read_as_before(old_run: Path, day1: Path) -> None:
     # A result of day1's config among the run's: two configs, so no manifest can be derived.
-    shutil.copy(day1 / "day1" / "mlp" / "fold-0.json", old_run / "default" / "mlp" / "fold-0.json")
+    for name in ("fold-0.json", "fold-0.predictions.npz"):  # a result and the predictions it names
+        shutil.copy(day1 / "day1" / "mlp" / name, old_run / "default" / "mlp" / name)
     where = ("--results", str(old_run))
     rows = json.loads(cli("status", "--json", *where, "--epochs", "2", "--limit", "1000").stdout)
     assert len(rows) == 10 and [r["state"] for r in rows[:2]] == ["other config", "done"]  # --repeats: 1, as before

@@ -303,7 +303,7 @@ model.optimizer.build(model.trainable_variables)
 folder = Path(sys.argv[1])
 (folder / "filler").write_bytes(bytes(int(sys.argv[2])))
 try:
-    checkpoint._save_weights(model, folder / "epoch-1.weights.h5")
+    checkpoint.save_weights(model, folder / "epoch-1.weights.h5")
 except OSError as error:
     print("failed:", error.errno)
 """
