@@ -172,7 +172,7 @@ def _have_tensorboard() -> bool:
         return True
     print(
         "TensorBoard's HParams data not written: the tensorboard package is not installed "
-        "(pip install 'mnist-cv[tensorboard]'); the train and validation scalars are",
+        "(pip install 'mnist-cv[tensorboard]'); the scalars are written all the same",
         file=sys.stderr,
         flush=True,
     )
