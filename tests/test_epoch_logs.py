@@ -167,3 +167,24 @@ def test_a_fresh_start_empties_the_logs_of_an_earlier_training(
     scalars = read(fresh.folder)["scalars"]
     assert [step for step, _ in scalars["cnn/fold-0/train"]["epoch_loss"]] == [0]
     assert [step for step, _ in scalars["cnn/fold-0/validation"]["epoch_loss"]] == [0]
+
+
+def test_without_the_tensorboard_package_the_scalars_are_written_and_the_missing_hparams_said_once(
+    mnist_mini: Path, tmp_path: Path
+) -> None:
+    # The package hidden from the job's process: as a plain `pip install mnist-cv` leaves it.
+    hidden = "import sys; sys.modules['tensorboard'] = None; from job.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = ("run", "--task-ids", "0-1", "--epochs", "2", "--limit", "500", "--custom-data")
+    done = subprocess.run(
+        [sys.executable, "-c", hidden, *args, "--data-dir", str(mnist_mini), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("TensorBoard's HParams data not written: the tensorboard package is not installed") == 1
+    layout = RunLayout(tmp_path, "default")
+    for fold in (0, 1):
+        logs = layout.pair_paths(Pair("mlp", fold)).tensorboard
+        assert sorted(p.name for p in logs.iterdir()) == ["train", "validation"]  # no hparams session file
+        assert [len(list((logs / run).glob("events.out.tfevents.*"))) for run in ("train", "validation")] == [1, 1]
