@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import ROOT, cli, png_size
+from support import ROOT, cli, copy_of, png_size, trained_run
 
 from job.analysis import out_of_fold, plots
 from job.pair import data
@@ -32,16 +32,13 @@ FIXTURE = ROOT / "tests" / "data" / "run-folder"  # results of schema version 2:
 @pytest.fixture(scope="module")
 def trained(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RESULTS of the ten pairs, trained in one process."""
-    results = tmp_path_factory.mktemp("cv-report")
-    done = cli(*TRAIN, "--data-dir", str(mnist_mini), "--results", str(results))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return results
+    return trained_run(tmp_path_factory.mktemp("cv-report"), *TRAIN, "--data-dir", str(mnist_mini))
 
 
 @pytest.fixture
 def results(trained: Path, tmp_path: Path) -> Path:
     """A copy of the trained run to collect into or edit."""
-    return Path(shutil.copytree(trained, tmp_path / "results"))
+    return copy_of(trained, tmp_path)
 
 
 def collect(results: Path, *args: str) -> Any:

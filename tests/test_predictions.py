@@ -7,13 +7,12 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support import cli, script_json
+from support import cli, copy_of, script_json, trained_run
 
 from job import folds
 from job.protocol import Pair, Protocol
@@ -30,18 +29,12 @@ pytestmark = pytest.mark.slow  # one real pair, trained once for the module
 
 @pytest.fixture(scope="module")
 def trained(mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    results = tmp_path_factory.mktemp("predictions")
-    done = cli(*TRAIN, "--data-dir", str(mnist_full), "--results", str(results))
-    assert done.returncode == 0, done.stderr[-2000:]
-    return results
+    return trained_run(tmp_path_factory.mktemp("predictions"), *TRAIN, "--data-dir", str(mnist_full))
 
 
 @pytest.fixture
 def results(trained: Path, tmp_path: Path) -> Path:
-    """A copy of the trained run to edit."""
-    copy = tmp_path / "results"
-    shutil.copytree(trained, copy)
-    return copy
+    return copy_of(trained, tmp_path)
 
 
 def _paths(results: Path) -> tuple[RunLayout, Path, Path]:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, cli
+from support import ROOT, cli, copy_of, trained_run
 from support.cluster import with_gpus
 
 from job.launch import rerun
@@ -31,9 +30,7 @@ EPOCH_STEPS = 25  # 800 training images in batches of 32
 
 @pytest.fixture(scope="module")
 def trained(mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    results = tmp_path_factory.mktemp("verify")
-    done = cli(*TRAIN, "--data-dir", str(mnist_full), "--results", str(results))
-    assert done.returncode == 0, done.stderr[-2000:]
+    results = trained_run(tmp_path_factory.mktemp("verify"), *TRAIN, "--data-dir", str(mnist_full))
     frozen = subprocess.run(
         [sys.executable, "-m", "job.launch.snapshot", "--results", str(results), "--run", "default", "--allow-dirty"],
         cwd=ROOT,
@@ -46,9 +43,7 @@ def trained(mnist_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def results(trained: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "results"
-    shutil.copytree(trained, copy)
-    return copy
+    return copy_of(trained, tmp_path)
 
 
 def verify(results: Path, data: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

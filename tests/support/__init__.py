@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -79,6 +80,18 @@ def last_line(text: str) -> str:
     """The final line of a stream (TensorFlow's start-up chatter comes before ours)."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def trained_run(folder: Path, *args: str) -> Path:
+    """`python -m job ARGS --results FOLDER`, which must succeed (a module's training, done once); FOLDER."""
+    done = cli(*args, "--results", str(folder))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def copy_of(results: Path, tmp_path: Path) -> Path:
+    """A copy of a trained RESULTS folder, for one test to edit."""
+    return Path(shutil.copytree(results, tmp_path / "results"))
 
 
 def cli_without_reader(*args: str) -> tuple[int, str]:
