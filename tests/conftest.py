@@ -38,5 +38,5 @@ def mnist_full() -> Path:
 
 @pytest.fixture(scope="session")
 def once(tmp_path_factory: pytest.TempPathFactory) -> Once:
-    """Makes a value once for the session, whichever worker asks first (tests/support/shared.py)."""
+    """Makes a value once for the pytest run, whichever worker asks first (tests/support/shared.py)."""
     return Once(tmp_path_factory)

@@ -1,9 +1,9 @@
-"""A value computed once in a test session and read by every pytest-xdist worker that asks for it.
+"""A value computed once in a pytest run and read by every pytest-xdist worker that asks for it.
 
 A fixture of a test module that outlives one test binds that module's tests to one worker (tests/support/groups.py),
 so that the worker trains it once. A value wanted by tests that must not share a worker (a Slurm test and a local
 one, say) is made through `once` instead, from a function-scoped fixture: the first worker to ask makes it under a
-file lock in the session's temp folder, the others wait for it and read it back.
+file lock in the pytest run's temp folder, the others wait for it and read it back.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import pytest
 
 
 class Once:
-    """`once(name, make)`: make(folder)'s JSON value, made by one worker of this session and read by the others."""
+    """`once(name, make)`: make(folder)'s JSON value, made by one worker of this pytest run and read by the others."""
 
     def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
         base = tmp_path_factory.getbasetemp()
-        # Under xdist each worker's base is a folder of the session's own (pytest-N/popen-gwK): its parent is shared
-        # by this session's workers alone. Without xdist the base is this session's already.
+        # Under xdist each worker's base is a folder of the run's own (pytest-N/popen-gwK): its parent is shared
+        # by this run's workers alone. Without xdist the base is the run's own already.
         self.folder = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
     def __call__(self, name: str, make: Callable[[Path], Any]) -> Any:
