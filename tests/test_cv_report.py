@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,23 @@ def results(trained: Path, tmp_path: Path) -> Path:
     return copy_of(trained, tmp_path)
 
 
-def collect(results: Path, *args: str) -> Any:
+def collect(results: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return cli("collect", "--results", str(results), *args, env={"COLUMNS": "250"})
+
+
+@pytest.fixture(scope="module")
+def collected(
+    trained: Path, mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A copy of the trained run collected once with the training images (for the mistakes' grid): RESULTS and what
+    collect printed. The tests that only read it share it; the others edit a copy."""
+    results = copy_of(trained, tmp_path_factory.mktemp("collected"))
+    return results, collect(results, "--data-dir", str(mnist_mini))
+
+
+@pytest.fixture
+def collected_copy(collected: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> Path:
+    return copy_of(collected[0], tmp_path)
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -62,9 +78,9 @@ def predictions_file(folder: Path, model: str, fold: int) -> dict[str, np.ndarra
 
 
 def test_the_pooled_confusion_matrix_is_every_held_out_image_and_the_folds_scores(
-    results: Path, mnist_mini: Path
+    collected: tuple[Path, subprocess.CompletedProcess[str]], mnist_mini: Path
 ) -> None:
-    done = collect(results, "--data-dir", str(mnist_mini))
+    results, done = collected
     assert (done.returncode, done.stderr) == (0, ""), done.stderr[-3000:]
     folder = results / "default"
     found = read(folder / "summary.json")
@@ -109,9 +125,10 @@ def test_the_pooled_confusion_matrix_is_every_held_out_image_and_the_folds_score
 
 
 def test_the_mistakes_and_their_grid_are_the_predictions_files_and_the_training_digits(
-    results: Path, mnist_mini: Path
+    collected: tuple[Path, subprocess.CompletedProcess[str]], mnist_mini: Path
 ) -> None:
-    assert collect(results, "--data-dir", str(mnist_mini)).returncode == 0
+    results, done = collected
+    assert done.returncode == 0, done.stderr[-3000:]
     folder = results / "default"
     summary = Summary.from_json(read(folder / "summary.json"))
     pooled = summary.models["cnn"].cross_validation.pooled
@@ -137,10 +154,10 @@ def test_the_mistakes_and_their_grid_are_the_predictions_files_and_the_training_
 
 
 def test_without_the_training_images_the_grid_is_left_out_and_said_and_the_mistakes_are_kept(
-    results: Path, mnist_mini: Path, tmp_path: Path
+    collected_copy: Path, tmp_path: Path
 ) -> None:
+    results = collected_copy
     folder = results / "default"
-    assert collect(results, "--data-dir", str(mnist_mini)).returncode == 0
     assert (folder / "cv-misclassified-mlp.png").exists()
     (tmp_path / "empty").mkdir()
     done = collect(results, "--data-dir", str(tmp_path / "empty"))
@@ -191,9 +208,10 @@ def _other_digits(path: Path) -> None:
     result_path.write_text(json.dumps(result))
 
 
-def test_a_result_of_an_earlier_version_among_the_folds_leaves_the_report_undrawn(results: Path) -> None:
+def test_a_result_of_an_earlier_version_among_the_folds_leaves_the_report_undrawn(collected_copy: Path) -> None:
+    results = collected_copy
     folder = results / "default"
-    assert collect(results).returncode == 0 and (folder / "cv-confusion-mlp.png").exists()
+    assert (folder / "cv-confusion-mlp.png").exists()
     _as_version_2(folder / "mlp" / "fold-3.json")
     done = collect(results)
     assert (done.returncode, done.stderr) == (0, "")

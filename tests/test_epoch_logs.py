@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +30,20 @@ pytestmark = pytest.mark.slow
 
 EPOCHS = 5
 KILL_AFTER = 3
-PAIR = Pair("cnn", 0)
-# A cnn epoch of 800 images takes about 6 CPU-seconds here (a second at the very least): time to see epoch 3's
-# checkpoint, polled every 20 ms, before epoch 4 ends.
+PAIR = Pair("mlp", 0)
+STEPS_PER_EPOCH = 25  # 800 training images of the 1,000, batches of 32
 CONFIG = ("--model", PAIR.model, "--fold", str(PAIR.fold), "--epochs", str(EPOCHS), "--limit", "1000", "--custom-data")
 # TensorBoard's runs as Keras's TensorBoard callback names them, each tag with the result's curve it holds.
 RUNS = {
-    "cnn/fold-0/train": {"epoch_loss": "loss", "epoch_accuracy": "accuracy", "epoch_seconds": "epoch_seconds"},
-    "cnn/fold-0/validation": {"epoch_loss": "val_loss", "epoch_accuracy": "val_accuracy"},
+    "mlp/fold-0/train": {"epoch_loss": "loss", "epoch_accuracy": "accuracy", "epoch_seconds": "epoch_seconds"},
+    "mlp/fold-0/validation": {"epoch_loss": "val_loss", "epoch_accuracy": "val_accuracy"},
 }
 
 
-def start(results: Path, data: Path, log: Path) -> subprocess.Popen[bytes]:
+def start(results: Path, data: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "job", "run", *CONFIG, "--data-dir", str(data), "--results", str(results)],
+            [sys.executable, "-m", "job", "run", *CONFIG, *extra, "--data-dir", str(data), "--results", str(results)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -65,19 +63,14 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def resumed(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The pair killed with SIGKILL once epoch 3 is checkpointed, its logs damaged as a kill can leave them, resumed."""
+    """The pair killed with SIGKILL at the first step of epoch 4, its logs damaged as a kill can leave them, resumed."""
     results = tmp_path_factory.mktemp("results")
     layout = RunLayout(results, "default")
     log = results / "run.log"
-    first = start(results, mnist_mini, log)
-    deadline = time.monotonic() + 600
-    while first.poll() is None and (saved_state(layout) or {}).get("epochs_done", 0) < KILL_AFTER:
-        assert time.monotonic() < deadline, "no checkpoint of epoch 3 in 10 minutes"
-        time.sleep(0.02)  # an epoch lasts seconds: the kill lands early in epoch 4
-    first.kill()
-    assert first.wait() == -9, log.read_text()
+    first = start(results, mnist_mini, log, "--kill-at-step", str(KILL_AFTER * STEPS_PER_EPOCH + 1))
+    assert first.wait(timeout=600) == -9, log.read_text()
     killed = saved_state(layout)
-    assert killed is not None and killed["epochs_done"] == KILL_AFTER, "epoch 4 ended before the kill: too fast"
+    assert killed is not None and killed["epochs_done"] == KILL_AFTER
     assert not layout.pair_paths(PAIR).result.exists()
 
     # What a kill can leave besides: a torn last line, and the event files of a process before.
@@ -119,9 +112,9 @@ def test_its_tensorboard_runs_hold_each_epoch_once_in_order_as_the_result_says(r
 
 def test_the_hparams_view_shows_the_pairs_config_and_its_held_out_score(resumed: dict[str, Any]) -> None:
     result, view = resumed["result"], resumed["tensorboard"]
-    assert list(view["sessions"]) == ["cnn/fold-0"]  # the folder holding the pair's two runs
-    session = view["sessions"]["cnn/fold-0"]
-    assert session["hparams"] == {"model": "cnn", "fold": 0, "repeat": 0, **config_hparams(result)}
+    assert list(view["sessions"]) == ["mlp/fold-0"]  # the folder holding the pair's two runs
+    session = view["sessions"]["mlp/fold-0"]
+    assert session["hparams"] == {"model": "mlp", "fold": 0, "repeat": 0, **config_hparams(result)}
     assert session["metrics"]["validation/epoch_accuracy"] == pytest.approx(result["score"]["accuracy"], rel=1e-6)
     assert session["metrics"]["validation/epoch_loss"] == pytest.approx(result["score"]["loss"], rel=1e-6)
     metrics = {(m["name"]["group"], m["name"]["tag"]) for m in view["experiment"]["metricInfos"]}
@@ -165,8 +158,8 @@ def test_a_fresh_start_empties_the_logs_of_an_earlier_training(
     fresh = RunLayout(tmp_path, "default")
     assert [row["epoch"] for row in csv_rows(fresh.pair_paths(PAIR).csv)] == ["1"]
     scalars = read(fresh.folder)["scalars"]
-    assert [step for step, _ in scalars["cnn/fold-0/train"]["epoch_loss"]] == [0]
-    assert [step for step, _ in scalars["cnn/fold-0/validation"]["epoch_loss"]] == [0]
+    assert [step for step, _ in scalars["mlp/fold-0/train"]["epoch_loss"]] == [0]
+    assert [step for step, _ in scalars["mlp/fold-0/validation"]["epoch_loss"]] == [0]
 
 
 def test_without_the_tensorboard_package_the_scalars_are_written_and_the_missing_hparams_said_once(

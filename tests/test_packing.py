@@ -336,7 +336,7 @@ def packed_array(mnist_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     task 1 gets the time-limit warning once its first pair is done, checkpoints, requeues and finishes its pairs."""
     with_gpus()  # the script asks for a GPU
     folder = tmp_path_factory.mktemp("packed-array")
-    where = ("--results", str(folder / "results"), "--run", "default", "--epochs", "1", "--limit", "1000")
+    where = ("--results", str(folder / "results"), "--run", "default", "--epochs", "1", "--limit", "500")
     env = array_env(mnist_mini, folder / "results")
     job = submit_array(
         folder, env, (*where, "--custom-data", "--pairs-per-task", "5"), "--array=0-1", "--begin=now+1hour"

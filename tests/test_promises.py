@@ -78,9 +78,9 @@ def checkpoint_of(results: Path, fold: int = 0) -> Path:
     return results / "default" / "mlp" / f"fold-{fold}.ckpt"
 
 
-# An epoch of 1,600 images is one compiled call of 30-100 ms: 100 epochs leave a loaded machine (CI's two workers)
-# seconds to deliver the signal before the training could end by itself; a stopped run costs 2-3 of them.
-STOP_EPOCHS = "100"
+# An epoch of 1,600 images is one compiled call of 30-100 ms, and its checkpoint and logs as much again: 40 epochs
+# leave a loaded machine (CI's two workers) seconds to deliver the signal before the training could end by itself.
+STOP_EPOCHS = "40"
 
 
 def stop_in_epoch_2(args: list[str], sig: signal.Signals) -> subprocess.CompletedProcess[str]:
