@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import cli
+from support import cli, steps_per_epoch
 from support.tensorboard_logs import assert_runs_hold_the_history, config_hparams, read
 
 from job.protocol import Pair
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 EPOCHS = 5
 KILL_AFTER = 3
 PAIR = Pair("mlp", 0)
-STEPS_PER_EPOCH = 25  # 800 training images of the 1,000, batches of 32
+STEPS_PER_EPOCH = steps_per_epoch(1000, PAIR.fold)
 CONFIG = ("--model", PAIR.model, "--fold", str(PAIR.fold), "--epochs", str(EPOCHS), "--limit", "1000", "--custom-data")
 # TensorBoard's runs as Keras's TensorBoard callback names them, each tag with the result's curve it holds.
 RUNS = {

@@ -187,8 +187,8 @@ def test_sigterm_exits_3_leaving_the_checkpoint_and_no_result(interrupted: dict[
 
 
 def checkpoint_weights(folder: Path) -> Path:
-    (weights,) = folder.glob("epoch-*.weights.h5")
-    return weights
+    """The weights file the checkpoint's state.json names (job/pair/checkpoint.py's layout)."""
+    return folder / json.loads((folder / "state.json").read_text())["weights"]
 
 
 def truncate_weights(folder: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, cli, copy_of, trained_run
+from support import ROOT, cli, copy_of, steps_per_epoch, trained_run
 from support.cluster import with_gpus
 
 from job.launch import rerun
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # one real pair trained for the module, one rerun
 
 PAIR = Pair("mlp", 0)
 TRAIN = ("run", "--model", "mlp", "--fold", "0", "--epochs", "2", "--limit", "1000")
-EPOCH_STEPS = 25  # 800 training images in batches of 32
+EPOCH_STEPS = steps_per_epoch(1000, PAIR.fold)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ pytest puts ``tests/`` on ``sys.path`` (it holds conftest.py and is no package),
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -80,6 +81,17 @@ def last_line(text: str) -> str:
     """The final line of a stream (TensorFlow's start-up chatter comes before ours)."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def steps_per_epoch(limit: int, fold: int) -> int:
+    """Training steps of one epoch of a pair trained with `--limit LIMIT` and the protocol's other defaults: its
+    fold's training images (job/folds.py's split) in batches."""
+    from job import folds
+    from job.protocol import Protocol
+
+    protocol = Protocol().with_overrides(limit=limit)
+    train, _ = folds.split(limit, fold, protocol)
+    return math.ceil(len(train) / protocol.batch_size)
 
 
 def trained_run(folder: Path, *args: str) -> Path:
