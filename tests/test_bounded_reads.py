@@ -37,7 +37,7 @@ SAFE = {
     ("job.results.lease", "_process", "Path(f'/proc/{pid}/stat').read_text"): "/proc: the kernel's, never a FIFO",
     ("job.results.lease", "_boot_id", "Path('/proc/sys/kernel/random/boot_id').read_text"): "/proc: the kernel's",
     ("job.pair.usage", "seconds_since_start", "open"): "/proc/self/stat: the kernel's",
-    ("job.pair.runtime", "_cpu_model", "open"): "/proc/cpuinfo: the kernel's",
+    ("job.pair.runtime", "_cpuinfo_field", "open"): "/proc/cpuinfo: the kernel's",
     ("job.results.contract", "schema", "resources.files('job.results').joinpath(f'{name}.schema.json').read_text"): (
         "the package's own schema files"
     ),

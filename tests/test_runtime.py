@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 from support import script_json
+
+from job.pair import runtime
 
 _CONFIGURED = """
 import json, sys
@@ -21,3 +26,31 @@ def test_float32_means_float32_matmuls_on_any_gpu(precision: str, tf32: bool) ->
     configured = script_json(_CONFIGURED, precision)
     assert configured["tf32"] is tf32
     assert configured["threads"]["intra_op"] == 1
+
+
+def _cpuinfo_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+@pytest.mark.parametrize(
+    ("variables", "cap"),
+    [({}, None), ({"ONEDNN_MAX_CPU_ISA": "AVX"}, "AVX"), ({"DNNL_MAX_CPU_ISA": "SSE41"}, "SSE41")],
+    ids=["no-cap", "onednn-cap", "older-name"],
+)
+def test_the_cpu_instruction_set_and_onednns_cap_are_recorded(
+    variables: dict[str, str], cap: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # oneDNN picks its kernels by them, and other kernels sum in another order (docs/performance.md).
+    for name in runtime.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    isa = runtime.cpu_isa()
+    assert isa["onednn_max_cpu_isa"] == cap
+    assert set(isa["extensions"]) == _cpuinfo_flags() & set(runtime.ISA_EXTENSIONS)
+    if platform.machine() == "x86_64":
+        assert "sse4_1" in isa["extensions"]  # every x86-64 CPU TensorFlow's wheel runs on has it

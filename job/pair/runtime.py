@@ -114,8 +114,26 @@ def configure(
         "devices": devices,
         "device_used": f"{used['type']}:0 ({used['name']})",
         "threads": {"allocated": cpus, "intra_op": intra_op, "inter_op": min(2, cpus)},
+        "cpu_isa": cpu_isa(),
         "deterministic": deterministic,
     }
+
+
+# The x86 instruction-set extensions by which oneDNN, TensorFlow's CPU kernel library, picks its kernels at run time.
+# Other kernels sum in another order: the full mlp fold 0 is 97.158% with AVX2 and 97.225% with oneDNN capped at AVX
+# (docs/performance.md), so a result records them, and the cap when one is set.
+ISA_EXTENSIONS = (
+    "sse4_1", "avx", "avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16",
+)  # fmt: skip
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN's name, and its older one
+
+
+def cpu_isa() -> dict[str, Any]:
+    """This CPU's extensions among ISA_EXTENSIONS (none known off Linux), and the cap oneDNN is given, if any."""
+    flags = set(_cpuinfo_field("flags").split())
+    cap = next((os.environ[name] for name in ISA_CAP_VARIABLES if os.environ.get(name)), None)
+    return {"extensions": [name for name in ISA_EXTENSIONS if name in flags], "onednn_max_cpu_isa": cap}
 
 
 def intra_op_threads(max_threads: int | None) -> int:
@@ -160,19 +178,23 @@ def configure_training(protocol: Protocol, model_name: str, *, allow_cpu: bool) 
 
 def _describe_device(tf: Any, device: Any) -> dict[str, Any]:
     details = tf.config.experimental.get_device_details(device) if device.device_type == "GPU" else {}
-    name = details.get("device_name") or (_cpu_model() if device.device_type == "CPU" else device.name)
+    name = details.get("device_name") or (
+        _cpuinfo_field("model name", "CPU") if device.device_type == "CPU" else device.name
+    )
     entry = {"name": name, "type": device.device_type}
     if "compute_capability" in details:
         entry["compute_capability"] = ".".join(map(str, details["compute_capability"]))
     return entry
 
 
-def _cpu_model() -> str:
+def _cpuinfo_field(field: str, missing: str = "") -> str:
+    """The first processor's `field` in /proc/cpuinfo; `missing` where there is none (another OS or architecture)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                name, colon, value = line.partition(":")
+                if colon and name.strip() == field:
+                    return value.strip()
     except OSError:
         pass
-    return "CPU"
+    return missing

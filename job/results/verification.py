@@ -5,8 +5,9 @@ the two environments that changes numbers, and the verification record written b
 A rerun is identical when every number of its history (every epoch, every metric), its score, its weights' digest
 and its predictions file's hash equal the result's exactly: the JSON numbers as floats, ==, no tolerance.
 TensorFlow's op determinism promises that only on the same hardware and software, so a rerun whose TensorFlow,
-Keras or numpy version, intra-op thread count, device kind or GPU model differs, or one of an XLA config (compiled
-without op determinism), or one that could not run the result's code, is not comparable, whatever its numbers.
+Keras or numpy version, intra-op thread count, device kind, GPU model or CPU instruction set (as oneDNN may use it)
+differs, or one of an XLA config (compiled without op determinism), or one that could not run the result's code, is
+not comparable, whatever its numbers.
 
 A record counts only while the result it judged is unchanged: it holds the result file's sha256.
 """
@@ -108,11 +109,25 @@ def environment_differences(recorded: PairResult, rerun: PairResult) -> list[str
         found.append(f"device {old} recorded, {new} here")
     elif old.startswith("GPU") and old != new:
         found.append(f"GPU {old} recorded, {new} here")
+    elif old.startswith("CPU"):
+        old_isa, new_isa = _recorded_isa(ours), _recorded_isa(theirs)
+        if old_isa != new_isa and None not in (old_isa, new_isa):  # a result of an earlier version records none
+            found.append(f"CPU {old_isa} recorded, {new_isa} here")
     if recorded.config.jit:
         found.append("an XLA config (--xla), compiled without op determinism: no two runs need agree")
     elif ours.get("deterministic") is False or theirs.get("deterministic") is False:
         found.append("op determinism off")
     return found
+
+
+def _recorded_isa(environment: Mapping[str, Any]) -> str | None:
+    """The CPU instruction set oneDNN picks its kernels by (job/pair/runtime.py cpu_isa), as one phrase."""
+    isa = environment.get("cpu_isa")
+    if not isinstance(isa, Mapping) or not isinstance(isa.get("extensions"), list):
+        return None
+    extensions = " ".join(map(str, isa["extensions"])) or "no known"
+    cap = isa.get("onednn_max_cpu_isa")
+    return f"extensions {extensions}" + (f" (oneDNN capped at {cap})" if cap else "")
 
 
 def _get(environment: Mapping[str, Any], section: str, key: str) -> Any:
