@@ -16,7 +16,7 @@ from support.cluster import submit, wait_for_jobs, with_gpus
 from job.pair import runtime
 
 STEPS = ("--steps", "5")
-NAMES = ["python", "packages", "slurm", "image", "build", "gpu", "threads", "data", "steps"]
+NAMES = ["python", "packages", "slurm", "image", "build", "gpu", "threads", "cpu", "data", "steps"]
 
 
 def checks(stdout: str) -> dict[str, tuple[str, str]]:
@@ -50,6 +50,9 @@ def test_on_this_cpu_machine_every_check_passes_or_says_why_it_is_skipped(mnist_
     assert found["slurm"][1].startswith("not inside a Slurm job")
     assert found["gpu"][1].startswith("no GPU allocated or visible: the GPU checks are skipped")
     assert found["packages"][1].startswith("tensorflow 2.") and "keras 3." in found["packages"][1]
+    isa = runtime.cpu_isa()  # this process's environment is the doctor's: the same cap, if any
+    cap = f"capped at {isa['onednn_max_cpu_isa']}" if isa["onednn_max_cpu_isa"] else "uses them as found"
+    assert f", extensions {' '.join(isa['extensions']) or 'none known'}; oneDNN {cap}: " in found["cpu"][1]
     assert found["data"][1] == f"6,000 training and 1,000 test images from {mnist_mini}: custom data, structure valid"
     steps = found["steps"][1]
     assert steps.startswith("5 steps of mlp (batch 32) on CPU:0") and "twice from one seed: identical weights" in steps

@@ -71,6 +71,7 @@ def run(request: Request) -> Iterator[Check]:
     gpus = tf.config.list_physical_devices("GPU")
     yield _gpu(gpus, info)
     yield _threads(info)
+    yield _cpu(info)
     dataset, check = _data(request)
     yield check
     if dataset is None:
@@ -164,6 +165,20 @@ def _threads(info: dict[str, Any]) -> Check:
         Verdict.OK,
         f"{threads['allocated']} CPU{'s' * (threads['allocated'] != 1)} for this process, "
         f"TensorFlow intra-op {threads['intra_op']}, inter-op {threads['inter_op']}",
+    )
+
+
+def _cpu(info: dict[str, Any]) -> Check:
+    """The instruction set oneDNN picks its CPU kernels by: nodes that differ in it differ in the last digits."""
+    isa = info["cpu_isa"]
+    cap = isa["onednn_max_cpu_isa"]
+    cpu = next((d["name"] for d in info["devices"] if d["type"] == "CPU"), "CPU")
+    return Check(
+        "cpu",
+        Verdict.OK,
+        f"{cpu}, extensions {' '.join(isa['extensions']) or 'none known'}; oneDNN "
+        + (f"capped at {cap}" if cap else "uses them as found")
+        + ": a result made on other extensions may differ in its last digits (verify calls it not comparable)",
     )
 
 
