@@ -18,11 +18,11 @@ def add_parser(subparsers: Any) -> None:
         description="One line per check, each ok, warn, fail or skip: Python and package versions; the Slurm job "
         "and the GPUs it allocated; the Apptainer image and its digest; TensorFlow's build (CUDA, cuDNN); the GPUs "
         "TensorFlow sees against those allocated; the threads; the CPU's instruction-set extensions and oneDNN's cap "
-        "on them (ONEDNN_MAX_CPU_ISA), which change the last digits; the data, found and verified (never downloaded); and "
-        "a few training steps of the job's own compiled loop on the device, run twice from one seed and compared "
-        "bit for bit, with where the data and weights live and the time per step. Where no GPU is allocated or "
-        "visible the GPU check says so and is skipped. Exit status: 0 when no check failed, 1 when one did. "
-        "On a GPU node: srun --gres=gpu:1 mnist-cv doctor (or sbatch --wrap 'mnist-cv doctor').",
+        "on them (ONEDNN_MAX_CPU_ISA), which change the last digits; the data, found and verified (never "
+        "downloaded); and a few training steps of the job's own compiled loop on the device, run twice from one seed "
+        "and compared bit for bit, with where the data and weights live and the time per step. Where no GPU is "
+        "allocated or visible the GPU check says so and is skipped. Exit status: 0 when no check failed, 1 when one "
+        "did. On a GPU node: srun --gres=gpu:1 mnist-cv doctor (or sbatch --wrap 'mnist-cv doctor').",
     )
     add_data_args(p)
     p.add_argument("--model", default="mlp", help=f"the model whose steps to run ({', '.join(models.names())})")
