@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from job.cli.options import add_data_args, number
+from job.console import one_line
 from job.pair import doctor, models
 
 MAX_STEPS = 10_000  # a check of seconds, not a training
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     checks = []
     for check in doctor.run(request):
         checks.append(check)
-        print(f"{check.name:<9}{check.verdict.value:<6}{check.detail}", flush=True)
+        print(f"{check.name:<9}{check.verdict.value:<6}{one_line(check.detail)}", flush=True)  # paths, variables
     failed = [c.name for c in checks if c.verdict == doctor.Verdict.FAIL]
     print(f"{len(checks)} checks: " + (f"failed: {', '.join(failed)}" if failed else "none failed"), flush=True)
     return doctor.exit_code(checks)

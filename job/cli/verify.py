@@ -183,5 +183,7 @@ def _table(verdicts: list[tuple[Pair, verification.Verification]]) -> None:
     for pair, record in verdicts:
         style = STYLES[record.verdict]
         code = str(record.code.get("commit"))[:12] + " (dirty)" * bool(record.code.get("dirty"))
-        table.add_row(str(pair), Text(record.verdict.value, style=style), Text(record.detail), Text(code), record.host)
+        table.add_row(
+            str(pair), Text(record.verdict.value, style=style), Text(record.detail), Text(code), Text(record.host)
+        )
     rich_console(highlight=False).print(table)

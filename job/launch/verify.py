@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from job.console import one_line
 from job.errors import JobError
 from job.launch import rerun
 from job.protocol import Pair
@@ -100,4 +101,5 @@ def line(pair: Pair, record: Verification) -> str:
             text += f"; killed (SIGKILL) after step {kill['step']} of {kill['steps']} and resumed from {where}"
         else:
             text += f"; not preempted: {kill.get('why')}"
-    return f"{text}; code {record.code.get('source')}, on {record.host}"
+    # One line, whatever the recorded result or this environment hold (a version string, a variable's value).
+    return one_line(f"{text}; code {record.code.get('source')}, on {record.host}")
