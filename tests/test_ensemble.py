@@ -18,6 +18,7 @@ from job.protocol import Pair
 from job.results import store
 from job.results.contract import ResultError
 from job.results.layout import RunLayout
+from job.results.lease import Lease
 
 pytestmark = pytest.mark.slow  # five real pairs trained once for the module (~12 s of CPU), each ensemble ~8 s
 
@@ -118,7 +119,13 @@ def test_a_rerun_is_skipped_and_force_makes_it_again(
     assert again.returncode == 0, again.stderr
     assert again.stdout == f"mlp/ensemble: already done of these fold results ({path}); --force to redo\n"
     assert path.read_bytes() == before
-    forced = cli("ensemble", "--results", str(results), "--model", "mlp", "--force", "--data-dir", str(mnist_full))
+    force = ("ensemble", "--results", str(results), "--model", "mlp", "--force", "--data-dir", str(mnist_full))
+    with Lease.acquire(layout.ensemble_paths("mlp").lease, json.loads(before)["config_id"], doing="made") as lease:
+        held = cli(*force)  # while this live process (pytest) makes it
+    assert held.returncode == 75 and held.stdout == "", held.stderr
+    assert held.stderr.splitlines()[-1] == f"mlp/ensemble: ensemble/mlp is being made by {lease.holder.describe()}"
+    assert path.read_bytes() == before and not layout.ensemble_paths("mlp").lease.exists()
+    forced = cli(*force)
     assert forced.returncode == 0 and forced.stdout.startswith("mlp/ensemble: 5 folds of repeat 0"), forced.stderr
     redone, first = json.loads(path.read_text()), json.loads(before)
     assert redone["timings"] != first["timings"]

@@ -25,7 +25,9 @@ def add_parser(subparsers: Any) -> None:
         "each fold model's own test accuracy beside it. Writes RESULTS/RUN/ensemble/MODEL.json "
         "(ensemble/repeat-R/MODEL.json for a repeat R >= 1), naming the fold results it used; one of the same fold "
         "results is skipped. A model whose folds are not all there with kept weights is said in one line, with "
-        "the command that trains them. Exits 1 when no ensemble could be made.",
+        "the command that trains them. One process makes an ensemble at a time (ensemble/MODEL.lease). Exits 0 when "
+        "one was made or found done, else 1 when one could not be made, else 75 when another process is making "
+        "them.",
     )
     p.add_argument("--model", help="only this model (default: every model with results in the run)")
     p.add_argument("--repeat", type=REPEAT, default=0, help="the repeat whose folds to average (default 0)")
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         if not names:
             raise JobError(f"{layout.folder}: no valid pair result: no fold models to average")
     outcome = run_ensembles(layout, found.manifest.protocol, names, args.repeat, inputs_from_args(args), args.force)
-    for line in outcome.refused:
+    for line in [*outcome.refused, *outcome.held]:
         print(line, file=sys.stderr, flush=True)
     for line in outcome.done:
         print(line, flush=True)

@@ -5,7 +5,8 @@ evaluates its folds. Each fold model's own test score is recorded beside the ens
 A fold result is used only through store.check_pair (the weights file is the one it names, by sha256), and the
 model loaded from that file must have the weights' digest the result recorded, so a file changed between the check
 and the load is refused too. The ensemble's result (RESULTS/RUN/ensemble/MODEL.json) names each fold result by file
-and sha256: a rerun with the same fold results is skipped, and a fold retrained since makes it stale.
+and sha256: a rerun with the same fold results is skipped, and a fold retrained since makes it stale. One process
+makes an ensemble at a time, under its lease (ensemble/MODEL.lease), as a pair trains under its own.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from job.results.contract import (
     Score,
 )
 from job.results.layout import RunLayout
+from job.results.lease import Lease, LeaseHeld
 from job.results.status import array_spec
 from job.times import utc_now
 
@@ -59,11 +61,13 @@ class Outcome:
 
     done: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # being made by another live process now
 
     @property
     def exit_code(self) -> int:
-        """1 when nothing could be done."""
-        return 0 if self.done else 1
+        """0 when one was made or found done; else 1 when one could not be made, 75 (LeaseHeld's) when every one was
+        being made by another process."""
+        return 0 if self.done else 1 if self.refused else LeaseHeld.exit_code
 
 
 def run_ensembles(
@@ -93,8 +97,12 @@ def run_ensembles(
         deterministic=not protocol.jit, precision=protocol.precision, allow_cpu=inputs.allow_cpu
     )
     for name, found in ready.items():
+        paths = layout.ensemble_paths(name, repeat)
         try:
-            outcome.done.append(_write(layout, protocol, name, repeat, found, dataset, runtime_info))
+            with Lease.acquire(paths.lease, protocol.config_id, doing="made") as lease:  # one process at a time
+                outcome.done.append(_write(layout, protocol, name, repeat, found, dataset, runtime_info, lease))
+        except LeaseHeld as error:
+            outcome.held.append(f"{name}/ensemble: {one_line(str(error))}")
         except JobError as error:
             outcome.refused.append(f"{name}/ensemble: {one_line(str(error))}")
     return outcome
@@ -164,9 +172,10 @@ def _write(
     found: list[Member],
     dataset: data.Dataset,
     runtime_info: dict[str, Any],
+    lease: Lease,
 ) -> str:
-    """Make, check and write one ensemble of the models of `found` on the test images of `dataset`; the line to
-    print."""
+    """Make, check and write one ensemble of the models of `found` on the test images of `dataset`, while `lease` is
+    ours; the line to print."""
     paths = layout.ensemble_paths(name, repeat)
     store.ensure_writable(paths.result.parent)
     for member in found:
@@ -195,6 +204,7 @@ def _write(
     # Checked as a reader will check it, also that no fold result changed meanwhile, before it is written.
     EnsembleResult.from_json(result.to_json(), label)
     store.check_ensemble_claims(result, layout, label)
+    lease.ensure_ours()
     atomic.write_json(paths.result, result.to_json())
     alone = [member.score.accuracy * 100 for member in members]
     return (

@@ -7,6 +7,7 @@ RESULTS/RUN/
   final/MODEL.json       a final model's result   final/MODEL.keras     the model it names
   final/MODEL.ckpt/      its checkpoint           logs/                 the Slurm tasks' logs
   ensemble/MODEL.json    the fold ensemble of repeat 0 (`mnist-cv ensemble`); ensemble/repeat-R/MODEL.json of R
+  ensemble/MODEL.lease   who makes the ensemble now
   MODEL/fold-K.lease     who trains the pair now  submissions.jsonl     the arrays submitted for this run
   MODEL/fold-K.csv       its per-epoch log        MODEL/fold-K/         its TensorBoard logs: train/, validation/
   final/MODEL.csv        a final model's          final/MODEL/          its TensorBoard logs: train/, test/

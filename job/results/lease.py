@@ -163,8 +163,9 @@ class Lease:
         self.holder = holder
 
     @classmethod
-    def acquire(cls, path: Path, config_id: str) -> Lease:
-        """Take the lease at `path`, taking over a gone holder's; LeaseHeld names a live one."""
+    def acquire(cls, path: Path, config_id: str, doing: str = "trained") -> Lease:
+        """Take the lease at `path`, taking over a gone holder's; LeaseHeld names a live one and what it is `doing`
+        (a pair or final model is trained, an ensemble made)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         me = Holder.me(config_id)
@@ -177,7 +178,7 @@ class Lease:
             reason = gone_because(holder)
             if reason is None:
                 hint = "" if holder.host == me.host else f" (if it is gone and Slurm cannot tell, remove {path})"
-                raise LeaseHeld(f"{path.parent.name}/{path.stem} is being trained by {holder.describe()}{hint}")
+                raise LeaseHeld(f"{path.parent.name}/{path.stem} is being {doing} by {holder.describe()}{hint}")
             if _remove_stale(path, holder):
                 print(f"{path}: taking over the lease of {holder.describe()}: {reason}", file=sys.stderr, flush=True)
         raise LeaseHeld(f"{path}: lost {ATTEMPTS} races for the lease in a row; another process is taking it")
