@@ -169,7 +169,7 @@ def _threads(info: dict[str, Any]) -> Check:
 
 
 def _cpu(info: dict[str, Any]) -> Check:
-    """The instruction set oneDNN picks its CPU kernels by: nodes that differ in it differ in the last digits."""
+    """The instruction set oneDNN picks its CPU kernels by: nodes that differ in it may differ in the last digits."""
     isa = info["cpu_isa"]
     cap = isa["onednn_max_cpu_isa"]
     cpu = next((d["name"] for d in info["devices"] if d["type"] == "CPU"), "CPU")
