@@ -132,6 +132,18 @@ def test_a_rerun_is_skipped_and_force_makes_it_again(
     assert (redone["test"], redone["members"]) == (first["test"], first["members"])  # the same models, the same sums
 
 
+def test_a_lease_that_is_no_lease_refuses_the_ensemble_in_one_line_and_is_left_alone(
+    ensembled: tuple[Path, str], mnist_full: Path, tmp_path: Path
+) -> None:
+    results, layout = _copy(ensembled[0], tmp_path)
+    lease = layout.ensemble_paths("mlp").lease
+    lease.write_text("garbage{")
+    done = cli("ensemble", "--results", str(results), "--model", "mlp", "--force", "--data-dir", str(mnist_full))
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f"mlp/ensemble: {lease}: not a readable lease")
+    assert lease.read_text() == "garbage{"  # someone else's file: left for the user to remove
+
+
 def test_a_fold_result_changed_since_makes_the_ensemble_stale(ensembled: tuple[Path, str], tmp_path: Path) -> None:
     _, layout = _copy(ensembled[0], tmp_path)
     fold_result = _fold(layout, 3)[0]

@@ -29,6 +29,7 @@ def test_float32_means_float32_matmuls_on_any_gpu(precision: str, tf32: bool) ->
 
 
 def _cpuinfo_flags() -> set[str]:
+    """The first processor's flags, read here rather than through job/pair/runtime.py: the oracle it is checked by."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         name, _, value = line.partition(":")
         if name.strip() == "flags":

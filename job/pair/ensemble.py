@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,36 +77,45 @@ def run_ensembles(
     """The fold ensemble of each model in `names` whose folds of `repeat` (of the run's `protocol`) are all done with
     kept weights, unless one of the same fold results is there (`force` redoes it); the others say why not."""
     outcome, ready = Outcome(), {}
-    for name in names:
-        paths = layout.ensemble_paths(name, repeat)
-        if blocked := store.in_the_way(layout, paths):
-            outcome.refused.append(f"{name}/ensemble: {blocked}")
-            continue
-        found = members(layout, protocol, name, repeat)
-        if isinstance(found, str):
-            outcome.refused.append(found)
-        elif not force and _same_folds(layout, paths.result, found):
-            outcome.done.append(
-                f"{name}/ensemble: already done of these fold results ({paths.result}); --force to redo"
-            )
-        else:
-            ready[name] = found
-    if not ready:
-        return outcome
-    dataset = data.load(inputs.data_dir, custom=inputs.custom_data)
-    runtime_info = runtime.configure(
-        deterministic=not protocol.jit, precision=protocol.precision, allow_cpu=inputs.allow_cpu
-    )
-    for name, found in ready.items():
-        paths = layout.ensemble_paths(name, repeat)
-        try:
-            with Lease.acquire(paths.lease, protocol.config_id, doing="made") as lease:  # one process at a time
+    with ExitStack() as leases:
+        for name in names:
+            paths = layout.ensemble_paths(name, repeat)
+            if blocked := store.in_the_way(layout, paths):
+                outcome.refused.append(f"{name}/ensemble: {blocked}")
+                continue
+            found = members(layout, protocol, name, repeat)
+            if isinstance(found, str):
+                outcome.refused.append(found)
+            elif not force and _same_folds(layout, paths.result, found):
+                outcome.done.append(
+                    f"{name}/ensemble: already done of these fold results ({paths.result}); --force to redo"
+                )
+            elif lease := _lease(paths.lease, protocol, name, outcome):
+                ready[name] = (found, leases.enter_context(lease))
+        if not ready:
+            return outcome
+        dataset = data.load(inputs.data_dir, custom=inputs.custom_data)
+        runtime_info = runtime.configure(
+            deterministic=not protocol.jit, precision=protocol.precision, allow_cpu=inputs.allow_cpu
+        )
+        for name, (found, lease) in ready.items():
+            try:
                 outcome.done.append(_write(layout, protocol, name, repeat, found, dataset, runtime_info, lease))
-        except LeaseHeld as error:
-            outcome.held.append(f"{name}/ensemble: {one_line(str(error))}")
-        except JobError as error:
-            outcome.refused.append(f"{name}/ensemble: {one_line(str(error))}")
+            except JobError as error:
+                outcome.refused.append(f"{name}/ensemble: {one_line(str(error))}")
     return outcome
+
+
+def _lease(path: Path, protocol: Protocol, name: str, outcome: Outcome) -> Lease | None:
+    """The ensemble's lease, taken as a pair's is: after the done-check, before any data is read or TensorFlow
+    imported. None, with the line that says why added to `outcome`, when another process holds it or it is bad."""
+    try:
+        return Lease.acquire(path, protocol.config_id, doing="made")
+    except LeaseHeld as error:
+        outcome.held.append(f"{name}/ensemble: {one_line(str(error))}")
+    except JobError as error:
+        outcome.refused.append(f"{name}/ensemble: {one_line(str(error))}")
+    return None
 
 
 def members(layout: RunLayout, protocol: Protocol, name: str, repeat: int) -> list[Member] | str:

@@ -121,13 +121,13 @@ def environment_differences(recorded: PairResult, rerun: PairResult) -> list[str
 
 
 def _recorded_isa(environment: Mapping[str, Any]) -> str | None:
-    """The CPU instruction set oneDNN picks its kernels by (job/pair/runtime.py cpu_isa), as one phrase."""
+    """The CPU instruction set oneDNN picks its kernels by (job/pair/runtime.py cpu_isa), as one phrase; None for a
+    result of an earlier version. Its shape is the result schema's, checked when the result was read."""
     isa = environment.get("cpu_isa")
-    if not isinstance(isa, Mapping) or not isinstance(isa.get("extensions"), list):
+    if isa is None:
         return None
-    extensions = " ".join(map(str, isa["extensions"])) or "no known"
-    cap = isa.get("onednn_max_cpu_isa")
-    return f"extensions {extensions}" + (f" (oneDNN capped at {cap})" if cap else "")
+    cap = isa["onednn_max_cpu_isa"]
+    return f"extensions {' '.join(isa['extensions']) or 'no known'}" + (f" (oneDNN capped at {cap})" if cap else "")
 
 
 def _get(environment: Mapping[str, Any], section: str, key: str) -> Any:
