@@ -24,7 +24,7 @@ from job.errors import JobError, UsageError
 from job.protocol import Pair, Protocol
 from job.results import store
 from job.results.contract import EnsembleResult, FinalResult, PairResult, ResultError, Summary, schema
-from job.results.layout import RunLayout
+from job.results.layout import RESERVED_NAMES, RunLayout
 from job.results.status import status
 
 QUICK = ("--epochs", "2", "--limit", "1000")
@@ -305,7 +305,7 @@ def test_a_run_name_that_is_not_a_plain_name_is_refused(name: str) -> None:
 
 @given(
     model=st.text(alphabet=st.characters(categories=["Ll", "Nd"]) | st.just("-"), min_size=1, max_size=12).filter(
-        lambda name: name not in ("final", "logs")  # reserved: refused as names (test above)
+        lambda name: name not in RESERVED_NAMES  # refused as names (test above)
     ),
     fold=st.integers(0, 99),
 )

@@ -43,7 +43,7 @@ MLFLOW_LOCK = ".mlflow-export.lock"
 _PAIR_FILE = re.compile(r"fold-(\d+)\.(json|ckpt)")
 _REPEAT_FOLDER = re.compile(r"repeat-([1-9][0-9]*)")  # repeat 0 has none: its files are where they always were
 # Names that would be special or hidden in the run folder; a model or run can never be called this.
-_RESERVED = {".", "..", FINAL, ENSEMBLE, LOGS, CODE, MLFLOW_ARTIFACTS}
+RESERVED_NAMES = {".", "..", FINAL, ENSEMBLE, LOGS, CODE, MLFLOW_ARTIFACTS}
 NAME_MAX = 255  # bytes in one path component on ext4, XFS, Lustre, NFS: a longer run is "File name too long" later
 
 
@@ -51,7 +51,7 @@ def check_name(name: str, what: str = "run name") -> str:
     """A plain name: one path component, printable, not hidden. A UsageError otherwise (never a path)."""
     if (
         not name
-        or name in _RESERVED
+        or name in RESERVED_NAMES
         or name.startswith(".")
         or "/" in name
         or "\\" in name
@@ -178,7 +178,7 @@ class RunLayout:
             if not (repeat_match := _REPEAT_FOLDER.fullmatch(model.name)) or model.parent.parent != self.folder:
                 return None
             model, repeat = model.parent, int(repeat_match[1])
-        if model.name in _RESERVED:
+        if model.name in RESERVED_NAMES:
             return None
         return Pair(model.name, int(match[1]), repeat)
 
